@@ -1,0 +1,336 @@
+//! The async shell around the bundler [`Core`].
+//!
+//! One task owns the core. Stream writers ([`StreamSink`]) send it chunks over a bounded
+//! channel; each stream also has a byte budget (a semaphore of `max_buffered_bytes` permits)
+//! that a writer must take before it sends, and that the shell gives back as the core cuts the
+//! bytes into bundles. A full buffer therefore blocks the writer, and through it the reader and
+//! the producing process: nothing is dropped.
+//!
+//! The shell cuts a bundle as soon as the output has room for one and the core has something
+//! to emit, so bundles stay small (and latency low) while the output keeps up, and grow while it
+//! is busy. It also wakes when buffered bytes reach the maximum buffer age, so that an
+//! unfinished line waits no longer than that.
+//!
+//! Shutdown flows with the data: when every [`Handle`] and [`StreamSink`] is dropped, the
+//! shell closes the streams still open, flushes everything, waits for the sends to finish and
+//! returns its totals.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use logdog_outputs::Output;
+use logdog_proto::logpb;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::core::{Config, Core, Finished, RegisterError, StreamId};
+
+/// Capacity of the shell's input channel.
+const INPUT_CAPACITY: usize = 256;
+
+enum Input {
+    Register {
+        desc: logpb::LogStreamDescriptor,
+        reply: oneshot::Sender<Result<StreamSink, RegisterError>>,
+        done: oneshot::Sender<Finished>,
+    },
+    Append(StreamId, Bytes),
+    Close(StreamId),
+    Fail(StreamId, String),
+}
+
+/// Cloneable handle to a running shell.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Input>,
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Register { desc, .. } => write!(f, "Register({})", desc.name),
+            Input::Append(id, b) => write!(f, "Append({id:?}, {} bytes)", b.len()),
+            Input::Close(id) => write!(f, "Close({id:?})"),
+            Input::Fail(id, r) => write!(f, "Fail({id:?}, {r})"),
+        }
+    }
+}
+
+/// Errors from the shell's handles.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    /// The shell has stopped.
+    #[error("bundler has stopped")]
+    Stopped,
+    /// The stream was ended by the bundler (for example after a datagram framing error).
+    #[error("stream was closed by the bundler")]
+    StreamClosed,
+    /// Registration failed.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+}
+
+/// The writing end of one stream.
+#[derive(Debug)]
+pub struct StreamSink {
+    id: StreamId,
+    budget: Arc<Semaphore>,
+    tx: mpsc::Sender<Input>,
+    read_size: usize,
+    ended: bool,
+}
+
+/// What the shell did, reported when it stops.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ShellTotals {
+    /// Bundles handed to the output.
+    pub bundles: u64,
+    /// Bundles the output failed to deliver.
+    pub failed_bundles: u64,
+}
+
+impl Handle {
+    /// Starts a shell on the current tokio runtime. Returns the handle and the task, which
+    /// ends once every handle and sink is dropped and everything has been sent.
+    pub fn spawn(
+        cfg: Config,
+        output: Arc<dyn Output>,
+    ) -> (Handle, tokio::task::JoinHandle<ShellTotals>) {
+        let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
+        let shell = Shell {
+            read_size: cfg.read_size,
+            max_buffered: cfg.max_buffered_bytes,
+            core: Core::new(cfg),
+            rx,
+            tx: tx.downgrade(),
+            in_flight: Arc::new(Semaphore::new(output.max_in_flight().max(1))),
+            output,
+            streams: HashMap::new(),
+            sends: JoinSet::new(),
+            totals: ShellTotals::default(),
+        };
+        (Handle { tx }, tokio::spawn(shell.run()))
+    }
+
+    /// Registers a stream. The returned receiver fires once the stream's last bundle has been
+    /// handed to the output.
+    ///
+    /// # Errors
+    /// The shell has stopped, or the core refused the stream.
+    pub async fn register(
+        &self,
+        desc: logpb::LogStreamDescriptor,
+    ) -> Result<(StreamSink, oneshot::Receiver<Finished>), ShellError> {
+        let (reply, reply_rx) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel();
+        self.tx
+            .send(Input::Register { desc, reply, done })
+            .await
+            .map_err(|_| ShellError::Stopped)?;
+        let sink = reply_rx.await.map_err(|_| ShellError::Stopped)??;
+        Ok((sink, done_rx))
+    }
+}
+
+impl StreamSink {
+    /// Largest chunk [`write`](Self::write) takes at once.
+    pub fn read_size(&self) -> usize {
+        self.read_size
+    }
+
+    /// Appends bytes, waiting while the stream's buffer is full. Chunks larger than
+    /// [`read_size`](Self::read_size) are split.
+    ///
+    /// # Errors
+    /// The shell stopped, or ended this stream (the caller should stop reading).
+    pub async fn write(&self, mut data: Bytes) -> Result<(), ShellError> {
+        while !data.is_empty() {
+            let chunk = data.split_to(data.len().min(self.read_size));
+            let n = u32::try_from(chunk.len()).map_err(|_| ShellError::StreamClosed)?;
+            self.budget
+                .acquire_many(n)
+                .await
+                .map_err(|_| ShellError::StreamClosed)?
+                .forget();
+            self.tx
+                .send(Input::Append(self.id, chunk))
+                .await
+                .map_err(|_| ShellError::Stopped)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream normally.
+    pub async fn close(mut self) {
+        self.ended = true;
+        let _ = self.tx.send(Input::Close(self.id)).await;
+    }
+
+    /// Ends the stream with an error; buffered data is dropped and counted.
+    pub async fn fail(mut self, reason: String) {
+        self.ended = true;
+        let _ = self.tx.send(Input::Fail(self.id, reason)).await;
+    }
+}
+
+impl Drop for StreamSink {
+    /// A sink dropped without [`close`](StreamSink::close) (a reader that panicked or was
+    /// cancelled) still ends its stream, so nothing waits for it forever.
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let (tx, id) = (self.tx.clone(), self.id);
+        if tx.try_send(Input::Close(id)).is_err()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = tx.send(Input::Close(id)).await;
+            });
+        }
+    }
+}
+
+struct StreamState {
+    budget: Arc<Semaphore>,
+    done: oneshot::Sender<Finished>,
+}
+
+struct Shell {
+    core: Core,
+    read_size: usize,
+    max_buffered: usize,
+    rx: mpsc::Receiver<Input>,
+    /// Lets the shell hand out sinks without keeping itself alive.
+    tx: mpsc::WeakSender<Input>,
+    in_flight: Arc<Semaphore>,
+    output: Arc<dyn Output>,
+    streams: HashMap<StreamId, StreamState>,
+    sends: JoinSet<bool>,
+    totals: ShellTotals,
+}
+
+impl Shell {
+    async fn run(mut self) -> ShellTotals {
+        let mut input_open = true;
+        // Whether the core may have something new to cut.
+        let mut dirty = false;
+        loop {
+            if !input_open && self.core.is_empty() && self.sends.is_empty() {
+                break;
+            }
+            let deadline = self.core.next_deadline().map(Instant::from_std);
+            let can_cut = dirty && self.core.has_pending();
+            tokio::select! {
+                biased;
+                permit = self.in_flight.clone().acquire_owned(), if can_cut => {
+                    let Ok(permit) = permit else { break };
+                    let flush = !input_open;
+                    match self.core.next_bundle(Instant::now().into_std(), SystemTime::now(), flush) {
+                        None => dirty = false,
+                        Some(cut) => self.dispatch(cut, permit),
+                    }
+                }
+                Some(res) = self.sends.join_next(), if !self.sends.is_empty() => {
+                    self.totals.bundles += 1;
+                    if !matches!(res, Ok(true)) {
+                        self.totals.failed_bundles += 1;
+                    }
+                }
+                msg = self.rx.recv(), if input_open => match msg {
+                    Some(m) => {
+                        self.handle(m);
+                        dirty = true;
+                    }
+                    None => {
+                        // Nobody can write any more: end what is still open and flush.
+                        input_open = false;
+                        self.core.close_all();
+                        dirty = true;
+                    }
+                },
+                () = sleep_until_opt(deadline), if !dirty && deadline.is_some() => dirty = true,
+            }
+        }
+        self.totals
+    }
+
+    fn handle(&mut self, m: Input) {
+        match m {
+            Input::Register { desc, reply, done } => {
+                // The registering handle is alive (it awaits the reply), so this upgrades.
+                let Some(tx) = self.tx.upgrade() else { return };
+                let now = Instant::now().into_std();
+                let sink = self.core.register(desc, now, SystemTime::now()).map(|id| {
+                    let budget = Arc::new(Semaphore::new(self.max_buffered));
+                    self.streams.insert(
+                        id,
+                        StreamState {
+                            budget: budget.clone(),
+                            done,
+                        },
+                    );
+                    StreamSink {
+                        id,
+                        budget,
+                        tx,
+                        read_size: self.read_size,
+                        ended: false,
+                    }
+                });
+                let _ = reply.send(sink);
+            }
+            Input::Append(id, data) => self.core.append(id, data, Instant::now().into_std()),
+            Input::Close(id) => self.core.close(id),
+            Input::Fail(id, reason) => self.core.fail(id, reason),
+        }
+    }
+
+    fn dispatch(&mut self, cut: crate::core::Cut, permit: tokio::sync::OwnedSemaphorePermit) {
+        for (id, n) in cut.released {
+            if let Some(st) = self.streams.get(&id) {
+                st.budget.add_permits(n);
+            }
+        }
+        let mut done = Vec::new();
+        for f in cut.finished {
+            if let Some(st) = self.streams.remove(&f.id) {
+                // Wakes a writer still waiting for room in a stream the core has ended.
+                st.budget.close();
+                done.push((st.done, f));
+            }
+        }
+        if cut.bundle.entries.is_empty() {
+            for (tx, f) in done {
+                let _ = tx.send(f);
+            }
+            return;
+        }
+        let output = self.output.clone();
+        let bundle = cut.bundle;
+        self.sends.spawn(async move {
+            let ok = match output.send(bundle).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "output failed to deliver a bundle");
+                    false
+                }
+            };
+            drop(permit);
+            for (tx, f) in done {
+                let _ = tx.send(f);
+            }
+            ok
+        });
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

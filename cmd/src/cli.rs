@@ -1,0 +1,97 @@
+//! Command-line arguments.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use logdog_outputs::OutputSpec;
+
+use crate::spec::{StreamSpec, parse_tag};
+
+/// Runs a command (or reads a file) and ships everything it logs as LogDog streams.
+#[derive(Debug, Parser)]
+#[command(name = "logdog_butler", version, about, rename_all = "kebab-case")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted before or after the subcommand.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Project of the streams.
+    #[arg(long, global = true, default_value = "default")]
+    pub project: String,
+    /// Prefix of the streams [default: butler/<fresh UUID>, printed at start].
+    #[arg(long, global = true)]
+    pub prefix: Option<String>,
+    /// Where bundles go: `log` (stderr), `null`, or `directory:PATH`.
+    #[arg(long, global = true, default_value = "directory:./logdog-out")]
+    pub output: OutputSpec,
+    /// A tag added to every stream, as KEY=VALUE (repeatable; a stream's own tags win).
+    #[arg(long = "tag", global = true, value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Longest time a byte waits in a buffer before it is sent, e.g. 5s or 200ms.
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub max_buffer_age: Duration,
+    /// The butler's own log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "warn")]
+    pub log_level: String,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs a command, capturing its stdout and stderr as streams.
+    Run(RunArgs),
+    /// Uploads one file, or stdin, as a single stream.
+    Stream(StreamArgs),
+}
+
+/// `run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The stdout stream: name=N[,type=text|binary|datagram][,content-type=CT][,tag=k=v...]
+    #[arg(long, value_name = "SPEC", default_value = "name=stdout")]
+    pub stdout: StreamSpec,
+    /// The stderr stream, in the same form as --stdout.
+    #[arg(long, value_name = "SPEC", default_value = "name=stderr")]
+    pub stderr: StreamSpec,
+    /// Working directory of the command.
+    #[arg(long)]
+    pub chdir: Option<PathBuf>,
+    /// Writes a JSON summary (command, exit status, per-stream byte counts) to this file.
+    #[arg(long)]
+    pub result_path: Option<PathBuf>,
+    /// Passes the butler's stdin to the command (otherwise it reads /dev/null).
+    #[arg(long)]
+    pub forward_stdin: bool,
+    /// Does not echo the command's stdout and stderr to the butler's own.
+    #[arg(long)]
+    pub no_echo: bool,
+    /// After forwarding SIGINT/SIGTERM, how long the command gets before SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grace_period: Duration,
+    /// The command and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// `stream` arguments.
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// File to upload, or `-` for stdin.
+    #[arg(long, default_value = "-")]
+    pub source: String,
+    /// The stream [default: name=stdin for stdin, name=file:<path> for a file].
+    #[arg(long, value_name = "SPEC")]
+    pub stream: Option<StreamSpec>,
+}

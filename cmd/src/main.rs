@@ -1,0 +1,114 @@
+//! `logdog_butler`: runs a command (or reads a file) and ships what it logs as LogDog streams.
+//!
+//! Exit status: the child's for `run` (128+N when it was killed by signal N); 2 for bad flags
+//! or specs; 250 when the butler itself fails (for example, a command that does not exist).
+
+mod cli;
+mod run;
+mod spec;
+mod stream;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use logdog_butler::{Butler, ButlerConfig};
+use logdog_outputs::Output;
+
+use cli::{Cli, Command, Global};
+
+/// Exit status for a butler failure (LogDog's value).
+pub const EXIT_RUNTIME: u8 = 250;
+/// Exit status for bad flags.
+pub const EXIT_USAGE: u8 = 2;
+
+/// A failure, by the exit status it calls for.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad flags or specs: exit 2.
+    Usage(String),
+    /// The butler failed: exit 250.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    init_tracing(&cli.global.log_level);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("logdog_butler: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let res = rt.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(&cli.global, args).await,
+            Command::Stream(args) => stream::stream(&cli.global, args).await,
+        }
+    });
+    match res {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure::Usage(msg)) => {
+            eprintln!("logdog_butler: {msg}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("logdog_butler: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Builds the output and starts a butler from the global flags.
+pub fn start_butler(g: &Global) -> Result<(Butler, Arc<dyn Output>, ButlerConfig), Failure> {
+    let prefix = g
+        .prefix
+        .clone()
+        .unwrap_or_else(|| format!("butler/{}", uuid::Uuid::new_v4()));
+    let cfg = ButlerConfig {
+        project: g.project.clone(),
+        prefix,
+        global_tags: g.tags.iter().cloned().collect(),
+        max_buffer_age: g.max_buffer_age,
+        ..Default::default()
+    };
+    cfg.validate().map_err(|e| Failure::Usage(e.to_string()))?;
+    let output = logdog_outputs::build_output(&g.output)
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot open output {}: {e}", g.output)))?;
+    if g.prefix.is_none() {
+        eprintln!(
+            "logdog_butler: streaming to {}/{}/+/ via {}",
+            cfg.project, cfg.prefix, g.output
+        );
+    }
+    let butler =
+        Butler::spawn(cfg.clone(), output.clone()).map_err(|e| Failure::Usage(e.to_string()))?;
+    Ok((butler, output, cfg))
+}

@@ -1,0 +1,234 @@
+//! `logdog_butler run`: runs a command with its stdout and stderr captured as streams.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use logdog_bootstrap::Environment;
+use logdog_butler::{Report, StreamSource, Tee};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::Child;
+use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
+
+use crate::cli::{Global, RunArgs};
+use crate::{Failure, start_butler};
+
+/// SIGINT and SIGTERM, as one source of signals.
+struct Signals {
+    int: SignalStream,
+    term: SignalStream,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+        })
+    }
+
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.int.recv() => Signal::SIGINT,
+            _ = self.term.recv() => Signal::SIGTERM,
+        }
+    }
+}
+
+/// Runs the `run` subcommand; returns the child's exit status.
+pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
+    if args.stdout.name == args.stderr.name {
+        return Err(Failure::Usage(format!(
+            "--stdout and --stderr both name the stream {:?}",
+            args.stdout.name
+        )));
+    }
+    let mut signals = Signals::new()?;
+    let (butler, output, cfg) = start_butler(g)?;
+    let env = Environment {
+        project: Some(cfg.project.clone()),
+        prefix: Some(cfg.prefix.clone()),
+        coordinator_host: output.coordinator_host(),
+        ..Default::default()
+    };
+
+    let program = args.command[0].to_string_lossy().into_owned();
+    let mut cmd = tokio::process::Command::new(&args.command[0]);
+    cmd.args(&args.command[1..])
+        .envs(env.to_vars())
+        .stdin(if args.forward_stdin {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let spawned = match &args.chdir {
+        Some(d) if !d.is_dir() => Err(anyhow!("--chdir {}: not a directory", d.display())),
+        Some(d) => {
+            cmd.current_dir(d);
+            cmd.spawn()
+                .with_context(|| format!("cannot run {program:?} in {}", d.display()))
+        }
+        None => cmd
+            .spawn()
+            .with_context(|| format!("cannot run {program:?}")),
+    };
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            butler.activate().await;
+            let _ = butler.wait().await;
+            let _ = output.close().await;
+            return Err(Failure::Runtime(e));
+        }
+    };
+
+    let echo = !args.no_echo;
+    let pipes = [
+        (
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as logdog_butler::Source),
+            &args.stdout,
+            echo.then(|| Box::new(tokio::io::stdout()) as Tee),
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as logdog_butler::Source),
+            &args.stderr,
+            echo.then(|| Box::new(tokio::io::stderr()) as Tee),
+        ),
+    ];
+    for (reader, spec, tee) in pipes {
+        let Some(reader) = reader else { continue };
+        if let Err(e) = butler
+            .add_stream(StreamSource {
+                reader,
+                desc: spec.descriptor(),
+                tee,
+            })
+            .await
+        {
+            // Cannot happen with validated specs; the child still runs to completion.
+            tracing::error!(stream = %spec.name, error = %e, "cannot capture stream");
+        }
+    }
+
+    let status = wait_child(&mut child, args.grace_period, &mut signals).await?;
+    butler.activate().await;
+    // Streams end when every process holding the pipes (grandchildren too) has closed them.
+    let report = tokio::select! {
+        r = butler.wait() => r.map_err(|e| Failure::Runtime(e.into()))?,
+        sig = signals.recv() => {
+            eprintln!("logdog_butler: {sig}: exiting without waiting for the streams to end");
+            return Ok(exit_code(status));
+        }
+    };
+    if let Err(e) = output.close().await {
+        tracing::error!(error = %e, "closing the output failed");
+    }
+    let code = exit_code(status);
+    report_losses(&report);
+    if let Some(path) = &args.result_path {
+        let result = serde_json::json!({
+            "command": args.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
+            "exit_code": code,
+            "signal": status.signal(),
+            "project": cfg.project,
+            "prefix": cfg.prefix,
+            "streams": report.streams,
+            "bundles": report.bundles,
+            "failed_bundles": report.failed_bundles,
+            "output": report.output,
+        });
+        let text = serde_json::to_vec_pretty(&result).map_err(|e| Failure::Runtime(e.into()))?;
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("logdog_butler: cannot write {}: {e}", path.display());
+        }
+    }
+    Ok(code)
+}
+
+/// Waits for the child. The first SIGINT/SIGTERM is forwarded to it and starts the grace
+/// period, after which it is killed; a second signal kills it and exits at once.
+async fn wait_child(
+    child: &mut Child,
+    grace: Duration,
+    signals: &mut Signals,
+) -> Result<ExitStatus, Failure> {
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(Pid::from_raw);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let grace_over = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = child.wait() => return child_status(status),
+            sig = signals.recv() => {
+                if deadline.is_some() {
+                    eprintln!("logdog_butler: second {sig}: killing the command and exiting now");
+                    let _ = child.start_kill();
+                    std::process::exit(128 + sig as i32);
+                }
+                eprintln!("logdog_butler: {sig}: passed to the command; it gets {} before SIGKILL", humantime::format_duration(grace));
+                if let Some(pid) = pid {
+                    let _ = kill(pid, sig);
+                }
+                deadline = Some(tokio::time::Instant::now() + grace);
+            }
+            () = grace_over => {
+                eprintln!("logdog_butler: grace period over: killing the command");
+                let _ = child.start_kill();
+                return child_status(child.wait().await);
+            }
+        }
+    }
+}
+
+fn child_status(status: std::io::Result<ExitStatus>) -> Result<ExitStatus, Failure> {
+    status.map_err(|e| Failure::Runtime(anyhow!("waiting for the command: {e}")))
+}
+
+/// The exit status `run` reports: the child's code, or 128+N for a child killed by signal N.
+fn exit_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => (c & 0xFF) as u8,
+        (None, Some(sig)) => (128 + sig).min(255) as u8,
+        (None, None) => crate::EXIT_RUNTIME,
+    }
+}
+
+/// Tells the user about anything that did not make it (never silently).
+fn report_losses(report: &Report) {
+    for s in report.streams.values() {
+        if s.bytes_dropped > 0 || s.error.is_some() {
+            eprintln!(
+                "logdog_butler: stream {:?}: {} bytes dropped{}",
+                s.name,
+                s.bytes_dropped,
+                s.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if report.failed_bundles > 0 {
+        eprintln!(
+            "logdog_butler: {} bundles ({} bytes) could not be delivered",
+            report.failed_bundles, report.output.failed_bytes
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! Bundle outputs: where the butler's bundles go.
+//!
+//! The butler's bundler cuts [`Bundle`]s no larger than [`Output::max_bundle_size`] and hands
+//! them to an [`Output`], up to [`Output::max_in_flight`] at once. Outputs make no ordering
+//! promise to each other, but a butler with `max_in_flight() == 1` sends bundles in the order
+//! they were cut.
+//!
+//! # Layout
+//! - [`log`]: writes a human-readable account of every entry to stderr.
+//! - [`memory`]: keeps every bundle and reassembles streams; for tests.
+//! - [`directory`]: writes every stream's bytes under a directory.
+//! - [`null`]: discards bundles, counting them.
+//! - [`spec`]: parses `--output` values such as `directory:PATH`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use logdog_proto::Bundle;
+
+pub mod directory;
+pub mod log;
+pub mod memory;
+pub mod null;
+pub mod spec;
+
+pub use directory::DirectoryOutput;
+pub use log::LogOutput;
+pub use memory::MemoryOutput;
+pub use null::NullOutput;
+pub use spec::{OutputSpec, ParseOutputSpecError, build_output};
+
+/// Default [`Output::max_bundle_size`] of the null, memory and directory outputs: 8 MiB.
+pub const DEFAULT_MAX_BUNDLE_SIZE: usize = 8 * 1024 * 1024;
+
+/// An error from an output.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// An I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The output was used after [`Output::close`].
+    #[error("output is closed")]
+    Closed,
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Counters every output keeps.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct OutputStats {
+    /// Bundles accepted by [`Output::send`].
+    pub sent_bundles: u64,
+    /// Log entries in those bundles.
+    pub sent_entries: u64,
+    /// Payload bytes in those bundles.
+    pub sent_bytes: u64,
+    /// Bundles that could not be (fully) delivered.
+    pub failed_bundles: u64,
+    /// Payload bytes that could not be delivered.
+    pub failed_bytes: u64,
+}
+
+impl fmt::Display for OutputStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sent {} bundles, {} entries, {} bytes; failed {} bundles, {} bytes",
+            self.sent_bundles,
+            self.sent_entries,
+            self.sent_bytes,
+            self.failed_bundles,
+            self.failed_bytes
+        )
+    }
+}
+
+/// Thread-safe [`OutputStats`] counters, for outputs to embed.
+#[derive(Debug, Default)]
+pub struct StatsCounter {
+    sent_bundles: AtomicU64,
+    sent_entries: AtomicU64,
+    sent_bytes: AtomicU64,
+    failed_bundles: AtomicU64,
+    failed_bytes: AtomicU64,
+}
+
+impl StatsCounter {
+    /// Records a bundle that was delivered.
+    pub fn sent(&self, bundle: &Bundle) {
+        self.sent_bundles.fetch_add(1, Ordering::Relaxed);
+        self.sent_entries
+            .fetch_add(bundle.log_count() as u64, Ordering::Relaxed);
+        self.sent_bytes
+            .fetch_add(bundle.payload_bytes() as u64, Ordering::Relaxed);
+    }
+
+    /// Records a bundle that was only partly delivered: `entries` log entries holding
+    /// `payload_bytes` bytes got through. Pair it with [`failed`](Self::failed) for the rest.
+    pub fn sent_partial(&self, entries: u64, payload_bytes: u64) {
+        self.sent_bundles.fetch_add(1, Ordering::Relaxed);
+        self.sent_entries.fetch_add(entries, Ordering::Relaxed);
+        self.sent_bytes.fetch_add(payload_bytes, Ordering::Relaxed);
+    }
+
+    /// Records a bundle, or part of one, that could not be delivered.
+    pub fn failed(&self, payload_bytes: u64) {
+        self.failed_bundles.fetch_add(1, Ordering::Relaxed);
+        self.failed_bytes
+            .fetch_add(payload_bytes, Ordering::Relaxed);
+    }
+
+    /// A snapshot of the counters.
+    pub fn snapshot(&self) -> OutputStats {
+        OutputStats {
+            sent_bundles: self.sent_bundles.load(Ordering::Relaxed),
+            sent_entries: self.sent_entries.load(Ordering::Relaxed),
+            sent_bytes: self.sent_bytes.load(Ordering::Relaxed),
+            failed_bundles: self.failed_bundles.load(Ordering::Relaxed),
+            failed_bytes: self.failed_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Where bundles go.
+///
+/// Contract:
+/// - [`send`](Output::send) may be called concurrently, up to
+///   [`max_in_flight`](Output::max_in_flight) calls at once. It returns once the output has
+///   taken responsibility for the bundle (written it, acknowledged it). An output retries what
+///   it can itself; an `Err` means the bundle (or part of it) is lost and has been counted in
+///   [`stats`](Output::stats).
+/// - Every bundle the butler sends encodes to at most
+///   [`max_bundle_size`](Output::max_bundle_size) bytes.
+/// - [`close`](Output::close) flushes everything sent so far; no `send` follows it.
+#[async_trait]
+pub trait Output: Send + Sync + fmt::Debug {
+    /// Delivers one bundle.
+    async fn send(&self, bundle: Bundle) -> Result<(), OutputError>;
+
+    /// Largest encoded bundle this output accepts, in bytes.
+    fn max_bundle_size(&self) -> usize;
+
+    /// How many `send` calls may run at once.
+    fn max_in_flight(&self) -> usize {
+        1
+    }
+
+    /// Counters.
+    fn stats(&self) -> OutputStats;
+
+    /// What children should see as `LOGDOG_COORDINATOR_HOST`, if anything.
+    fn coordinator_host(&self) -> Option<String> {
+        None
+    }
+
+    /// Flushes and releases everything. Called once, after the last `send`.
+    async fn close(&self) -> Result<(), OutputError>;
+}

@@ -1,0 +1,142 @@
+//! Parsing `--output` values.
+//!
+//! Valid forms:
+//! - `log`: [`LogOutput`] to stderr, 1 MiB bundles;
+//! - `null`: [`NullOutput`];
+//! - `directory:PATH`: [`DirectoryOutput`] writing under `PATH` (everything after the first
+//!   `:`, which may itself contain `:`).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::{DirectoryOutput, LogOutput, NullOutput, Output, OutputError};
+
+/// The valid forms of an output spec, for messages.
+pub const VALID_FORMS: &str = "log, null, directory:PATH";
+
+/// A parsed `--output` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputSpec {
+    /// `log`: a human-readable account of every bundle on stderr.
+    Log,
+    /// `null`: discard everything.
+    Null,
+    /// `directory:PATH`: write every stream under `PATH`.
+    Directory(PathBuf),
+}
+
+/// Why an output spec was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseOutputSpecError {
+    /// Not one of the valid forms.
+    #[error("unknown output {0:?}: expected {VALID_FORMS}")]
+    Unknown(String),
+    /// `directory` without a path.
+    #[error("output {0:?} needs a path: expected directory:PATH")]
+    MissingPath(String),
+}
+
+impl FromStr for OutputSpec {
+    type Err = ParseOutputSpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "log" => Ok(Self::Log),
+            "null" => Ok(Self::Null),
+            "directory" => Err(ParseOutputSpecError::MissingPath(s.to_owned())),
+            _ => match s.strip_prefix("directory:") {
+                Some("") => Err(ParseOutputSpecError::MissingPath(s.to_owned())),
+                Some(path) => Ok(Self::Directory(PathBuf::from(path))),
+                None => Err(ParseOutputSpecError::Unknown(s.to_owned())),
+            },
+        }
+    }
+}
+
+impl fmt::Display for OutputSpec {
+    /// The spec in the form it is parsed from.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Log => f.write_str("log"),
+            Self::Null => f.write_str("null"),
+            Self::Directory(p) => write!(f, "directory:{}", p.display()),
+        }
+    }
+}
+
+/// Builds the output a spec describes. Creates the directory for `directory:PATH`.
+pub fn build_output(spec: &OutputSpec) -> Result<Arc<dyn Output>, OutputError> {
+    Ok(match spec {
+        OutputSpec::Log => Arc::new(LogOutput::default()),
+        OutputSpec::Null => Arc::new(NullOutput::new()),
+        OutputSpec::Directory(path) => Arc::new(DirectoryOutput::new(path)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_valid_forms() {
+        assert_eq!("log".parse(), Ok(OutputSpec::Log));
+        assert_eq!("null".parse(), Ok(OutputSpec::Null));
+        assert_eq!(
+            "directory:/tmp/x".parse(),
+            Ok(OutputSpec::Directory("/tmp/x".into()))
+        );
+        assert_eq!(
+            "directory:a:b".parse(),
+            Ok(OutputSpec::Directory("a:b".into()))
+        );
+        for s in ["log", "null", "directory:/tmp/x"] {
+            assert_eq!(s.parse::<OutputSpec>().unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn refuses_others() {
+        let err = "foo".parse::<OutputSpec>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown output \"foo\": expected log, null, directory:PATH"
+        );
+        for s in [
+            "",
+            "LOG",
+            "log,bundle-size=5",
+            "logdog",
+            "directory=x",
+            " null",
+        ] {
+            assert_eq!(
+                s.parse::<OutputSpec>(),
+                Err(ParseOutputSpecError::Unknown(s.into()))
+            );
+        }
+        for s in ["directory", "directory:"] {
+            let err = s.parse::<OutputSpec>().unwrap_err();
+            assert_eq!(err, ParseOutputSpecError::MissingPath(s.into()));
+            assert!(err.to_string().contains("directory:PATH"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn builds_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = build_output(&OutputSpec::Log).unwrap();
+        assert_eq!(log.max_bundle_size(), 1024 * 1024);
+        let null = build_output(&OutputSpec::Null).unwrap();
+        assert_eq!(null.max_bundle_size(), 8 * 1024 * 1024);
+        let path = dir.path().join("d");
+        let d = build_output(&OutputSpec::Directory(path.clone())).unwrap();
+        assert!(path.is_dir());
+        assert!(d.coordinator_host().unwrap().starts_with("file:///"));
+        d.close().await.unwrap();
+        // A path under a regular file cannot be created.
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        assert!(build_output(&OutputSpec::Directory(dir.path().join("file/sub"))).is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! Local stream server through which child processes open named log streams.
