@@ -146,6 +146,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
             "bundles": report.bundles,
             "failed_bundles": report.failed_bundles,
             "output": report.output,
+            "peak_rss_kib": peak_rss_kib(),
         });
         let text = serde_json::to_vec_pretty(&result).map_err(|e| Failure::Runtime(e.into()))?;
         if let Err(e) = std::fs::write(path, text) {
@@ -231,4 +232,11 @@ fn report_losses(report: &Report) {
             report.failed_bundles, report.output.failed_bytes
         );
     }
+}
+
+/// The butler's own peak resident set size, from `/proc/self/status` (Linux only).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -71,8 +71,9 @@ use serde_json::json;
 
 use crate::{DEFAULT_MAX_BUNDLE_SIZE, Output, OutputError, OutputStats, StatsCounter};
 
-/// Buffer size of each stream file's writer.
-const WRITE_BUFFER: usize = 256 * 1024;
+/// Buffer size of each stream file's writer. Small entries are gathered here; entries this
+/// size or larger (bulk output arrives in 64 KiB reads) go straight to the file, uncopied.
+const WRITE_BUFFER: usize = 32 * 1024;
 
 /// Writes every stream under a directory; see the [module docs](self) for the layout.
 pub struct DirectoryOutput {
