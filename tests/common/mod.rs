@@ -1,0 +1,430 @@
+//! Helpers shared by the end-to-end tests: running the butler with a watchdog, generating test
+//! files, comparing files and reading descriptors.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
+use nix::unistd::Pid;
+
+/// How long any one process may run before it is killed and the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Environment variables a butler exports; removed from the butler's own environment so the
+/// tests do not depend on the environment they run in.
+const LOGDOG_VARS: [&str; 5] = [
+    "LOGDOG_STREAM_SERVER_PATH",
+    "LOGDOG_STREAM_PROJECT",
+    "LOGDOG_STREAM_PREFIX",
+    "LOGDOG_COORDINATOR_HOST",
+    "LOGDOG_NAMESPACE",
+];
+
+/// A `logdog_butler` command running in `cwd` (so the default `./logdog-out` output, if ever
+/// used, lands in a temporary directory), with `args`.
+pub fn butler<S: AsRef<std::ffi::OsStr>>(cwd: &Path, args: &[S]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_logdog_butler"));
+    cmd.current_dir(cwd).args(args).env_remove("RUST_LOG");
+    for v in LOGDOG_VARS {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
+/// `directory:PATH` for `--output`.
+pub fn dir_output(dir: &Path) -> String {
+    format!("directory:{}", dir.display())
+}
+
+/// What a finished process left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything it wrote to stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl Finished {
+    /// The exit code; fails the test if the process was killed by a signal.
+    pub fn code(&self) -> i32 {
+        match self.status.code() {
+            Some(c) => c,
+            None => panic!(
+                "killed by signal {:?}; stderr:\n{}",
+                self.status.signal(),
+                self.stderr_str()
+            ),
+        }
+    }
+
+    /// Stdout, lossily decoded.
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Stderr, lossily decoded.
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// Fails the test unless the exit code is `want`.
+    #[track_caller]
+    pub fn assert_code(&self, want: i32) {
+        assert_eq!(
+            self.code(),
+            want,
+            "unexpected exit status; stdout:\n{}\nstderr:\n{}",
+            self.stdout_str(),
+            self.stderr_str()
+        );
+    }
+}
+
+/// What the process gets on stdin.
+#[derive(Debug)]
+pub enum Input {
+    /// `/dev/null`.
+    Null,
+    /// These bytes, then end of file.
+    Bytes(Vec<u8>),
+    /// A pipe that stays open (no data, no end of file) until the process has exited.
+    HeldOpen,
+}
+
+/// A process running in its own process group under a watchdog: if it has not exited after
+/// [`TIMEOUT`], the whole group is killed with SIGKILL and [`Guarded::wait`] fails the test.
+pub struct Guarded {
+    /// The process; its pipes may be taken.
+    pub child: Child,
+    what: String,
+    done: Arc<(Mutex<bool>, Condvar)>,
+    timed_out: Arc<AtomicBool>,
+    watchdog: Option<JoinHandle<()>>,
+}
+
+impl Guarded {
+    /// Spawns `cmd` (in a new process group) under a watchdog. Pipes are as set on `cmd`.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let what = format!("{cmd:?}");
+        cmd.process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {what}: {e}"));
+        let pgid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"));
+        let done = Arc::new((Mutex::new(false), Condvar::new()));
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let watchdog = {
+            let done = done.clone();
+            let timed_out = timed_out.clone();
+            std::thread::spawn(move || {
+                let (lock, cv) = &*done;
+                let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let (guard, res) = cv
+                    .wait_timeout_while(guard, TIMEOUT, |done| !*done)
+                    .unwrap_or_else(|e| e.into_inner());
+                if res.timed_out() && !*guard {
+                    // The leader is not reaped before `done` is set (see `wait`), so the group
+                    // id cannot have been reused.
+                    timed_out.store(true, Ordering::SeqCst);
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+            })
+        };
+        Self {
+            child,
+            what,
+            done,
+            timed_out,
+            watchdog: Some(watchdog),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits in i32"))
+    }
+
+    /// Waits for the process to exit; fails the test if the watchdog had to kill it.
+    pub fn wait(&mut self) -> ExitStatus {
+        let pid = self.pid();
+        // Wait without reaping, so the watchdog never signals a recycled process group.
+        loop {
+            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                Ok(_) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => panic!("waitid on {}: {e}", self.what),
+            }
+        }
+        {
+            let (lock, cv) = &*self.done;
+            *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(w) = self.watchdog.take() {
+            w.join().expect("watchdog thread");
+        }
+        let status = self.child.wait().expect("reaping the child");
+        assert!(
+            !self.timed_out.load(Ordering::SeqCst),
+            "{} did not finish within {TIMEOUT:?} and was killed",
+            self.what
+        );
+        status
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            // Never waited for (the test failed early): leave nothing running.
+            {
+                let (lock, cv) = &*self.done;
+                *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                cv.notify_all();
+            }
+            let _ = w.join();
+            let _ = killpg(self.pid(), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Reads `r` to the end on a thread.
+pub fn drain(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        r.read_to_end(&mut buf).expect("reading a pipe");
+        buf
+    })
+}
+
+/// Feeds `data` to `w` on a thread, then closes it. A closed pipe is not an error.
+pub fn feed(mut w: ChildStdin, data: Vec<u8>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        if let Err(e) = w.write_all(&data) {
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe,
+                "writing stdin: {e}"
+            );
+        }
+    })
+}
+
+/// Runs `cmd` to completion under a watchdog, with `input` on stdin, capturing its stdout and
+/// stderr.
+pub fn run(cmd: &mut Command, input: Input) -> Finished {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    match input {
+        Input::Null => cmd.stdin(Stdio::null()),
+        Input::Bytes(_) | Input::HeldOpen => cmd.stdin(Stdio::piped()),
+    };
+    let mut g = Guarded::spawn(cmd);
+    let out = drain(g.child.stdout.take().expect("stdout pipe"));
+    let err = drain(g.child.stderr.take().expect("stderr pipe"));
+    let stdin = g.child.stdin.take();
+    let (feeder, held) = match input {
+        Input::Null => (None, None),
+        Input::Bytes(data) => (Some(feed(stdin.expect("stdin pipe"), data)), None),
+        Input::HeldOpen => (None, stdin),
+    };
+    let status = g.wait();
+    drop(held);
+    if let Some(f) = feeder {
+        f.join().expect("stdin feeder");
+    }
+    Finished {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// Runs `logdog_butler ARGS` in `cwd` with stdin from `/dev/null`.
+pub fn run_butler<S: AsRef<std::ffi::OsStr>>(cwd: &Path, args: &[S]) -> Finished {
+    run(&mut butler(cwd, args), Input::Null)
+}
+
+/// A small, fast, deterministic PRNG (xorshift64*).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed (any value; 0 is remapped).
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// `len` random bytes.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(len + 8);
+        while v.len() < len {
+            v.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        v.truncate(len);
+        v
+    }
+}
+
+/// Multi-byte characters sprinkled into generated text.
+const WIDE: [&str; 8] = ["é", "ß", "€", "中", "文", "😀", "🦀", "\u{200B}"];
+
+/// A random text line: 0..200 characters, mostly printable ASCII with some multi-byte UTF-8,
+/// ending with `\n`.
+pub fn random_line(rng: &mut Rng) -> String {
+    let len = rng.below(200);
+    let mut s = String::with_capacity(len as usize * 2 + 1);
+    for _ in 0..len {
+        let r = rng.next_u64();
+        if r.is_multiple_of(16) {
+            s.push_str(WIDE[((r >> 8) % WIDE.len() as u64) as usize]);
+        } else {
+            s.push(char::from(b' ' + ((r >> 8) % 95) as u8));
+        }
+    }
+    s.push('\n');
+    s
+}
+
+/// Writes a text file of at least `size` bytes (whole lines) at `path` and returns its length.
+///
+/// Lines are drawn at random from a pool of random lines, so that even an unoptimised build
+/// writes hundreds of MiB in a few seconds.
+pub fn write_text_file(path: &Path, size: u64, seed: u64) -> u64 {
+    const POOL: usize = 1 << 14;
+    let mut rng = Rng::new(seed);
+    let pool: Vec<String> = (0..POOL).map(|_| random_line(&mut rng)).collect();
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(path).expect("creating file"));
+    let mut written = 0u64;
+    while written < size {
+        let line = &pool[rng.below(POOL as u64) as usize];
+        w.write_all(line.as_bytes()).expect("writing file");
+        written += line.len() as u64;
+    }
+    w.flush().expect("flushing file");
+    written
+}
+
+/// Fills `buf` from `r` as far as possible; returns how much was read (less only at EOF).
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading: {e}"),
+        }
+    }
+    n
+}
+
+/// Fails the test unless the two files have identical bytes. Streams both in chunks.
+#[track_caller]
+pub fn assert_same_file(want: &Path, got: &Path) {
+    let want_len = std::fs::metadata(want)
+        .unwrap_or_else(|e| panic!("{}: {e}", want.display()))
+        .len();
+    let got_len = std::fs::metadata(got)
+        .unwrap_or_else(|e| panic!("{}: {e}", got.display()))
+        .len();
+    let mut a = File::open(want).expect("opening expected file");
+    let mut b = File::open(got).expect("opening actual file");
+    const CHUNK: usize = 1 << 20;
+    let mut ba = vec![0u8; CHUNK];
+    let mut bb = vec![0u8; CHUNK];
+    let mut offset = 0u64;
+    loop {
+        let na = read_full(&mut a, &mut ba);
+        let nb = read_full(&mut b, &mut bb);
+        if ba[..na] != bb[..nb] {
+            let common = na.min(nb);
+            let at = (0..common).find(|&i| ba[i] != bb[i]).unwrap_or(common);
+            let pos = offset + at as u64;
+            let show = |buf: &[u8], n: usize| {
+                let end = (at + 32).min(n);
+                format!("{:?}", String::from_utf8_lossy(&buf[at.min(end)..end]))
+            };
+            panic!(
+                "{} differs from {} at byte {pos} (lengths {got_len} vs {want_len}): got {} want {}",
+                got.display(),
+                want.display(),
+                show(&bb, nb),
+                show(&ba, na),
+            );
+        }
+        if na == 0 {
+            break;
+        }
+        offset += na as u64;
+    }
+    assert_eq!(got_len, want_len);
+}
+
+/// The contents of a file, failing the test with its path if it cannot be read.
+#[track_caller]
+pub fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Where the directory output `dir` puts the descriptor of stream `name`.
+pub fn desc_path(dir: &Path, name: &str) -> PathBuf {
+    let (d, base) = name.rsplit_once('/').unwrap_or(("", name));
+    let mut p = dir.to_path_buf();
+    if !d.is_empty() {
+        p.extend(d.split('/'));
+    }
+    p.push(format!("_{base}.desc.json"));
+    p
+}
+
+/// Where the directory output `dir` puts the bytes of stream `name`.
+pub fn stream_path(dir: &Path, name: &str) -> PathBuf {
+    let mut p = dir.to_path_buf();
+    p.extend(name.split('/'));
+    p
+}
+
+/// The descriptor JSON of stream `name` in the directory output `dir`.
+#[track_caller]
+pub fn descriptor(dir: &Path, name: &str) -> serde_json::Value {
+    let p = desc_path(dir, name);
+    serde_json::from_slice(&read(&p)).unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()))
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("logdog-e2e-")
+        .tempdir()
+        .expect("creating a temporary directory")
+}
