@@ -31,9 +31,14 @@ use crate::core::{Config, Core, Finished, RegisterError, StreamId};
 /// Capacity of the shell's input channel.
 const INPUT_CAPACITY: usize = 256;
 
+/// Sees every log entry of one stream, in order, before it is handed to the output; then
+/// `None`, exactly once, when the stream has ended.
+pub type EntryCallback = Box<dyn FnMut(Option<&logpb::LogEntry>) + Send>;
+
 enum Input {
     Register {
         desc: logpb::LogStreamDescriptor,
+        callback: Option<EntryCallback>,
         reply: oneshot::Sender<Result<StreamSink, RegisterError>>,
         done: oneshot::Sender<Finished>,
     },
@@ -109,6 +114,7 @@ impl Handle {
             in_flight: Arc::new(Semaphore::new(output.max_in_flight().max(1))),
             output,
             streams: HashMap::new(),
+            callbacks: HashMap::new(),
             sends: JoinSet::new(),
             totals: ShellTotals::default(),
         };
@@ -116,18 +122,24 @@ impl Handle {
     }
 
     /// Registers a stream. The returned receiver fires once the stream's last bundle has been
-    /// handed to the output.
+    /// handed to the output. `callback`, if any, sees the stream's entries as they are cut.
     ///
     /// # Errors
     /// The shell has stopped, or the core refused the stream.
     pub async fn register(
         &self,
         desc: logpb::LogStreamDescriptor,
+        callback: Option<EntryCallback>,
     ) -> Result<(StreamSink, oneshot::Receiver<Finished>), ShellError> {
         let (reply, reply_rx) = oneshot::channel();
         let (done, done_rx) = oneshot::channel();
         self.tx
-            .send(Input::Register { desc, reply, done })
+            .send(Input::Register {
+                desc,
+                callback,
+                reply,
+                done,
+            })
             .await
             .map_err(|_| ShellError::Stopped)?;
         let sink = reply_rx.await.map_err(|_| ShellError::Stopped)??;
@@ -197,6 +209,7 @@ impl Drop for StreamSink {
 struct StreamState {
     budget: Arc<Semaphore>,
     done: oneshot::Sender<Finished>,
+    callback: Option<EntryCallback>,
 }
 
 struct Shell {
@@ -209,6 +222,8 @@ struct Shell {
     in_flight: Arc<Semaphore>,
     output: Arc<dyn Output>,
     streams: HashMap<StreamId, StreamState>,
+    /// Streams with an entry callback, by name (bundle entries carry names, not ids).
+    callbacks: HashMap<String, StreamId>,
     sends: JoinSet<bool>,
     totals: ShellTotals,
 }
@@ -260,19 +275,27 @@ impl Shell {
 
     fn handle(&mut self, m: Input) {
         match m {
-            Input::Register { desc, reply, done } => {
+            Input::Register {
+                desc,
+                callback,
+                reply,
+                done,
+            } => {
                 // The registering handle is alive (it awaits the reply), so this upgrades.
                 let Some(tx) = self.tx.upgrade() else { return };
                 let now = Instant::now().into_std();
+                let name = desc.name.clone();
                 let sink = self.core.register(desc, now, SystemTime::now()).map(|id| {
                     let budget = Arc::new(Semaphore::new(self.max_buffered));
-                    self.streams.insert(
-                        id,
-                        StreamState {
-                            budget: budget.clone(),
-                            done,
-                        },
-                    );
+                    if callback.is_some() {
+                        self.callbacks.insert(name, id);
+                    }
+                    let state = StreamState {
+                        budget: budget.clone(),
+                        done,
+                        callback,
+                    };
+                    self.streams.insert(id, state);
                     StreamSink {
                         id,
                         budget,
@@ -294,6 +317,9 @@ impl Shell {
             if let Some(st) = self.streams.get(&id) {
                 st.budget.add_permits(n);
             }
+        }
+        if !self.callbacks.is_empty() {
+            self.run_callbacks(&cut.bundle);
         }
         let mut done = Vec::new();
         for f in cut.finished {
@@ -325,6 +351,34 @@ impl Shell {
             }
             ok
         });
+    }
+}
+
+impl Shell {
+    /// Shows each stream with a callback its new entries, then the end marker if it ended.
+    fn run_callbacks(&mut self, bundle: &logdog_proto::Bundle) {
+        for entry in &bundle.entries {
+            let Some(id) = self.callbacks.get(entry.desc.name()).copied() else {
+                continue;
+            };
+            let Some(cb) = self
+                .streams
+                .get_mut(&id)
+                .and_then(|st| st.callback.as_mut())
+            else {
+                continue;
+            };
+            for log in &entry.logs {
+                cb(Some(&log.to_logpb()));
+            }
+            if entry.terminal_index.is_some() {
+                cb(None);
+                self.callbacks.remove(entry.desc.name());
+                if let Some(st) = self.streams.get_mut(&id) {
+                    st.callback = None;
+                }
+            }
+        }
     }
 }
 

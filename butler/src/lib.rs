@@ -12,6 +12,7 @@
 //! - [`config`]: [`ButlerConfig`] and descriptor validation.
 //! - [`reader`]: the per-stream reader task (reads, echoes, appends to the bundler).
 
+pub mod callbacks;
 pub mod config;
 pub mod reader;
 
@@ -23,9 +24,11 @@ use logdog_bundler::shell::{Handle as BundlerHandle, ShellTotals};
 use logdog_bundler::{Finished, StreamStats};
 use logdog_outputs::{Output, OutputStats};
 use logdog_proto::logpb;
+use logdog_streamserver::{NewStream, ServerStats, StreamServer, count_rejection};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+pub use callbacks::{EntryCallback, RegistrationCallback};
 pub use config::{ButlerConfig, ConfigError};
 
 /// Anything a stream can be read from.
@@ -50,9 +53,40 @@ pub enum ButlerError {
         /// Why.
         reason: String,
     },
+    /// The stream's name lies in a namespace that was drained.
+    #[error("stream {name:?} refused: namespace {namespace:?} is closed")]
+    NamespaceClosed {
+        /// The stream.
+        name: String,
+        /// The closed namespace.
+        namespace: String,
+    },
     /// The butler has finished and takes no more streams.
     #[error("butler has stopped")]
     Stopped,
+}
+
+impl ButlerError {
+    /// A short, stable name for counting rejections by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ButlerError::Config(_) => "invalid_descriptor",
+            ButlerError::Duplicate(_) => "duplicate_name",
+            ButlerError::Refused { .. } => "refused",
+            ButlerError::NamespaceClosed { .. } => "namespace_closed",
+            ButlerError::Stopped => "butler_stopped",
+        }
+    }
+}
+
+/// Turns a namespace into its canonical form: `""` (everything) or a name ending in `/`.
+pub fn as_namespace(ns: &str) -> String {
+    let ns = ns.trim_start_matches('/');
+    if ns.is_empty() || ns.ends_with('/') {
+        ns.to_string()
+    } else {
+        format!("{ns}/")
+    }
 }
 
 /// A stream to add: where its bytes come from and what it is.
@@ -122,14 +156,23 @@ pub struct Report {
     pub bundles: u64,
     /// Bundles the output failed to deliver.
     pub failed_bundles: u64,
+    /// Streams refused after a stream server accepted them, by kind.
+    pub rejected: BTreeMap<String, u64>,
 }
 
 enum Command {
     Add(StreamSource, oneshot::Sender<Result<(), ButlerError>>),
+    FromServer(NewStream, ServerStats),
+    AddServer(StreamServer, oneshot::Sender<Result<(), ButlerError>>),
+    ServerDone,
     Streams(oneshot::Sender<Vec<String>>),
     Activate,
+    Shutdown,
     Wait(oneshot::Sender<Report>),
     Done(StreamReport),
+    Drain(String, oneshot::Sender<()>),
+    Callback(RegistrationCallback, bool),
+    OpenIn(String, oneshot::Sender<Vec<String>>),
 }
 
 /// Handle to a running butler. Cheap to clone.
@@ -157,6 +200,14 @@ impl Butler {
             bundler: Some(bundler),
             shell: Some(shell),
             names: BTreeSet::new(),
+            open: BTreeSet::new(),
+            closed_namespaces: BTreeSet::new(),
+            drains: Vec::new(),
+            servers: Vec::new(),
+            live_servers: 0,
+            servers_closing: false,
+            cancel: watch::channel(false).0,
+            callbacks: Vec::new(),
             running: 0,
             activated: false,
             waiters: Vec::new(),
@@ -195,6 +246,66 @@ impl Butler {
         let _ = self.tx.send(Command::Activate).await;
     }
 
+    /// Adds a stream server: every stream its clients open is added to the butler. Any number
+    /// of servers may be added, before or while the butler runs. Once the butler is activated
+    /// and no stream is running, the servers stop accepting (taking every connection already
+    /// queued first), and [`wait`](Self::wait) returns only after the streams they handed over
+    /// have ended too.
+    ///
+    /// # Errors
+    /// The butler has stopped.
+    pub async fn add_stream_server(&self, server: StreamServer) -> Result<(), ButlerError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::AddServer(server, tx))
+            .await
+            .map_err(|_| ButlerError::Stopped)?;
+        rx.await.map_err(|_| ButlerError::Stopped)?
+    }
+
+    /// Registers a callback asked about every stream added from now on (streams already
+    /// added are not affected). The first callback to return an entry callback for a stream
+    /// wins. With `wrap`, text callbacks see whole lines and datagram callbacks whole
+    /// datagrams (see [`callbacks`]).
+    pub async fn add_registration_callback(&self, cb: RegistrationCallback, wrap: bool) {
+        let _ = self.tx.send(Command::Callback(cb, wrap)).await;
+    }
+
+    /// Stops the butler early: stream servers stop accepting, every stream stops reading (what
+    /// was read is still flushed), and the butler is activated.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown).await;
+    }
+
+    /// Closes a namespace (`""` is everything; otherwise a name, with or without a trailing
+    /// `/`) and waits until every stream in it has ended and been handed to the output. From
+    /// then on, streams in the namespace are refused. If `cancel` resolves first, returns the
+    /// sorted names of the streams still open in it.
+    pub async fn drain_namespace(
+        &self,
+        namespace: &str,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Vec<String>> {
+        let ns = as_namespace(namespace);
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Drain(ns.clone(), tx)).await.is_err() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = rx => Ok(()),
+            () = cancel => {
+                let (tx, rx) = oneshot::channel();
+                if self.tx.send(Command::OpenIn(ns, tx)).await.is_err() {
+                    return Ok(());
+                }
+                match rx.await {
+                    Ok(open) if !open.is_empty() => Err(open),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
     /// Waits until the butler is activated, every stream has ended, and everything has been
     /// handed to the output. The output itself is not closed: that is the caller's job.
     ///
@@ -220,6 +331,21 @@ struct Actor {
     shell: Option<tokio::task::JoinHandle<ShellTotals>>,
     /// Every name ever registered: LogDog never lets a name be reused.
     names: BTreeSet<String>,
+    /// Streams still running.
+    open: BTreeSet<String>,
+    /// Namespaces closed by a drain; streams in them are refused.
+    closed_namespaces: BTreeSet<String>,
+    /// Drains waiting for their namespace to empty.
+    drains: Vec<(String, oneshot::Sender<()>)>,
+    /// Stop signals of the stream servers still accepting.
+    servers: Vec<oneshot::Sender<()>>,
+    /// Stream servers whose streams may still arrive.
+    live_servers: usize,
+    servers_closing: bool,
+    /// Tells every reader to stop (shutdown).
+    cancel: watch::Sender<bool>,
+    /// Registration callbacks, in the order they were added, with their wrap flags.
+    callbacks: Vec<(RegistrationCallback, bool)>,
     running: usize,
     activated: bool,
     waiters: Vec<oneshot::Sender<Report>>,
@@ -235,10 +361,36 @@ impl Actor {
                     let res = self.add(src).await;
                     let _ = reply.send(res);
                 }
+                Command::FromServer(ns, stats) => {
+                    let src = StreamSource {
+                        reader: Box::new(ns.reader),
+                        desc: ns.desc,
+                        tee: None,
+                    };
+                    if let Err(e) = self.add(src).await {
+                        tracing::warn!(error = %e, "stream server: refused a stream");
+                        count_rejection(&stats, e.kind());
+                        *self
+                            .report
+                            .rejected
+                            .entry(e.kind().to_string())
+                            .or_default() += 1;
+                    }
+                }
+                Command::AddServer(server, reply) => {
+                    let res = self.add_server(server);
+                    let _ = reply.send(res);
+                }
+                Command::ServerDone => self.live_servers -= 1,
                 Command::Streams(reply) => {
                     let _ = reply.send(self.names.iter().cloned().collect());
                 }
                 Command::Activate => self.activated = true,
+                Command::Shutdown => {
+                    self.activated = true;
+                    self.close_servers();
+                    let _ = self.cancel.send(true);
+                }
                 Command::Wait(reply) => match &self.finished {
                     Some(r) => {
                         let _ = reply.send(r.clone());
@@ -247,17 +399,83 @@ impl Actor {
                 },
                 Command::Done(r) => {
                     self.running -= 1;
+                    self.open.remove(&r.name);
                     self.report.streams.insert(r.name.clone(), r);
                 }
+                Command::Callback(cb, wrap) => self.callbacks.push((cb, wrap)),
+                Command::Drain(ns, reply) => {
+                    self.closed_namespaces.insert(ns.clone());
+                    self.drains.push((ns, reply));
+                }
+                Command::OpenIn(ns, reply) => {
+                    let _ = reply.send(
+                        self.open
+                            .iter()
+                            .filter(|n| n.starts_with(&ns))
+                            .cloned()
+                            .collect(),
+                    );
+                }
             }
-            if self.activated
-                && self.running == 0
-                && self.finished.is_none()
-                && !self.waiters.is_empty()
-            {
-                self.finish().await;
+            self.check_drains();
+            if self.activated && self.running == 0 && self.finished.is_none() {
+                if self.live_servers > 0 {
+                    self.close_servers();
+                } else if !self.waiters.is_empty() {
+                    self.finish().await;
+                }
             }
         }
+    }
+
+    fn check_drains(&mut self) {
+        let open = &self.open;
+        self.drains
+            .retain_mut(|(ns, _)| open.iter().any(|n| n.starts_with(ns.as_str())));
+        // `retain_mut` dropped the finished drains' senders, which wakes their waiters.
+    }
+
+    fn close_servers(&mut self) {
+        self.servers_closing = true;
+        for stop in self.servers.drain(..) {
+            let _ = stop.send(());
+        }
+    }
+
+    fn add_server(&mut self, server: StreamServer) -> Result<(), ButlerError> {
+        if self.finished.is_some() {
+            return Err(ButlerError::Stopped);
+        }
+        let Some(me) = self.me.upgrade() else {
+            return Err(ButlerError::Stopped);
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let stats = server.stats();
+        tracing::info!(address = %server.address(), "stream server started");
+        tokio::spawn(server.run(tx, async move {
+            let _ = stopped.await;
+        }));
+        // Hands the server's streams to the actor, then reports that no more will come.
+        tokio::spawn(async move {
+            while let Some(ns) = rx.recv().await {
+                if me
+                    .send(Command::FromServer(ns, stats.clone()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = me.send(Command::ServerDone).await;
+        });
+        self.live_servers += 1;
+        if self.servers_closing {
+            let _ = stop.send(());
+        } else {
+            self.servers.push(stop);
+        }
+        Ok(())
     }
 
     /// Shuts the bundler down (it flushes), then answers every waiter.
@@ -287,21 +505,39 @@ impl Actor {
         let desc = self.cfg.prepare_descriptor(src.desc, SystemTime::now())?;
         let name = desc.name.clone();
         if self.names.contains(&name) {
-            tracing::warn!(stream = %name, "refused a stream: duplicate name");
             return Err(ButlerError::Duplicate(name));
         }
-        let (sink, done) = bundler
-            .register(desc)
-            .await
-            .map_err(|e| ButlerError::Refused {
-                name: name.clone(),
-                reason: e.to_string(),
-            })?;
+        if let Some(ns) = self
+            .closed_namespaces
+            .iter()
+            .find(|ns| name.starts_with(ns.as_str()))
+        {
+            return Err(ButlerError::NamespaceClosed {
+                namespace: ns.clone(),
+                name,
+            });
+        }
+        // Callbacks run only once the stream is known to be accepted (LogDog asked them
+        // first, and a refused duplicate could replace the live stream's callback).
+        let kind = logdog_proto::StreamType::try_from(desc.stream_type).unwrap_or_default();
+        let callback = self.callbacks.iter().find_map(|(cb, wrap)| {
+            cb(&desc).map(|c| if *wrap { callbacks::wrap(kind, c) } else { c })
+        });
+        let (sink, done) =
+            bundler
+                .register(desc, callback)
+                .await
+                .map_err(|e| ButlerError::Refused {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                })?;
         self.names.insert(name.clone());
+        self.open.insert(name.clone());
         self.running += 1;
         let me = self.me.clone();
+        let cancel = self.cancel.subscribe();
         tokio::spawn(async move {
-            let read_error = reader::pump(&name, src.reader, src.tee, sink).await;
+            let read_error = reader::pump(&name, src.reader, src.tee, sink, cancel).await;
             let report = match done.await {
                 Ok(f) => StreamReport::new(f, read_error),
                 Err(_) => StreamReport {

@@ -3,19 +3,22 @@
 use bytes::BytesMut;
 use logdog_bundler::shell::StreamSink;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 use crate::{Source, Tee};
 
 /// Reads `reader` to the end, echoing to `tee` and appending to `sink`, then ends the stream.
-/// Returns the read error that ended the stream early, if any.
+/// Returns the read error that ended the stream early, if any. Stops early when `cancel`
+/// turns true.
 ///
 /// A failing tee (say, the butler's own stdout was closed) is logged once and dropped; the
-/// capture goes on.
+/// capture goes on. Stops early (as at end of file) when `cancel` turns true.
 pub async fn pump(
     name: &str,
     mut reader: Source,
     mut tee: Option<Tee>,
     sink: StreamSink,
+    mut cancel: watch::Receiver<bool>,
 ) -> Option<String> {
     let read_size = sink.read_size();
     let mut buf = BytesMut::new();
@@ -23,7 +26,16 @@ pub async fn pump(
         if buf.capacity() < read_size / 4 {
             buf = BytesMut::with_capacity(read_size);
         }
-        match reader.read_buf(&mut buf).await {
+        let read = tokio::select! {
+            biased;
+            // A shutdown stops reading once what is already there has been taken.
+            () = stopped(&mut cancel) => {
+                drain_ready(name, &mut reader, &sink).await;
+                break;
+            }
+            r = reader.read_buf(&mut buf) => r,
+        };
+        match read {
             Ok(0) => break,
             Ok(_) => {
                 let chunk = buf.split().freeze();
@@ -53,4 +65,36 @@ pub async fn pump(
 async fn echo(t: &mut Tee, data: &[u8]) -> std::io::Result<()> {
     t.write_all(data).await?;
     t.flush().await
+}
+
+/// Reads whatever the source has ready right now (without waiting) into the stream.
+async fn drain_ready(name: &str, reader: &mut Source, sink: &StreamSink) {
+    loop {
+        let mut buf = BytesMut::with_capacity(sink.read_size());
+        let ready = tokio::select! {
+            biased;
+            r = reader.read_buf(&mut buf) => r,
+            () = std::future::ready(()) => return,
+        };
+        match ready {
+            Ok(n) if n > 0 => {
+                if sink.write(buf.freeze()).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(stream = name, error = %e, "read failed while stopping");
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves once `cancel` turns true (never, if its sender is gone).
+async fn stopped(cancel: &mut watch::Receiver<bool>) {
+    let told = cancel.wait_for(|c| *c).await.is_ok();
+    if !told {
+        std::future::pending::<()>().await;
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use logdog_outputs::OutputSpec;
+use logdog_proto::StreamType;
 
 use crate::spec::{StreamSpec, parse_tag};
 
@@ -49,6 +50,46 @@ pub enum Command {
     Run(RunArgs),
     /// Uploads one file, or stdin, as a single stream.
     Stream(StreamArgs),
+    /// Runs a stream server with no command, until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Copies stdin into a new stream of the enclosing butler (for shell scripts run by
+    /// `run`). Global `--tag`s become the stream's tags.
+    Pipe(PipeArgs),
+}
+
+/// `pipe` arguments.
+#[derive(Debug, Args)]
+pub struct PipeArgs {
+    /// Stream type: text, binary, or datagram (one datagram per input line).
+    #[arg(long = "type", default_value = "text", value_parser = parse_stream_type)]
+    pub stream_type: StreamType,
+    /// Content type [default: by type].
+    #[arg(long)]
+    pub content_type: Option<String>,
+    /// Stream name (LOGDOG_NAMESPACE, if set, is put in front).
+    pub name: String,
+}
+
+fn parse_stream_type(s: &str) -> Result<StreamType, String> {
+    match s {
+        "text" => Ok(StreamType::Text),
+        "binary" => Ok(StreamType::Binary),
+        "datagram" => Ok(StreamType::Datagram),
+        _ => Err(format!(
+            "unknown type {s:?} (expected text, binary or datagram)"
+        )),
+    }
+}
+
+/// `serve` arguments.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen, as unix:PATH [default: a socket in a fresh private directory].
+    #[arg(long, value_name = "unix:PATH")]
+    pub streamserver_uri: Option<String>,
+    /// Time a client has to complete its handshake.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
 }
 
 /// `run` arguments.

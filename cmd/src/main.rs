@@ -4,7 +4,9 @@
 //! or specs; 250 when the butler itself fails (for example, a command that does not exist).
 
 mod cli;
+mod pipe;
 mod run;
+mod serve;
 mod spec;
 mod stream;
 
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&cli.global.log_level);
+    raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -60,6 +63,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(&cli.global, args).await,
             Command::Stream(args) => stream::stream(&cli.global, args).await,
+            Command::Serve(args) => serve::serve(&cli.global, args).await,
+            Command::Pipe(args) => pipe::pipe(&cli.global, args).await,
         }
     });
     match res {
@@ -85,6 +90,17 @@ fn init_tracing(level: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+/// Every stream a child opens is a connection: allow as many as the system lets us.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
 }
 
 /// Builds the output and starts a butler from the global flags.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use logdog_bootstrap::Environment;
 use logdog_butler::{Report, StreamSource, Tee};
+use logdog_streamserver::StreamServer;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::Child;
@@ -16,20 +17,22 @@ use crate::cli::{Global, RunArgs};
 use crate::{Failure, start_butler};
 
 /// SIGINT and SIGTERM, as one source of signals.
-struct Signals {
+pub struct Signals {
     int: SignalStream,
     term: SignalStream,
 }
 
 impl Signals {
-    fn new() -> anyhow::Result<Self> {
+    /// Installs the handlers.
+    pub fn new() -> anyhow::Result<Self> {
         Ok(Self {
             int: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
             term: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
         })
     }
 
-    async fn recv(&mut self) -> Signal {
+    /// Waits for the next signal.
+    pub async fn recv(&mut self) -> Signal {
         tokio::select! {
             _ = self.int.recv() => Signal::SIGINT,
             _ = self.term.recv() => Signal::SIGTERM,
@@ -47,12 +50,21 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
     }
     let mut signals = Signals::new()?;
     let (butler, output, cfg) = start_butler(g)?;
+    // Children open their own streams here; the socket lives in a private directory.
+    let server = StreamServer::bind_private()
+        .context("cannot create the stream server socket")
+        .map_err(Failure::Runtime)?;
     let env = Environment {
+        stream_server_path: Some(server.address()),
         project: Some(cfg.project.clone()),
         prefix: Some(cfg.prefix.clone()),
         coordinator_host: output.coordinator_host(),
         ..Default::default()
     };
+    butler
+        .add_stream_server(server)
+        .await
+        .map_err(|e| Failure::Runtime(e.into()))?;
 
     let program = args.command[0].to_string_lossy().into_owned();
     let mut cmd = tokio::process::Command::new(&args.command[0]);
@@ -212,7 +224,7 @@ fn exit_code(status: ExitStatus) -> u8 {
 }
 
 /// Tells the user about anything that did not make it (never silently).
-fn report_losses(report: &Report) {
+pub fn report_losses(report: &Report) {
     for s in report.streams.values() {
         if s.bytes_dropped > 0 || s.error.is_some() {
             eprintln!(
@@ -225,6 +237,9 @@ fn report_losses(report: &Report) {
                     .unwrap_or_default()
             );
         }
+    }
+    for (kind, n) in &report.rejected {
+        eprintln!("logdog_butler: {n} stream(s) refused after the handshake: {kind}");
     }
     if report.failed_bundles > 0 {
         eprintln!(

@@ -8,9 +8,11 @@
 //! - [`bundle`]: the compact bundle model the bundler produces and outputs consume. It holds
 //!   payload bytes as zero-copy [`bytes::Bytes`] slices and encodes straight to
 //!   `logpb.ButlerLogBundle` bytes, or converts to the prost types.
+//! - [`handshake`]: the stream-server handshake (magic, length, JSON flags).
 //! - [`types`]: validation of stream names, tags and project names (LogDog's rules).
 
 pub mod bundle;
+pub mod handshake;
 pub mod types;
 
 /// LogDog's `logpb` messages.

@@ -1,1 +1,314 @@
-//! Local stream server through which child processes open named log streams.
+//! The local stream server: child processes open named log streams over a Unix socket.
+//!
+//! Sits in front of the butler: each accepted connection that completes LogDog's handshake
+//! (see [`logdog_proto::handshake`]) becomes a [`NewStream`] handed to the butler over a channel;
+//! the connection's remaining bytes are the stream's payload.
+//!
+//! Differences from LogDog, on purpose:
+//! - [`StreamServer::bind_private`] puts the socket in a fresh directory of mode 0700, so other
+//!   local users cannot open streams, and removes it when the server stops.
+//! - A client that does not finish its handshake within a timeout is dropped, so it can never
+//!   hold up shutdown.
+//! - On shutdown the server first accepts every connection already queued on the socket:
+//!   a client whose `connect` succeeded is never dropped.
+//! - Every rejection is logged with its reason and counted in [`ServerStats`]. The wire stays
+//!   silent (LogDog clients never read), so the log and the counters are how a user finds out.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use logdog_proto::handshake::{HandshakeError, MAGIC, MAX_HEADER_SIZE, parse_header};
+use logdog_proto::logpb::LogStreamDescriptor;
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// Default time a client has to complete its handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A stream opened by a client: its descriptor and the rest of the connection.
+#[derive(Debug)]
+pub struct NewStream {
+    /// The descriptor from the handshake (prefix empty, timestamp `None` if the client sent
+    /// none).
+    pub desc: LogStreamDescriptor,
+    /// The payload: everything after the handshake, until the client closes.
+    pub reader: BufReader<UnixStream>,
+}
+
+/// Counters of a stream server, shared with whoever holds a clone.
+#[derive(Debug, Clone, Default)]
+pub struct ServerStats {
+    inner: Arc<Mutex<StatsInner>>,
+}
+
+#[derive(Debug, Default)]
+struct StatsInner {
+    accepted: u64,
+    streams: u64,
+    rejected: BTreeMap<&'static str, u64>,
+}
+
+impl ServerStats {
+    /// Connections accepted.
+    pub fn accepted(&self) -> u64 {
+        self.lock().accepted
+    }
+
+    /// Connections that completed the handshake and were handed on.
+    pub fn streams(&self) -> u64 {
+        self.lock().streams
+    }
+
+    /// Rejected connections, by kind of rejection.
+    pub fn rejected(&self) -> BTreeMap<&'static str, u64> {
+        self.lock().rejected.clone()
+    }
+
+    /// Total rejected connections.
+    pub fn rejected_total(&self) -> u64 {
+        self.lock().rejected.values().sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatsInner> {
+        // A panic while holding this lock cannot leave the counters inconsistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A bound stream server, ready to [`run`](StreamServer::run).
+#[derive(Debug)]
+pub struct StreamServer {
+    listener: UnixListener,
+    path: PathBuf,
+    /// The private directory holding the socket, removed on drop.
+    dir: Option<tempfile::TempDir>,
+    handshake_timeout: Duration,
+    stats: ServerStats,
+}
+
+/// Reads a handshake from the front of a connection.
+///
+/// # Errors
+/// A malformed or oversized handshake, or a connection that ends inside it.
+pub async fn read_handshake<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<LogStreamDescriptor, HandshakeError> {
+    let eof = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => HandshakeError::Truncated,
+        _ => HandshakeError::Io(e.to_string()),
+    };
+    let mut magic = [0u8; 6];
+    r.read_exact(&mut magic).await.map_err(eof)?;
+    if &magic != MAGIC {
+        return Err(HandshakeError::BadMagic(magic.to_vec()));
+    }
+    let mut len: u64 = 0;
+    for i in 0..10 {
+        let b = r.read_u8().await.map_err(eof)?;
+        if i == 9 && b > 1 {
+            return Err(HandshakeError::LengthOverflow);
+        }
+        len |= u64::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            break;
+        }
+        if i == 9 {
+            return Err(HandshakeError::LengthOverflow);
+        }
+    }
+    if len > MAX_HEADER_SIZE {
+        return Err(HandshakeError::HeaderTooLarge(len));
+    }
+    let mut header = vec![0u8; len as usize];
+    r.read_exact(&mut header).await.map_err(eof)?;
+    parse_header(&header)
+}
+
+impl StreamServer {
+    /// Binds a server on a socket in a fresh private directory (mode 0700) under the system's
+    /// temporary directory.
+    ///
+    /// # Errors
+    /// The directory or socket cannot be created.
+    pub fn bind_private() -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("logdog-").tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        let path = dir.path().join("sock");
+        let listener = UnixListener::bind(&path)?;
+        Ok(Self::new(listener, path, Some(dir)))
+    }
+
+    /// Binds a server at `path`. A stale socket left there by a dead server is replaced;
+    /// anything else at the path (a file, a live server) is an error, never deleted.
+    ///
+    /// # Errors
+    /// The path is taken, or the socket cannot be bound.
+    pub fn bind(path: &Path) -> std::io::Result<Self> {
+        let path = std::path::absolute(path)?;
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            let live = std::os::unix::net::UnixStream::connect(&path).is_ok();
+            if !meta.file_type().is_socket() || live {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{} exists and is not a stale socket", path.display()),
+                ));
+            }
+            std::fs::remove_file(&path)?;
+        }
+        let listener = UnixListener::bind(&path)?;
+        Ok(Self::new(listener, path, None))
+    }
+
+    fn new(listener: UnixListener, path: PathBuf, dir: Option<tempfile::TempDir>) -> Self {
+        Self {
+            listener,
+            path,
+            dir,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            stats: ServerStats::default(),
+        }
+    }
+
+    /// Sets how long a client has to complete its handshake.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The address clients use: `unix:<path>`.
+    pub fn address(&self) -> String {
+        format!("unix:{}", self.path.display())
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The server's counters (live: clone before [`run`](Self::run)).
+    pub fn stats(&self) -> ServerStats {
+        self.stats.clone()
+    }
+
+    /// Accepts connections and hands each completed handshake to `streams` until `shutdown`
+    /// resolves. Then it accepts what is already queued, stops listening, removes the socket,
+    /// and returns once every pending handshake has completed or timed out.
+    pub async fn run(self, streams: mpsc::Sender<NewStream>, shutdown: impl Future<Output = ()>) {
+        let StreamServer {
+            listener,
+            path,
+            dir,
+            handshake_timeout,
+            stats,
+        } = self;
+        let mut pending = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                res = listener.accept() => match res {
+                    Ok((conn, _)) => {
+                        spawn_handshake(&mut pending, conn, streams.clone(), handshake_timeout, stats.clone());
+                    }
+                    Err(e) => {
+                        // Out of file descriptors, most likely: back off instead of spinning.
+                        tracing::error!(error = %e, "stream server: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = pending.join_next(), if !pending.is_empty() => {}
+            }
+        }
+        // Connections already queued on the socket belong to clients that were told their
+        // connect succeeded: take them all before closing. Ask the kernel directly, with
+        // non-blocking accepts until it says the queue is empty: the reactor's cached readiness
+        // may not have seen connections queued since the last accept (or any at all, if
+        // shutdown fired before the first poll), so one poll of `accept()` can miss them.
+        match listener.into_std() {
+            Ok(listener) => loop {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        match conn
+                            .set_nonblocking(true)
+                            .and_then(|()| UnixStream::from_std(conn))
+                        {
+                            Ok(conn) => spawn_handshake(
+                                &mut pending,
+                                conn,
+                                streams.clone(),
+                                handshake_timeout,
+                                stats.clone(),
+                            ),
+                            Err(e) => {
+                                tracing::error!(error = %e, "stream server: cannot register a queued connection")
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "stream server: accept failed during shutdown");
+                        break;
+                    }
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "stream server: cannot drain the socket at shutdown")
+            }
+        }
+        if dir.is_none() {
+            let _ = std::fs::remove_file(&path);
+        }
+        drop(dir);
+        while pending.join_next().await.is_some() {}
+        tracing::debug!(
+            accepted = stats.accepted(),
+            streams = stats.streams(),
+            rejected = stats.rejected_total(),
+            "stream server stopped"
+        );
+    }
+}
+
+fn spawn_handshake(
+    pending: &mut JoinSet<()>,
+    conn: UnixStream,
+    streams: mpsc::Sender<NewStream>,
+    timeout: Duration,
+    stats: ServerStats,
+) {
+    stats.lock().accepted += 1;
+    pending.spawn(async move {
+        let mut reader = BufReader::new(conn);
+        let res = match tokio::time::timeout(timeout, read_handshake(&mut reader)).await {
+            Ok(r) => r,
+            Err(_) => Err(HandshakeError::Timeout(timeout.as_secs())),
+        };
+        match res {
+            Ok(desc) => {
+                stats.lock().streams += 1;
+                let name = desc.name.clone();
+                if streams.send(NewStream { desc, reader }).await.is_err() {
+                    tracing::error!(stream = %name, "stream server: butler gone; stream dropped");
+                    *stats.lock().rejected.entry("butler_gone").or_default() += 1;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(reason = e.kind(), error = %e, "stream server: rejected a connection");
+                *stats.lock().rejected.entry(e.kind()).or_default() += 1;
+            }
+        }
+    });
+}
+
+/// Records a rejection decided after the handshake (a duplicate name, a closed namespace).
+pub fn count_rejection(stats: &ServerStats, kind: &'static str) {
+    *stats.lock().rejected.entry(kind).or_default() += 1;
+}

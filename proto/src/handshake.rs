@@ -1,0 +1,293 @@
+//! The stream-server handshake (LogDog's protocol, reference §1.2).
+//!
+//! A client opens one connection per stream and sends, in order: the magic bytes
+//! `BTLR1\x1E`, a uvarint length N (at most [`MAX_HEADER_SIZE`]), and N bytes of a JSON object
+//! of flags; everything after that is the stream's payload. The server never writes back.
+//!
+//! Flags: `name` (required), `contentType`, `type` (`text`, `binary` or `datagram`; text when
+//! absent), `timestamp` (RFC 3339; the zero time means unset) and `tags` (string to string).
+//! Keys match case-insensitively and unknown keys are ignored, as in LogDog's Go decoder.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::logpb::LogStreamDescriptor;
+use crate::types::{self, InvalidName};
+use crate::{StreamType, default_content_type};
+
+/// The magic bytes that open every stream connection.
+pub const MAGIC: &[u8; 6] = b"BTLR1\x1E";
+/// Largest handshake header, in bytes (1 MiB).
+pub const MAX_HEADER_SIZE: u64 = 1024 * 1024;
+
+/// Why a handshake was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// The connection ended before the handshake was complete.
+    #[error("connection closed during the handshake")]
+    Truncated,
+    /// The first six bytes were not `BTLR1\x1E`.
+    #[error("magic number mismatch (got {0:02x?})")]
+    BadMagic(Vec<u8>),
+    /// The header length varint does not fit in 64 bits.
+    #[error("header length overflows a 64-bit integer")]
+    LengthOverflow,
+    /// The header length is over [`MAX_HEADER_SIZE`].
+    #[error("header of {0} bytes exceeds the {MAX_HEADER_SIZE}-byte limit")]
+    HeaderTooLarge(u64),
+    /// The header is not a JSON object.
+    #[error("header is not a JSON object: {0}")]
+    BadJson(String),
+    /// A flag has the wrong type or value.
+    #[error("header flag {field:?}: {reason}")]
+    BadFlag {
+        /// The flag.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No `name` flag.
+    #[error("header has no stream name")]
+    MissingName,
+    /// The name or a tag breaks LogDog's rules.
+    #[error(transparent)]
+    Invalid(#[from] InvalidName),
+    /// The client did not finish the handshake in time.
+    #[error("no complete handshake within {0} s")]
+    Timeout(u64),
+    /// Reading failed.
+    #[error("reading the handshake: {0}")]
+    Io(String),
+}
+
+impl HandshakeError {
+    /// A short, stable name for counting rejections by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HandshakeError::Truncated => "truncated",
+            HandshakeError::BadMagic(_) => "bad_magic",
+            HandshakeError::LengthOverflow | HandshakeError::HeaderTooLarge(_) => {
+                "header_too_large"
+            }
+            HandshakeError::BadJson(_) | HandshakeError::BadFlag { .. } => "bad_header",
+            HandshakeError::MissingName | HandshakeError::Invalid(_) => "invalid_name_or_tag",
+            HandshakeError::Timeout(_) => "timeout",
+            HandshakeError::Io(_) => "io",
+        }
+    }
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> HandshakeError {
+    HandshakeError::BadFlag {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn string<'a>(field: &'static str, v: &'a Value) -> Result<&'a str, HandshakeError> {
+    v.as_str()
+        .ok_or_else(|| bad(field, format!("expected a string, got {v}")))
+}
+
+/// Parses the JSON header into a descriptor (prefix empty; content type defaulted by type;
+/// timestamp `None` when absent or zero).
+///
+/// # Errors
+/// Anything that LogDog's server would refuse, plus a missing name.
+pub fn parse_header(json: &[u8]) -> Result<LogStreamDescriptor, HandshakeError> {
+    let value: Value =
+        serde_json::from_slice(json).map_err(|e| HandshakeError::BadJson(e.to_string()))?;
+    let Value::Object(map) = value else {
+        return Err(HandshakeError::BadJson(format!(
+            "expected an object, got {value}"
+        )));
+    };
+    let mut name = None;
+    let mut content_type = None;
+    let mut kind = StreamType::Text;
+    let mut timestamp = None;
+    let mut tags = BTreeMap::new();
+    for (key, v) in &map {
+        match key.to_ascii_lowercase().as_str() {
+            "name" => name = Some(string("name", v)?.to_string()),
+            "contenttype" => content_type = Some(string("contentType", v)?.to_string()),
+            "type" => {
+                kind = match string("type", v)? {
+                    "text" => StreamType::Text,
+                    "binary" => StreamType::Binary,
+                    "datagram" => StreamType::Datagram,
+                    other => return Err(bad("type", format!("unknown stream type {other:?}"))),
+                }
+            }
+            "timestamp" => timestamp = parse_timestamp(string("timestamp", v)?)?,
+            "tags" => match v {
+                Value::Object(t) => {
+                    for (k, tv) in t {
+                        let tv = string("tags", tv)?;
+                        types::validate_tag(k, tv)?;
+                        tags.insert(k.clone(), tv.to_string());
+                    }
+                }
+                Value::Null => {}
+                other => return Err(bad("tags", format!("expected an object, got {other}"))),
+            },
+            _ => {} // unknown and retired keys are ignored
+        }
+    }
+    let name = name.ok_or(HandshakeError::MissingName)?;
+    types::validate_stream_name(&name)?;
+    Ok(LogStreamDescriptor {
+        prefix: String::new(),
+        name,
+        stream_type: kind as i32,
+        content_type: content_type
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| default_content_type(kind).to_string()),
+        timestamp,
+        tags,
+        binary_file_ext: String::new(),
+    })
+}
+
+fn parse_timestamp(s: &str) -> Result<Option<prost_types::Timestamp>, HandshakeError> {
+    let t = OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| bad("timestamp", format!("cannot parse {s:?} as RFC 3339: {e}")))?;
+    let nanos = t.unix_timestamp_nanos();
+    // Go's zero time, 0001-01-01T00:00:00Z, means "unset".
+    if t.year() == 1 && nanos == -62_135_596_800_000_000_000 {
+        return Ok(None);
+    }
+    Ok(Some(prost_types::Timestamp {
+        seconds: nanos.div_euclid(1_000_000_000) as i64,
+        nanos: nanos.rem_euclid(1_000_000_000) as i32,
+    }))
+}
+
+/// Formats a timestamp as RFC 3339 in UTC with nanoseconds.
+pub fn format_timestamp(ts: &prost_types::Timestamp) -> String {
+    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("{}.{:09}s", ts.seconds, ts.nanos))
+}
+
+/// Appends `v` as an unsigned LEB128 varint.
+pub fn put_uvarint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+/// Builds the handshake bytes (magic, length, JSON) for a stream, as LogDog's Go client does.
+pub fn encode_handshake(desc: &LogStreamDescriptor) -> Vec<u8> {
+    let mut flags = serde_json::Map::new();
+    flags.insert("name".into(), Value::from(desc.name.clone()));
+    if !desc.content_type.is_empty() {
+        flags.insert("contentType".into(), Value::from(desc.content_type.clone()));
+    }
+    let kind = match StreamType::try_from(desc.stream_type) {
+        Ok(StreamType::Binary) => "binary",
+        Ok(StreamType::Datagram) => "datagram",
+        _ => "text",
+    };
+    flags.insert("type".into(), Value::from(kind));
+    if let Some(ts) = &desc.timestamp {
+        flags.insert("timestamp".into(), Value::from(format_timestamp(ts)));
+    }
+    if !desc.tags.is_empty() {
+        let tags = desc
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+            .collect();
+        flags.insert("tags".into(), Value::Object(tags));
+    }
+    let json = Value::Object(flags).to_string();
+    let mut out = Vec::with_capacity(MAGIC.len() + 10 + json.len());
+    out.extend_from_slice(MAGIC);
+    put_uvarint(&mut out, json.len() as u64);
+    out.extend_from_slice(json.as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lenient_like_logdog() {
+        let d = parse_header(br#"{"NAME":"a/b","ContentType":"x/y","TYPE":"binary","tags":{"k":"v"},"ioKeepAlive":true,"tee":"stdout"}  "#).unwrap();
+        assert_eq!(d.name, "a/b");
+        assert_eq!(d.content_type, "x/y");
+        assert_eq!(d.stream_type, StreamType::Binary as i32);
+        assert_eq!(d.tags["k"], "v");
+        let d = parse_header(br#"{"name":"n"}"#).unwrap();
+        assert_eq!(d.stream_type, StreamType::Text as i32);
+        assert_eq!(d.content_type, "text/plain; charset=utf-8");
+        assert_eq!(d.timestamp, None);
+    }
+
+    #[test]
+    fn timestamps() {
+        let d = parse_header(br#"{"name":"n","timestamp":"2024-01-02T03:04:05.000000006+01:00"}"#)
+            .unwrap();
+        let ts = d.timestamp.unwrap();
+        assert_eq!(ts.nanos, 6);
+        assert_eq!(format_timestamp(&ts), "2024-01-02T02:04:05.000000006Z");
+        let d = parse_header(br#"{"name":"n","timestamp":"0001-01-01T00:00:00Z"}"#).unwrap();
+        assert_eq!(d.timestamp, None);
+        assert_eq!(
+            parse_header(br#"{"name":"n","timestamp":"yesterday"}"#)
+                .unwrap_err()
+                .kind(),
+            "bad_header"
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        for (json, kind) in [
+            (&br#"[1]"#[..], "bad_header"),
+            (br#"not json"#, "bad_header"),
+            (br#"{"name":"n"} junk"#, "bad_header"),
+            (br#"{}"#, "invalid_name_or_tag"),
+            (br#"{"name":""}"#, "invalid_name_or_tag"),
+            (br#"{"name":"_x"}"#, "invalid_name_or_tag"),
+            (br#"{"name":"n","type":"TEXT"}"#, "bad_header"),
+            (
+                br#"{"name":"n","tags":{"bad key":"v"}}"#,
+                "invalid_name_or_tag",
+            ),
+            (br#"{"name":5}"#, "bad_header"),
+        ] {
+            let err = parse_header(json).unwrap_err();
+            assert_eq!(err.kind(), kind, "{}: {err}", String::from_utf8_lossy(json));
+        }
+    }
+
+    #[test]
+    fn encode_round_trips() {
+        let desc = LogStreamDescriptor {
+            name: "x/y".into(),
+            stream_type: StreamType::Datagram as i32,
+            content_type: "a/b".into(),
+            timestamp: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            }),
+            tags: [("k".to_string(), "v".to_string())].into(),
+            ..Default::default()
+        };
+        let bytes = encode_handshake(&desc);
+        assert_eq!(&bytes[..6], MAGIC);
+        let len = bytes[6] as usize;
+        assert_eq!(bytes.len(), 7 + len);
+        assert_eq!(parse_header(&bytes[7..]).unwrap(), desc);
+    }
+}
