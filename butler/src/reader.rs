@@ -7,6 +7,9 @@ use tokio::sync::watch;
 
 use crate::{Source, Tee};
 
+/// First read buffer of a stream.
+const MIN_READ: usize = 4 * 1024;
+
 /// Reads `reader` to the end, echoing to `tee` and appending to `sink`, then ends the stream.
 /// Returns the read error that ended the stream early, if any. Stops early when `cancel`
 /// turns true.
@@ -20,11 +23,14 @@ pub async fn pump(
     sink: StreamSink,
     mut cancel: watch::Receiver<bool>,
 ) -> Option<String> {
-    let read_size = sink.read_size();
+    // Buffers start small and double while reads fill them, up to the sink's read size: a
+    // quiet stream (one of thousands) holds little memory, a busy one reads in big chunks.
+    let max = sink.read_size();
+    let mut size = MIN_READ.min(max);
     let mut buf = BytesMut::new();
     loop {
-        if buf.capacity() < read_size / 4 {
-            buf = BytesMut::with_capacity(read_size);
+        if buf.capacity() < size / 4 {
+            buf = BytesMut::with_capacity(size);
         }
         let read = tokio::select! {
             biased;
@@ -37,7 +43,10 @@ pub async fn pump(
         };
         match read {
             Ok(0) => break,
-            Ok(_) => {
+            Ok(n) => {
+                if n >= size / 2 {
+                    size = (size * 2).min(max);
+                }
                 let chunk = buf.split().freeze();
                 if let Some(t) = tee.as_mut()
                     && let Err(e) = echo(t, &chunk).await

@@ -56,7 +56,7 @@ pub enum HandshakeError {
     #[error(transparent)]
     Invalid(#[from] InvalidName),
     /// The client did not finish the handshake in time.
-    #[error("no complete handshake within {0} s")]
+    #[error("no complete handshake within {0} ms")]
     Timeout(u64),
     /// Reading failed.
     #[error("reading the handshake: {0}")]

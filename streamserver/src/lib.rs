@@ -289,7 +289,7 @@ fn spawn_handshake(
         let mut reader = BufReader::new(conn);
         let res = match tokio::time::timeout(timeout, read_handshake(&mut reader)).await {
             Ok(r) => r,
-            Err(_) => Err(HandshakeError::Timeout(timeout.as_secs())),
+            Err(_) => Err(HandshakeError::Timeout(timeout.as_millis() as u64)),
         };
         match res {
             Ok(desc) => {

@@ -1,0 +1,79 @@
+//! The butler with a real stream server on a Unix socket, driven by a raw client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use logdog_butler::{Butler, ButlerConfig};
+use logdog_outputs::MemoryOutput;
+use logdog_streamserver::StreamServer;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+/// Opens a stream the way any LogDog client does: magic, uvarint length, JSON flags.
+async fn open(path: &std::path::Path, json: &str) -> UnixStream {
+    let mut conn = UnixStream::connect(path).await.unwrap();
+    let mut hello = b"BTLR1\x1e".to_vec();
+    let mut n = json.len();
+    while n >= 0x80 {
+        hello.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    hello.push(n as u8);
+    hello.extend_from_slice(json.as_bytes());
+    conn.write_all(&hello).await.unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn server_streams_are_captured_and_refusals_counted() {
+    let out = MemoryOutput::default();
+    let butler = Butler::spawn(ButlerConfig::default(), Arc::new(out.clone())).unwrap();
+    let server = StreamServer::bind_private()
+        .unwrap()
+        .with_handshake_timeout(Duration::from_millis(300));
+    let path = server.path().to_path_buf();
+    let stats = server.stats();
+    butler.add_stream_server(server).await.unwrap();
+
+    let mut first = open(&path, r#"{"name":"dup","type":"text"}"#).await;
+    first.write_all(b"first\n").await.unwrap();
+    // Make sure `dup` is registered before the duplicate arrives.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !butler.streams().await.contains(&"dup".to_string()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream never registered"
+        );
+        tokio::task::yield_now().await;
+    }
+    let mut second = open(&path, r#"{"name":"dup"}"#).await;
+    let _ = second.write_all(b"second\n").await;
+    drop(second);
+    // A closed namespace refuses new streams too.
+    assert_eq!(
+        butler.drain_namespace("ns", std::future::ready(())).await,
+        Ok(())
+    );
+    drop(open(&path, r#"{"name":"ns/x"}"#).await);
+    // A client that says nothing is dropped after the handshake timeout.
+    let silent = UnixStream::connect(&path).await.unwrap();
+    first.write_all(b"still here\n").await.unwrap();
+    drop(first);
+
+    butler.activate().await;
+    let report = tokio::time::timeout(Duration::from_secs(60), butler.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(silent);
+    assert_eq!(out.stream_bytes("dup").unwrap(), b"first\nstill here\n");
+    assert_eq!(report.rejected.get("duplicate_name"), Some(&1));
+    assert_eq!(report.rejected.get("namespace_closed"), Some(&1));
+    let rejected = stats.rejected();
+    assert_eq!(rejected.get("duplicate_name"), Some(&1));
+    assert_eq!(rejected.get("namespace_closed"), Some(&1));
+    assert_eq!(rejected.get("timeout"), Some(&1));
+    // The socket and its private directory are gone.
+    assert!(!path.exists());
+    assert!(!path.parent().unwrap().exists());
+}
