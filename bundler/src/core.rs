@@ -53,6 +53,12 @@ pub struct Config {
 /// Smallest bundle size the core accepts: room for a modest descriptor and some data.
 pub const MIN_BUNDLE_SIZE: usize = 1024;
 
+/// More than the most a stream ever holds back while it is urgent (up to 9 bytes of an
+/// unfinished datagram length header, or an unfinished UTF-8 character and a `\r`). The buffer
+/// keeps this much room beyond one read, so a writer waiting for room for a whole read is
+/// never stuck behind bytes that wait for it.
+const HOLD_BACK: usize = 16;
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -238,6 +244,33 @@ fn incomplete_utf8_tail(s: &[u8]) -> usize {
     0
 }
 
+/// Number of `\n` bytes in `s` (a loop the compiler vectorises).
+fn count_newlines(s: &[u8]) -> usize {
+    // Eight bytes at a time: mark each byte equal to `\n` with its high bit (exactly, no
+    // carries between bytes), then add the marks up with a multiply.
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let mut n = 0usize;
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_le_bytes(b) ^ (u64::from(b'\n') * ONES);
+        let zero_bytes = !(((x & LOW7) + LOW7) | x) & !LOW7;
+        n += ((zero_bytes >> 7).wrapping_mul(ONES) >> 56) as usize;
+    }
+    n + words.remainder().iter().filter(|&&b| b == b'\n').count()
+}
+
+/// An upper bound on the encoded size of a `Text` message holding `bytes` bytes that form
+/// `lines` whole lines. Each line costs its bytes plus at most 6 bytes of keys and one-byte
+/// lengths (see [`text_line_field_len`]). Longer length varints cost extra bytes only on long
+/// lines: at most 2 extra bytes on a line of 122+ bytes, 4 on one of 16 KiB+, 6 on one of
+/// 2 MiB+, so `bytes / 32` covers them all.
+fn text_body_upper_bound(bytes: usize, lines: usize) -> usize {
+    bytes + 6 * lines + bytes / 32 + 8
+}
+
 /// Decodes a uvarint from the front of `bufs`. `Ok(None)` means more bytes are needed.
 fn read_uvarint(chunks: &VecDeque<Chunk>) -> Result<Option<(u64, usize)>, String> {
     let mut value: u64 = 0;
@@ -313,11 +346,13 @@ fn largest_fitting(hi: usize, ok: impl Fn(usize) -> bool) -> usize {
 }
 
 impl Core {
-    /// Creates a core. `max_bundle_size` is raised to [`MIN_BUNDLE_SIZE`] if smaller.
+    /// Creates a core. `max_bundle_size` is raised to [`MIN_BUNDLE_SIZE`] if smaller,
+    /// `read_size` to 1, and `max_buffered_bytes` to a little more than `read_size` (see
+    /// [`config`](Self::config) for the values in force).
     pub fn new(mut cfg: Config) -> Self {
         cfg.max_bundle_size = cfg.max_bundle_size.max(MIN_BUNDLE_SIZE);
         cfg.read_size = cfg.read_size.max(1);
-        cfg.max_buffered_bytes = cfg.max_buffered_bytes.max(cfg.read_size);
+        cfg.max_buffered_bytes = cfg.max_buffered_bytes.max(cfg.read_size + HOLD_BACK);
         Self {
             cfg,
             streams: HashMap::new(),
@@ -675,9 +710,25 @@ impl Core {
 
         // Whole lines first. `fits` is monotone in the body size, so find the largest body
         // that fits once instead of asking for every line.
-        let max_body = largest_fitting(data.len() * 2 + 16, |body| {
+        let max_body = largest_fitting(data.len() * 5 + 16, |body| {
             b.fits(slot.with_log(entry_len(body)))
         });
+        // Fast path: all the chunk's whole lines, sized by an upper bound that needs only the
+        // line count (exact sizing costs a step per line, which dominates at high volume).
+        if let Some(last_nl) = memchr::memrchr(b'\n', &data) {
+            let end = last_nl + 1;
+            let tail_alone = end < data.len();
+            if !(urgent && tail_alone && !more_follows) {
+                let lines = count_newlines(&data[..end]);
+                let bound = text_body_upper_bound(end, lines);
+                if bound <= max_body {
+                    let taken = Self::advance(s, end);
+                    let e = self.commit(s, e, Content::Text(taken), end, entry_len(bound));
+                    s.next_sequence += lines as u64;
+                    return Some(e);
+                }
+            }
+        }
         let mut body = 0usize;
         let mut end = 0usize;
         let mut lines = 0u64;

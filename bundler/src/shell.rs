@@ -105,10 +105,12 @@ impl Handle {
         output: Arc<dyn Output>,
     ) -> (Handle, tokio::task::JoinHandle<ShellTotals>) {
         let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
+        // The core adjusts out-of-range settings; writers must use the values in force.
+        let core = Core::new(cfg);
         let shell = Shell {
-            read_size: cfg.read_size,
-            max_buffered: cfg.max_buffered_bytes,
-            core: Core::new(cfg),
+            read_size: core.config().read_size,
+            max_buffered: core.config().max_buffered_bytes,
+            core,
             rx,
             tx: tx.downgrade(),
             in_flight: Arc::new(Semaphore::new(output.max_in_flight().max(1))),

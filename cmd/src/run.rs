@@ -1,5 +1,6 @@
 //! `logdog_butler run`: runs a command with its stdout and stderr captured as streams.
 
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -15,6 +16,9 @@ use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
 
 use crate::cli::{Global, RunArgs};
 use crate::{Failure, start_butler};
+
+/// Capacity asked for the command's stdout and stderr pipes.
+const PIPE_SIZE: i32 = 1024 * 1024;
 
 /// SIGINT and SIGTERM, as one source of signals.
 pub struct Signals {
@@ -98,6 +102,16 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
         }
     };
 
+    // Bigger pipes mean fewer wake-ups when the command writes fast (Linux only; best effort).
+    for fd in [
+        child.stdout.as_ref().map(|p| p.as_fd()),
+        child.stderr.as_ref().map(|p| p.as_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    }
     let echo = !args.no_echo;
     let pipes = [
         (
