@@ -165,6 +165,9 @@ struct Stream {
     /// again and again for bytes that must wait.
     stalled: bool,
     next_stream_index: u64,
+    /// Number of buffered chunks with a `\n` (text), so looking for the end of an unfinished
+    /// line costs nothing while there is none.
+    nl_chunks: usize,
     /// Text: complete lines so far; binary: bytes so far; datagram: datagrams so far.
     next_sequence: u64,
     /// Nanoseconds from the descriptor timestamp to `registered_at`.
@@ -410,6 +413,7 @@ impl Core {
                 buffered: 0,
                 closed: false,
                 stalled: false,
+                nl_chunks: 0,
                 next_stream_index: 0,
                 next_sequence: 0,
                 base_offset,
@@ -442,6 +446,7 @@ impl Core {
         s.buffered += data.len();
         s.stalled = false;
         let has_nl = s.kind == StreamType::Text && memchr::memchr(b'\n', &data).is_some();
+        s.nl_chunks += usize::from(has_nl);
         s.chunks.push_back(Chunk {
             data,
             time: now,
@@ -657,10 +662,13 @@ impl Core {
             return Bytes::new();
         };
         let taken = front.data.split_to(n);
+        let had_nl = front.has_nl;
         if front.data.is_empty() {
             s.chunks.pop_front();
-        } else if s.kind == StreamType::Text && front.has_nl {
+            s.nl_chunks -= usize::from(had_nl);
+        } else if s.kind == StreamType::Text && had_nl {
             front.has_nl = memchr::memchr(b'\n', &front.data).is_some();
+            s.nl_chunks -= usize::from(!front.has_nl);
         }
         taken
     }
@@ -676,20 +684,24 @@ impl Core {
             let Some(c) = s.chunks.front_mut() else { break };
             let take = (len - joined.len()).min(c.data.len());
             joined.extend_from_slice(&c.data.split_to(take));
+            let had_nl = c.has_nl;
             if c.data.is_empty() {
                 s.chunks.pop_front();
-            } else if c.has_nl {
+                s.nl_chunks -= usize::from(had_nl);
+            } else if had_nl {
                 c.has_nl = memchr::memchr(b'\n', &c.data).is_some();
+                s.nl_chunks -= usize::from(!c.has_nl);
             }
         }
         let data = joined.freeze();
         let has_nl = s.kind == StreamType::Text && memchr::memchr(b'\n', &data).is_some();
+        s.nl_chunks += usize::from(has_nl);
         s.chunks.push_front(Chunk { data, time, has_nl });
     }
 
     fn cut_text(&mut self, s: &mut Stream, b: &Builder, slot: &Slot, urgent: bool) -> Option<Cut1> {
         let front = s.chunks.front()?;
-        if !front.has_nl {
+        if !front.has_nl && s.nl_chunks > 0 {
             // The front chunk is one unfinished line. Join it with the rest of the line when
             // a later chunk finishes it.
             let mut len = front.data.len();
@@ -776,7 +788,13 @@ impl Core {
                 return None;
             }
         } else if !urgent {
-            return None;
+            // An unfinished line waits for its end, unless what is here already could not fit
+            // in any bundle: then waiting gains nothing.
+            let fresh = BundleEntry::base_len(s.desc.encoded_len(), None);
+            let piece = text_line_field_len(data.len() - end, 0);
+            if b.fits_alone(fresh + BundleEntry::log_field_len(entry_len(piece))) {
+                return None;
+            }
         }
         let last_is_complete = line_end > 0 && data[line_end - 1] == b'\n';
         let piece_limit = if last_is_complete {
@@ -948,6 +966,24 @@ impl Core {
                 return None; // wait for the whole datagram
             }
         }
+        if pending.frag == 0 && s.closed && s.buffered < pending.size {
+            // The stream ended inside a datagram none of which has gone out: drop it whole
+            // (counted) rather than leave a torn frame behind.
+            let n = s.buffered;
+            s.chunks.clear();
+            s.nl_chunks = 0;
+            s.buffered = 0;
+            s.released += n;
+            s.stats.dropped_bytes += n as u64;
+            s.datagram = None;
+            let msg = format!(
+                "stream ended inside a datagram: {} of its {} bytes arrived; dropped",
+                n, pending.size
+            );
+            tracing::warn!(stream = s.desc.name(), "{msg}");
+            s.error.get_or_insert(msg);
+            return None;
+        }
         // Fragments.
         let front_len = s.chunks.front().map_or(0, |c| c.data.len());
         let avail = front_len.min(remaining);
@@ -1026,6 +1062,7 @@ fn fail_stream(s: &mut Stream, reason: String) {
     s.released += s.buffered;
     s.buffered = 0;
     s.chunks.clear();
+    s.nl_chunks = 0;
     s.datagram = None;
     s.closed = true;
 }
