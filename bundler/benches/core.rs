@@ -83,6 +83,7 @@ fn run(kind: StreamType, input: &[Bytes]) -> usize {
         max_buffer_age: Duration::from_secs(5),
         max_buffered_bytes: 2 * TOTAL,
         read_size: READ,
+        flush_timeout: std::time::Duration::from_secs(60),
     });
     let desc = logpb::LogStreamDescriptor {
         name: "stream".into(),

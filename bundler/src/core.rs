@@ -48,6 +48,10 @@ pub struct Config {
     /// Largest chunk the caller appends at once; a stream whose buffer cannot take another
     /// chunk this size counts as full.
     pub read_size: usize,
+    /// Used by the [shell](crate::shell): once every stream has ended and everything is cut,
+    /// how long sends still unacknowledged by the output may take before they are given up
+    /// (and counted as undelivered).
+    pub flush_timeout: Duration,
 }
 
 /// Smallest bundle size the core accepts: room for a modest descriptor and some data.
@@ -68,6 +72,7 @@ impl Default for Config {
             max_buffer_age: Duration::from_secs(5),
             max_buffered_bytes: 5 * 1024 * 1024,
             read_size: 64 * 1024,
+            flush_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -122,6 +127,9 @@ pub struct Finished {
     pub stats: StreamStats,
     /// The error that ended it early, if any.
     pub error: Option<String>,
+    /// Whether the bundle with the stream's terminal entry reached the output (set by the
+    /// shell once the send is over).
+    pub delivered: bool,
 }
 
 /// The result of [`Core::next_bundle`].
@@ -585,6 +593,7 @@ impl Core {
                     name: s.desc.name().to_string(),
                     stats: s.stats,
                     error: s.error.take(),
+                    delivered: false,
                 });
             } else {
                 self.streams.insert(id, s);

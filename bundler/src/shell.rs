@@ -15,13 +15,14 @@
 //! shell closes the streams still open, flushes everything, waits for the sends to finish and
 //! returns its totals.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use logdog_outputs::Output;
 use logdog_proto::logpb;
+use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -89,12 +90,15 @@ pub struct StreamSink {
 }
 
 /// What the shell did, reported when it stops.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ShellTotals {
     /// Bundles handed to the output.
     pub bundles: u64,
-    /// Bundles the output failed to deliver.
+    /// Bundles the output failed to deliver (including those still unacknowledged when the
+    /// flush timeout ran out).
     pub failed_bundles: u64,
+    /// Payload bytes of those bundles, per stream name.
+    pub undelivered: BTreeMap<String, u64>,
 }
 
 impl Handle {
@@ -106,6 +110,7 @@ impl Handle {
     ) -> (Handle, tokio::task::JoinHandle<ShellTotals>) {
         let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
         // The core adjusts out-of-range settings; writers must use the values in force.
+        let cfg_flush_timeout = cfg.flush_timeout;
         let core = Core::new(cfg);
         let shell = Shell {
             read_size: core.config().read_size,
@@ -118,6 +123,9 @@ impl Handle {
             streams: HashMap::new(),
             callbacks: HashMap::new(),
             sends: JoinSet::new(),
+            in_flight_sends: HashMap::new(),
+            flush_timeout: cfg_flush_timeout,
+            gave_up: false,
             totals: ShellTotals::default(),
         };
         (Handle { tx }, tokio::spawn(shell.run()))
@@ -227,7 +235,18 @@ struct Shell {
     /// Streams with an entry callback, by name (bundle entries carry names, not ids).
     callbacks: HashMap<String, StreamId>,
     sends: JoinSet<bool>,
+    /// What each send in flight carries: payload bytes per stream, and the streams whose last
+    /// bundle it is.
+    in_flight_sends: HashMap<tokio::task::Id, InFlight>,
+    flush_timeout: Duration,
+    /// Set when the flush timeout ran out: nothing more is sent.
+    gave_up: bool,
     totals: ShellTotals,
+}
+
+struct InFlight {
+    payload: Vec<(String, u64)>,
+    done: Vec<(oneshot::Sender<Finished>, Finished)>,
 }
 
 impl Shell {
@@ -235,9 +254,14 @@ impl Shell {
         let mut input_open = true;
         // Whether the core may have something new to cut.
         let mut dirty = false;
+        // Once everything is cut, sends still unacknowledged get this long.
+        let mut flush_deadline: Option<Instant> = None;
         loop {
             if !input_open && self.core.is_empty() && self.sends.is_empty() {
                 break;
+            }
+            if !input_open && flush_deadline.is_none() {
+                flush_deadline = Some(Instant::now() + self.flush_timeout);
             }
             let deadline = self.core.next_deadline().map(Instant::from_std);
             let can_cut = dirty && self.core.has_pending();
@@ -251,11 +275,24 @@ impl Shell {
                         Some(cut) => self.dispatch(cut, permit),
                     }
                 }
-                Some(res) = self.sends.join_next(), if !self.sends.is_empty() => {
-                    self.totals.bundles += 1;
-                    if !matches!(res, Ok(true)) {
-                        self.totals.failed_bundles += 1;
-                    }
+                Some(res) = self.sends.join_next_with_id(), if !self.sends.is_empty() => {
+                    let (id, ok) = match res {
+                        Ok((id, ok)) => (id, ok),
+                        Err(e) => (e.id(), false),
+                    };
+                    self.sent(id, ok);
+                }
+                () = sleep_until_opt(flush_deadline), if !self.gave_up && flush_deadline.is_some() => {
+                    tracing::error!(
+                        bundles = self.sends.len(),
+                        timeout = ?self.flush_timeout,
+                        "output did not acknowledge everything within the flush timeout; giving up"
+                    );
+                    // What is in flight is abandoned; what is still to be cut is cut and
+                    // counted as undelivered without being sent.
+                    self.gave_up = true;
+                    self.sends.abort_all();
+                    dirty = true;
                 }
                 msg = self.rx.recv(), if input_open => match msg {
                     Some(m) => {
@@ -339,7 +376,26 @@ impl Shell {
         }
         let output = self.output.clone();
         let bundle = cut.bundle;
-        self.sends.spawn(async move {
+        let payload: Vec<(String, u64)> = bundle
+            .entries
+            .iter()
+            .map(|e| {
+                let bytes = e.logs.iter().map(|l| l.content.data().len() as u64).sum();
+                (e.desc.name().to_string(), bytes)
+            })
+            .collect();
+        if self.gave_up {
+            self.totals.bundles += 1;
+            self.totals.failed_bundles += 1;
+            for (name, bytes) in payload {
+                *self.totals.undelivered.entry(name).or_default() += bytes;
+            }
+            for (tx, fin) in done {
+                let _ = tx.send(fin);
+            }
+            return;
+        }
+        let task = self.sends.spawn(async move {
             let ok = match output.send(bundle).await {
                 Ok(()) => true,
                 Err(e) => {
@@ -348,11 +404,29 @@ impl Shell {
                 }
             };
             drop(permit);
-            for (tx, f) in done {
-                let _ = tx.send(f);
-            }
             ok
         });
+        self.in_flight_sends
+            .insert(task.id(), InFlight { payload, done });
+    }
+
+    /// Settles a finished (or aborted) send: counts it, and tells the streams whose last
+    /// bundle it was.
+    fn sent(&mut self, id: tokio::task::Id, ok: bool) {
+        self.totals.bundles += 1;
+        let Some(f) = self.in_flight_sends.remove(&id) else {
+            return;
+        };
+        if !ok {
+            self.totals.failed_bundles += 1;
+            for (name, bytes) in f.payload {
+                *self.totals.undelivered.entry(name).or_default() += bytes;
+            }
+        }
+        for (tx, mut fin) in f.done {
+            fin.delivered = ok;
+            let _ = tx.send(fin);
+        }
     }
 }
 

@@ -627,6 +627,7 @@ fn config() -> impl Strategy<Value = Config> {
             max_buffer_age: ms(age),
             max_buffered_bytes: read_size + extra,
             read_size,
+            flush_timeout: std::time::Duration::from_secs(60),
         })
 }
 
@@ -702,6 +703,7 @@ proptest! {
             max_buffer_age: ms(500),
             max_buffered_bytes: 4096,
             read_size: 300,
+            flush_timeout: std::time::Duration::from_secs(60),
         });
         h.register("text", StreamType::Text, input, 0);
         let mut k = 0;
@@ -729,6 +731,7 @@ fn small_config(max_bundle_size: usize) -> Config {
         max_buffer_age: Duration::from_secs(5),
         max_buffered_bytes: 5 * 1024 * 1024,
         read_size: 64 * 1024,
+        flush_timeout: std::time::Duration::from_secs(60),
     }
 }
 
@@ -1072,6 +1075,7 @@ fn full_buffer_emits_partial_lines_at_once() {
         max_buffer_age: Duration::from_secs(3600),
         max_buffered_bytes: 1000,
         read_size: 100,
+        flush_timeout: std::time::Duration::from_secs(60),
         ..small_config(4096)
     });
     let id = core
@@ -1100,6 +1104,7 @@ fn held_back_bytes_do_not_deadlock_a_writer() {
     let mut h = Harness::new(Config {
         max_buffered_bytes: 100,
         read_size: 100,
+        flush_timeout: std::time::Duration::from_secs(60),
         ..small_config(4096)
     });
     h.register("t", StreamType::Text, input, 0);

@@ -35,6 +35,7 @@ fn config(max_bundle_size: usize) -> Config {
         max_buffer_age: Duration::from_secs(2),
         max_buffered_bytes: 64 * 1024,
         read_size: 4096,
+        flush_timeout: std::time::Duration::from_secs(60),
     }
 }
 
@@ -293,6 +294,7 @@ async fn blocked_output_blocks_writers_without_loss() {
     let cfg = Config {
         max_buffered_bytes: 1024,
         read_size: 256,
+        flush_timeout: std::time::Duration::from_secs(60),
         ..config(64 * 1024)
     };
     let (handle, task) = Handle::spawn(cfg, output.clone());
@@ -401,4 +403,36 @@ async fn odd_settings_do_not_hang() {
         assert_eq!(out.stream_bytes("t").unwrap(), data);
         check_bundles(&out, 4096);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unacknowledged_sends_are_given_up_after_the_flush_timeout() {
+    let inner = MemoryOutput::new(64 * 1024);
+    // A gate that never opens: an output that never acknowledges (a collector that is down).
+    let output = Arc::new(GatedOutput {
+        inner: inner.clone(),
+        gate: Arc::new(Semaphore::new(0)),
+        entered: AtomicUsize::new(0),
+    });
+    let cfg = Config {
+        flush_timeout: Duration::from_secs(10),
+        ..config(64 * 1024)
+    };
+    let (handle, task) = Handle::spawn(cfg, output.clone());
+    let (sink, done) = handle
+        .register(descriptor("t", StreamType::Text), None)
+        .await
+        .unwrap();
+    sink.write(Bytes::from_static(b"one\ntwo\n")).await.unwrap();
+    sink.close().await;
+    drop(handle);
+    let started = tokio::time::Instant::now();
+    let totals = task.await.unwrap();
+    // The shell waited the flush timeout (paused time jumps there), then gave up.
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    assert!(totals.failed_bundles >= 1, "{totals:?}");
+    assert_eq!(totals.undelivered.get("t"), Some(&8));
+    let fin: Finished = done.await.unwrap();
+    assert!(!fin.delivered);
+    assert!(inner.bundles().is_empty());
 }

@@ -21,6 +21,9 @@ pub struct ButlerConfig {
     pub max_buffered_bytes: usize,
     /// Size of each read from a stream.
     pub read_size: usize,
+    /// Once every stream has ended, how long the output may take to acknowledge what is still
+    /// in flight; what it has not acknowledged by then is reported as undelivered.
+    pub flush_timeout: Duration,
 }
 
 impl Default for ButlerConfig {
@@ -32,6 +35,7 @@ impl Default for ButlerConfig {
             max_buffer_age: Duration::from_secs(5),
             max_buffered_bytes: 5 * 1024 * 1024,
             read_size: 64 * 1024,
+            flush_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -75,6 +79,7 @@ impl ButlerConfig {
             max_buffer_age: self.max_buffer_age,
             max_buffered_bytes: self.max_buffered_bytes,
             read_size: self.read_size,
+            flush_timeout: self.flush_timeout,
         }
     }
 

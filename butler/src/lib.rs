@@ -121,6 +121,9 @@ pub struct StreamReport {
     pub entries: u64,
     /// Bytes lost to a stream error (a bad datagram header, a read error).
     pub bytes_dropped: u64,
+    /// Payload bytes the output did not acknowledge (failed, or still in flight when the
+    /// flush timeout ran out).
+    pub bytes_undelivered: u64,
     /// What went wrong, if anything.
     pub error: Option<String>,
 }
@@ -140,6 +143,7 @@ impl StreamReport {
             bytes_sent: bytes_out,
             entries,
             bytes_dropped: dropped_bytes,
+            bytes_undelivered: 0,
             error: f.error.or(read_error),
         }
     }
@@ -486,6 +490,11 @@ impl Actor {
                 Ok(t) => {
                     self.report.bundles = t.bundles;
                     self.report.failed_bundles = t.failed_bundles;
+                    for (name, bytes) in t.undelivered {
+                        if let Some(s) = self.report.streams.get_mut(&name) {
+                            s.bytes_undelivered += bytes;
+                        }
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "bundler task failed"),
             }
@@ -546,6 +555,7 @@ impl Actor {
                     bytes_sent: 0,
                     entries: 0,
                     bytes_dropped: 0,
+                    bytes_undelivered: 0,
                     error: Some("bundler stopped before the stream finished".into()),
                 },
             };

@@ -38,6 +38,10 @@ pub struct Global {
     /// Longest time a byte waits in a buffer before it is sent, e.g. 5s or 200ms.
     #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
     pub max_buffer_age: Duration,
+    /// Once every stream has ended, how long to wait for the output to acknowledge what is
+    /// still in flight (a collector that is down); the rest is reported as undelivered.
+    #[arg(long, global = true, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub flush_timeout: Duration,
     /// The butler's own log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "warn")]
     pub log_level: String,

@@ -114,6 +114,7 @@ pub fn start_butler(g: &Global) -> Result<(Butler, Arc<dyn Output>, ButlerConfig
         prefix,
         global_tags: g.tags.iter().cloned().collect(),
         max_buffer_age: g.max_buffer_age,
+        flush_timeout: g.flush_timeout,
         ..Default::default()
     };
     cfg.validate().map_err(|e| Failure::Usage(e.to_string()))?;

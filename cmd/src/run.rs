@@ -240,6 +240,12 @@ fn exit_code(status: ExitStatus) -> u8 {
 /// Tells the user about anything that did not make it (never silently).
 pub fn report_losses(report: &Report) {
     for s in report.streams.values() {
+        if s.bytes_undelivered > 0 {
+            eprintln!(
+                "logdog_butler: stream {:?}: {} bytes were not acknowledged by the output",
+                s.name, s.bytes_undelivered
+            );
+        }
         if s.bytes_dropped > 0 || s.error.is_some() {
             eprintln!(
                 "logdog_butler: stream {:?}: {} bytes dropped{}",

@@ -9,6 +9,7 @@
 //! - [`log`]: writes a human-readable account of every entry to stderr.
 //! - [`memory`]: keeps every bundle and reassembles streams; for tests.
 //! - [`directory`]: writes every stream's bytes under a directory.
+//! - [`grpc`]: sends bundles to a collector, retrying until they are acknowledged.
 //! - [`null`]: discards bundles, counting them.
 //! - [`spec`]: parses `--output` values such as `directory:PATH`.
 
@@ -19,12 +20,14 @@ use async_trait::async_trait;
 use logdog_proto::Bundle;
 
 pub mod directory;
+pub mod grpc;
 pub mod log;
 pub mod memory;
 pub mod null;
 pub mod spec;
 
 pub use directory::DirectoryOutput;
+pub use grpc::GrpcOutput;
 pub use log::LogOutput;
 pub use memory::MemoryOutput;
 pub use null::NullOutput;

@@ -4,17 +4,18 @@
 //! - `log`: [`LogOutput`] to stderr, 1 MiB bundles;
 //! - `null`: [`NullOutput`];
 //! - `directory:PATH`: [`DirectoryOutput`] writing under `PATH` (everything after the first
-//!   `:`, which may itself contain `:`).
+//!   `:`, which may itself contain `:`);
+//! - `grpc://HOST:PORT`: [`GrpcOutput`] to a collector.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::{DirectoryOutput, LogOutput, NullOutput, Output, OutputError};
+use crate::{DirectoryOutput, GrpcOutput, LogOutput, NullOutput, Output, OutputError};
 
 /// The valid forms of an output spec, for messages.
-pub const VALID_FORMS: &str = "log, null, directory:PATH";
+pub const VALID_FORMS: &str = "log, null, directory:PATH, grpc://HOST:PORT";
 
 /// A parsed `--output` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub enum OutputSpec {
     Null,
     /// `directory:PATH`: write every stream under `PATH`.
     Directory(PathBuf),
+    /// `grpc://HOST:PORT`: send to a collector.
+    Grpc(String),
 }
 
 /// Why an output spec was refused.
@@ -36,6 +39,9 @@ pub enum ParseOutputSpecError {
     /// `directory` without a path.
     #[error("output {0:?} needs a path: expected directory:PATH")]
     MissingPath(String),
+    /// `grpc://` without `HOST:PORT`.
+    #[error("output {0:?} needs an address: expected grpc://HOST:PORT")]
+    MissingAddress(String),
 }
 
 impl FromStr for OutputSpec {
@@ -46,11 +52,22 @@ impl FromStr for OutputSpec {
             "log" => Ok(Self::Log),
             "null" => Ok(Self::Null),
             "directory" => Err(ParseOutputSpecError::MissingPath(s.to_owned())),
-            _ => match s.strip_prefix("directory:") {
-                Some("") => Err(ParseOutputSpecError::MissingPath(s.to_owned())),
-                Some(path) => Ok(Self::Directory(PathBuf::from(path))),
-                None => Err(ParseOutputSpecError::Unknown(s.to_owned())),
-            },
+            _ => {
+                if let Some(addr) = s.strip_prefix("grpc://") {
+                    let addr = addr.trim_end_matches('/');
+                    return match addr.rsplit_once(':') {
+                        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                            Ok(Self::Grpc(addr.to_owned()))
+                        }
+                        _ => Err(ParseOutputSpecError::MissingAddress(s.to_owned())),
+                    };
+                }
+                match s.strip_prefix("directory:") {
+                    Some("") => Err(ParseOutputSpecError::MissingPath(s.to_owned())),
+                    Some(path) => Ok(Self::Directory(PathBuf::from(path))),
+                    None => Err(ParseOutputSpecError::Unknown(s.to_owned())),
+                }
+            }
         }
     }
 }
@@ -62,6 +79,7 @@ impl fmt::Display for OutputSpec {
             Self::Log => f.write_str("log"),
             Self::Null => f.write_str("null"),
             Self::Directory(p) => write!(f, "directory:{}", p.display()),
+            Self::Grpc(a) => write!(f, "grpc://{a}"),
         }
     }
 }
@@ -72,6 +90,7 @@ pub fn build_output(spec: &OutputSpec) -> Result<Arc<dyn Output>, OutputError> {
         OutputSpec::Log => Arc::new(LogOutput::default()),
         OutputSpec::Null => Arc::new(NullOutput::new()),
         OutputSpec::Directory(path) => Arc::new(DirectoryOutput::new(path)?),
+        OutputSpec::Grpc(addr) => Arc::new(GrpcOutput::new(addr)?),
     })
 }
 

@@ -9,6 +9,7 @@
 //!   payload bytes as zero-copy [`bytes::Bytes`] slices and encodes straight to
 //!   `logpb.ButlerLogBundle` bytes, or converts to the prost types.
 //! - [`handshake`]: the stream-server handshake (magic, length, JSON flags).
+//! - [`logdog::collector`]: the collector's gRPC services.
 //! - [`types`]: validation of stream names, tags and project names (LogDog's rules).
 
 pub mod bundle;
@@ -19,6 +20,15 @@ pub mod types;
 #[allow(missing_docs, clippy::all, rust_2018_idioms)]
 pub mod logpb {
     include!(concat!(env!("OUT_DIR"), "/logpb.rs"));
+}
+
+/// The collector's gRPC services (`logdog.collector`): writing bundles and reading streams.
+#[allow(missing_docs, clippy::all, rust_2018_idioms)]
+pub mod logdog {
+    /// Package `logdog.collector`.
+    pub mod collector {
+        include!(concat!(env!("OUT_DIR"), "/logdog.collector.rs"));
+    }
 }
 
 pub use bundle::{Bundle, BundleEntry, Content, Descriptor, Entry};
