@@ -1,7 +1,11 @@
 //! Compiles the protobufs with `protox` (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["logpb/log.proto", "logpb/butler.proto", "logdog/collector.proto"];
+    let protos = [
+        "logpb/log.proto",
+        "logpb/butler.proto",
+        "logdog/collector.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed=proto/{p}");
     }

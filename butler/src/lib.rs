@@ -393,7 +393,8 @@ impl Actor {
                 Command::Shutdown => {
                     self.activated = true;
                     self.close_servers();
-                    let _ = self.cancel.send(true);
+                    // send_replace: the flag must stick even while no reader is subscribed.
+                    self.cancel.send_replace(true);
                 }
                 Command::Wait(reply) => match &self.finished {
                     Some(r) => {

@@ -56,7 +56,11 @@ impl GrpcOutput {
         let client = CollectorClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(16 * 1024 * 1024)
             .max_encoding_message_size(16 * 1024 * 1024);
-        Ok(Self { client, target: host_port.to_string(), stats: StatsCounter::default() })
+        Ok(Self {
+            client,
+            target: host_port.to_string(),
+            stats: StatsCounter::default(),
+        })
     }
 }
 
@@ -76,7 +80,9 @@ fn retriable(status: &Status) -> bool {
 
 /// Exponential backoff with full jitter: a random delay up to `initial * 2^attempt`, capped.
 fn backoff(attempt: u32) -> Duration {
-    let cap = BACKOFF_INITIAL.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+    let cap = BACKOFF_INITIAL
+        .saturating_mul(1 << attempt.min(16))
+        .min(BACKOFF_MAX);
     // Jitter from the clock's low bits: enough to keep a fleet of butlers from retrying in step.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -91,7 +97,9 @@ impl Output for GrpcOutput {
         let data = Bytes::from(bundle.encode_to_vec());
         let mut attempt = 0u32;
         loop {
-            let mut req = tonic::Request::new(WriteBundleRequest { bundle: data.clone() });
+            let mut req = tonic::Request::new(WriteBundleRequest {
+                bundle: data.clone(),
+            });
             req.set_timeout(ATTEMPT_TIMEOUT);
             match self.client.clone().write_bundle(req).await {
                 Ok(_) => {

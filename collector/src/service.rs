@@ -1,0 +1,347 @@
+//! The gRPC services: `Collector` (writes) and `Logs` (reads).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use logdog_proto::logdog::collector as pb;
+use logdog_proto::logdog::collector::collector_server::{Collector, CollectorServer};
+use logdog_proto::logdog::collector::logs_server::{Logs, LogsServer};
+use logdog_proto::logpb;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::path::{Pattern, StreamPath};
+use crate::store::{Store, StoreError, StreamKey};
+use crate::validate;
+
+/// Largest bundle accepted, encoded.
+pub const MAX_BUNDLE_SIZE: usize = 16 * 1024 * 1024;
+/// Default and largest page of a `Query`.
+const MAX_QUERY_RESULTS: usize = 500;
+/// Default byte budget of a `Get` or of one `Follow` message.
+const DEFAULT_GET_BYTES: usize = 4 * 1024 * 1024;
+
+/// Wakes followers of a stream when it changes.
+#[derive(Debug, Clone, Default)]
+struct Watchers {
+    inner: Arc<Mutex<HashMap<StreamKey, watch::Sender<u64>>>>,
+}
+
+impl Watchers {
+    fn subscribe(&self, key: &StreamKey) -> watch::Receiver<u64> {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn notify(&self, keys: &[StreamKey]) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            if let Some(tx) = map.get(k) {
+                if tx.receiver_count() == 0 {
+                    map.remove(k);
+                } else {
+                    tx.send_modify(|v| *v += 1);
+                }
+            }
+        }
+    }
+}
+
+/// The write service.
+#[derive(Debug, Clone)]
+pub struct CollectorService {
+    store: Store,
+    watchers: Watchers,
+}
+
+/// The read service.
+#[derive(Debug, Clone)]
+pub struct LogsService {
+    store: Store,
+    watchers: Watchers,
+}
+
+/// Both services over one store, ready to add to a tonic server.
+pub fn services(store: Store) -> (CollectorServer<CollectorService>, LogsServer<LogsService>) {
+    let watchers = Watchers::default();
+    let collector = CollectorServer::new(CollectorService {
+        store: store.clone(),
+        watchers: watchers.clone(),
+    })
+    .max_decoding_message_size(MAX_BUNDLE_SIZE * 2);
+    let logs = LogsServer::new(LogsService { store, watchers })
+        .max_encoding_message_size(64 * 1024 * 1024);
+    (collector, logs)
+}
+
+fn store_error(e: StoreError) -> Status {
+    match e {
+        StoreError::Conflict(msg) => Status::failed_precondition(msg),
+        other => {
+            tracing::error!(error = %other, "store failure");
+            Status::unavailable(format!("store failure: {other}"))
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+        .map_err(store_error)
+}
+
+#[tonic::async_trait]
+impl Collector for CollectorService {
+    async fn write_bundle(
+        &self,
+        req: Request<pb::WriteBundleRequest>,
+    ) -> Result<Response<pb::WriteBundleResponse>, Status> {
+        let data = req.into_inner().bundle;
+        if data.len() > MAX_BUNDLE_SIZE {
+            return Err(Status::invalid_argument(format!(
+                "bundle of {} bytes exceeds the {MAX_BUNDLE_SIZE}-byte limit",
+                data.len()
+            )));
+        }
+        let bundle = logpb::ButlerLogBundle::decode(data)
+            .map_err(|e| Status::invalid_argument(format!("not a ButlerLogBundle: {e}")))?;
+        if let Err(e) = validate::bundle(&bundle) {
+            tracing::warn!(project = %bundle.project, prefix = %bundle.prefix, error = %e, "refused a bundle");
+            return Err(Status::invalid_argument(e.0));
+        }
+        let store = self.store.clone();
+        let outcome = blocking(move || store.write(&bundle)).await?;
+        self.watchers.notify(&outcome.touched);
+        Ok(Response::new(pb::WriteBundleResponse {
+            stored: outcome.stored,
+            duplicates: outcome.duplicates,
+        }))
+    }
+}
+
+/// Parses a request's project and path.
+fn key_of(project: &str, path: &str) -> Result<StreamKey, Status> {
+    logdog_proto::types::validate_project(project)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let p = StreamPath::parse(path).map_err(Status::invalid_argument)?;
+    Ok(StreamKey {
+        project: project.to_string(),
+        prefix: p.prefix,
+        name: p.name,
+    })
+}
+
+fn not_found(key: &StreamKey) -> Status {
+    Status::not_found(format!(
+        "stream {}/{}/+/{} not found",
+        key.project, key.prefix, key.name
+    ))
+}
+
+type FollowStream = Pin<Box<dyn Stream<Item = Result<pb::FollowResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Logs for LogsService {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let r = req.into_inner();
+        let key = key_of(&r.project, &r.path)?;
+        let store = self.store.clone();
+        let k = key.clone();
+        let max_bytes = if r.byte_count == 0 {
+            DEFAULT_GET_BYTES
+        } else {
+            r.byte_count as usize
+        };
+        let max_count = match r.log_count {
+            n if n < 0 => 0,
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let (info, logs) = blocking(move || {
+            let info = store.stream(&k)?;
+            let logs = if max_count == 0 || info.is_none() {
+                Vec::new()
+            } else {
+                store.entries(&k, r.index, max_count, max_bytes)?
+            };
+            Ok((info, logs))
+        })
+        .await?;
+        let info = info.ok_or_else(|| not_found(&key))?;
+        Ok(Response::new(pb::GetResponse {
+            project: key.project,
+            state: r.state.then_some(info.state),
+            desc: r.state.then_some(info.desc),
+            logs,
+        }))
+    }
+
+    async fn tail(
+        &self,
+        req: Request<pb::TailRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let r = req.into_inner();
+        let key = key_of(&r.project, &r.path)?;
+        let store = self.store.clone();
+        let k = key.clone();
+        let count = r.count.max(1) as usize;
+        let (info, logs) = blocking(move || {
+            let info = store.stream(&k)?;
+            let logs = if info.is_some() {
+                store.last_entries(&k, count)?
+            } else {
+                Vec::new()
+            };
+            Ok((info, logs))
+        })
+        .await?;
+        let info = info.ok_or_else(|| not_found(&key))?;
+        Ok(Response::new(pb::GetResponse {
+            project: key.project,
+            state: r.state.then_some(info.state),
+            desc: r.state.then_some(info.desc),
+            logs,
+        }))
+    }
+
+    async fn query(
+        &self,
+        req: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        let r = req.into_inner();
+        logdog_proto::types::validate_project(&r.project)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let pattern = Pattern::parse(&r.path).map_err(Status::invalid_argument)?;
+        let max = match r.max_results as usize {
+            0 => MAX_QUERY_RESULTS,
+            n => n.min(MAX_QUERY_RESULTS),
+        };
+        let store = self.store.clone();
+        let project = r.project.clone();
+        let prefix = pattern.prefix.clone();
+        let all = blocking(move || store.list(&project, &prefix)).await?;
+        let mut streams = Vec::new();
+        let mut next = String::new();
+        for (key, info) in all {
+            let path = format!("{}/+/{}", key.prefix, key.name);
+            if !r.next.is_empty() && path.as_str() <= r.next.as_str() {
+                continue;
+            }
+            if !pattern.matches_name(&key.name) {
+                continue;
+            }
+            if !r.tags.iter().all(|(k, v)| {
+                info.desc
+                    .tags
+                    .get(k)
+                    .is_some_and(|have| v.is_empty() || have == v)
+            }) {
+                continue;
+            }
+            if streams.len() == max {
+                next = streams
+                    .last()
+                    .map(|s: &pb::query_response::Stream| s.path.clone())
+                    .unwrap_or_default();
+                break;
+            }
+            streams.push(pb::query_response::Stream {
+                path,
+                state: Some(info.state),
+                desc: Some(info.desc),
+            });
+        }
+        Ok(Response::new(pb::QueryResponse { streams, next }))
+    }
+
+    type FollowStream = FollowStream;
+
+    async fn follow(
+        &self,
+        req: Request<pb::FollowRequest>,
+    ) -> Result<Response<FollowStream>, Status> {
+        let r = req.into_inner();
+        let key = key_of(&r.project, &r.path)?;
+        // Subscribe before the first read, so no write between them is missed.
+        let changes = self.watchers.subscribe(&key);
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(follow(self.store.clone(), key, r.index, changes, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// Feeds one follower: what is stored from `next` on, then each change, until the stream is
+/// complete and everything has been sent, or the follower goes away.
+async fn follow(
+    store: Store,
+    key: StreamKey,
+    mut next: u64,
+    mut changes: watch::Receiver<u64>,
+    tx: mpsc::Sender<Result<pb::FollowResponse, Status>>,
+) {
+    let mut sent_desc = false;
+    let mut last_state: Option<pb::LogStreamState> = None;
+    loop {
+        changes.mark_unchanged();
+        let (s, k) = (store.clone(), key.clone());
+        let read = blocking(move || {
+            let info = s.stream(&k)?;
+            let logs = match &info {
+                Some(_) => s.entries(&k, next, usize::MAX, DEFAULT_GET_BYTES)?,
+                None => Vec::new(),
+            };
+            Ok((info, logs))
+        })
+        .await;
+        let (info, logs) = match read {
+            Ok(v) => v,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
+        if let Some(info) = info {
+            let more = !logs.is_empty();
+            if let Some(last) = logs.last() {
+                next = last.stream_index + 1;
+            }
+            let changed = last_state.as_ref() != Some(&info.state);
+            if more || changed || !sent_desc {
+                let msg = pb::FollowResponse {
+                    desc: (!sent_desc).then(|| info.desc.clone()),
+                    state: Some(info.state),
+                    logs,
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return; // the follower went away
+                }
+                sent_desc = true;
+                last_state = Some(info.state);
+            }
+            if more {
+                continue; // there may be more already stored
+            }
+            let t = info.state.terminal_index;
+            if info.state.complete && (t < 0 || next > t as u64) {
+                return;
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tx.closed() => return,
+            // A safety net: re-read now and then even without a wake-up.
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Validation of incoming bundles. Anything the collector stores has passed these checks.
+
+use logdog_proto::logpb::{self, log_entry::Content};
+use logdog_proto::{StreamType, types};
+
+/// Largest encoded descriptor accepted.
+pub const MAX_DESCRIPTOR_SIZE: usize = 64 * 1024;
+/// Largest stream index accepted (far beyond any real stream; keeps arithmetic safe).
+pub const MAX_STREAM_INDEX: u64 = 1 << 48;
+
+/// A bundle the collector refuses, with the reason (sent back as `InvalidArgument`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid(msg: impl Into<String>) -> Invalid {
+    Invalid(msg.into())
+}
+
+/// Checks a bundle: project and prefix, and for each stream entry its descriptor, its indices
+/// (contiguous, unique, not past the terminal index) and that each log's content matches the
+/// stream's type.
+///
+/// # Errors
+/// The first problem found, naming the stream.
+pub fn bundle(b: &logpb::ButlerLogBundle) -> Result<(), Invalid> {
+    types::validate_project(&b.project).map_err(|e| invalid(e.to_string()))?;
+    types::validate_prefix(&b.prefix).map_err(|e| invalid(e.to_string()))?;
+    let mut names = std::collections::BTreeSet::new();
+    for e in &b.entries {
+        let desc = e
+            .desc
+            .as_ref()
+            .ok_or_else(|| invalid("bundle entry without a descriptor"))?;
+        let name = &desc.name;
+        if !names.insert(name.as_str()) {
+            return Err(invalid(format!(
+                "stream {name:?} appears twice in one bundle"
+            )));
+        }
+        descriptor(desc, &b.prefix)?;
+        logs(
+            name,
+            e,
+            StreamType::try_from(desc.stream_type).unwrap_or_default(),
+        )?;
+    }
+    Ok(())
+}
+
+fn descriptor(d: &logpb::LogStreamDescriptor, prefix: &str) -> Result<(), Invalid> {
+    types::validate_stream_name(&d.name).map_err(|e| invalid(e.to_string()))?;
+    let name = &d.name;
+    let size = prost::Message::encoded_len(d);
+    if size > MAX_DESCRIPTOR_SIZE {
+        return Err(invalid(format!(
+            "stream {name:?}: descriptor of {size} bytes exceeds the {MAX_DESCRIPTOR_SIZE}-byte limit"
+        )));
+    }
+    if !d.prefix.is_empty() && d.prefix != prefix {
+        return Err(invalid(format!(
+            "stream {name:?}: descriptor prefix {:?} differs from the bundle's {prefix:?}",
+            d.prefix
+        )));
+    }
+    StreamType::try_from(d.stream_type).map_err(|_| {
+        invalid(format!(
+            "stream {name:?}: unknown stream type {}",
+            d.stream_type
+        ))
+    })?;
+    if d.content_type.is_empty() {
+        return Err(invalid(format!("stream {name:?}: empty content type")));
+    }
+    if d.timestamp.is_none() {
+        return Err(invalid(format!("stream {name:?}: no timestamp")));
+    }
+    for (k, v) in &d.tags {
+        types::validate_tag(k, v).map_err(|e| invalid(format!("stream {name:?}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn logs(name: &str, e: &logpb::butler_log_bundle::Entry, kind: StreamType) -> Result<(), Invalid> {
+    // A terminal index of 2^64-1 (-1 signed) marks a stream that ended with no entries.
+    let terminal = e
+        .terminal
+        .then_some(e.terminal_index)
+        .filter(|&t| t != u64::MAX);
+    if let Some(t) = terminal
+        && t >= MAX_STREAM_INDEX
+    {
+        return Err(invalid(format!(
+            "stream {name:?}: terminal index {t} out of range"
+        )));
+    }
+    if e.terminal && e.terminal_index == u64::MAX && !e.logs.is_empty() {
+        return Err(invalid(format!(
+            "stream {name:?}: entries in a stream that ended empty"
+        )));
+    }
+    let mut prev: Option<u64> = None;
+    for log in &e.logs {
+        let i = log.stream_index;
+        if i >= MAX_STREAM_INDEX {
+            return Err(invalid(format!(
+                "stream {name:?}: stream index {i} out of range"
+            )));
+        }
+        if let Some(p) = prev
+            && i != p + 1
+        {
+            return Err(invalid(format!(
+                "stream {name:?}: stream indices must be unique and contiguous ({p} then {i})"
+            )));
+        }
+        if let Some(t) = terminal
+            && i > t
+        {
+            return Err(invalid(format!(
+                "stream {name:?}: stream index {i} is past the terminal index {t}"
+            )));
+        }
+        prev = Some(i);
+        let ok = match (&log.content, kind) {
+            (Some(Content::Text(t)), StreamType::Text) => !t.lines.is_empty(),
+            (Some(Content::Binary(b)), StreamType::Binary) => !b.data.is_empty(),
+            (Some(Content::Datagram(_)), StreamType::Datagram) => true,
+            _ => false,
+        };
+        if !ok {
+            return Err(invalid(format!(
+                "stream {name:?}: entry {i} has no content or content of the wrong type for a {} stream",
+                kind.as_str_name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> logpb::ButlerLogBundle {
+        logpb::ButlerLogBundle {
+            project: "p".into(),
+            prefix: "x".into(),
+            entries: vec![logpb::butler_log_bundle::Entry {
+                desc: Some(logpb::LogStreamDescriptor {
+                    name: "s".into(),
+                    content_type: "text/plain".into(),
+                    timestamp: Some(prost_types::Timestamp::default()),
+                    ..Default::default()
+                }),
+                terminal: true,
+                terminal_index: 1,
+                logs: (0..2)
+                    .map(|i| logpb::LogEntry {
+                        stream_index: i,
+                        content: Some(Content::Text(logpb::Text {
+                            lines: vec![logpb::text::Line {
+                                value: "a".into(),
+                                delimiter: "\n".into(),
+                            }],
+                        })),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_bundle_and_names_what_is_wrong() {
+        bundle(&good()).unwrap();
+        type Mutate = Box<dyn Fn(&mut logpb::ButlerLogBundle)>;
+        let cases: Vec<(&str, Mutate)> = vec![
+            ("project", Box::new(|b| b.project = "Bad".into())),
+            ("prefix", Box::new(|b| b.prefix = "_x".into())),
+            (
+                "stream name",
+                Box::new(|b| b.entries[0].desc.as_mut().unwrap().name = "a//b".into()),
+            ),
+            (
+                "descriptor of",
+                Box::new(|b| {
+                    let d = b.entries[0].desc.as_mut().unwrap();
+                    for i in 0..2000 {
+                        d.tags.insert(format!("k{i}"), "v".repeat(64));
+                    }
+                }),
+            ),
+            (
+                "contiguous",
+                Box::new(|b| b.entries[0].logs[1].stream_index = 0),
+            ),
+            (
+                "contiguous",
+                Box::new(|b| b.entries[0].logs[1].stream_index = 5),
+            ),
+            (
+                "past the terminal",
+                Box::new(|b| b.entries[0].terminal_index = 0),
+            ),
+            (
+                "out of range",
+                Box::new(|b| b.entries[0].logs[0].stream_index = u64::MAX - 1),
+            ),
+            (
+                "wrong type",
+                Box::new(|b| b.entries[0].desc.as_mut().unwrap().stream_type = 1),
+            ),
+            (
+                "twice",
+                Box::new(|b| {
+                    let e = b.entries[0].clone();
+                    b.entries.push(e);
+                }),
+            ),
+        ];
+        for (needle, mutate) in cases {
+            let mut b = good();
+            mutate(&mut b);
+            let err = bundle(&b).unwrap_err().0;
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+}
