@@ -173,7 +173,8 @@ enum Command {
     Activate,
     Shutdown,
     Wait(oneshot::Sender<Report>),
-    Done(StreamReport),
+    /// A stream's source has been read to its end.
+    ReadDone,
     Drain(String, oneshot::Sender<()>),
     Callback(RegistrationCallback, bool),
     OpenIn(String, oneshot::Sender<Vec<String>>),
@@ -212,6 +213,8 @@ impl Butler {
             servers_closing: false,
             cancel: watch::channel(false).0,
             callbacks: Vec::new(),
+            readers: tokio::task::JoinSet::new(),
+            undelivered: None,
             running: 0,
             activated: false,
             waiters: Vec::new(),
@@ -350,6 +353,10 @@ struct Actor {
     cancel: watch::Sender<bool>,
     /// Registration callbacks, in the order they were added, with their wrap flags.
     callbacks: Vec<(RegistrationCallback, bool)>,
+    /// Reader tasks; each ends with its stream's report.
+    readers: tokio::task::JoinSet<StreamReport>,
+    /// Undelivered payload per stream, from the bundler once it is done.
+    undelivered: Option<BTreeMap<String, u64>>,
     running: usize,
     activated: bool,
     waiters: Vec<oneshot::Sender<Report>>,
@@ -359,7 +366,20 @@ struct Actor {
 
 impl Actor {
     async fn run(mut self) {
-        while let Some(cmd) = self.rx.recv().await {
+        loop {
+            let cmd = tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    None => break,
+                },
+                Some(done) = self.readers.join_next(), if !self.readers.is_empty() => {
+                    if let Ok(r) = done {
+                        self.stream_done(r);
+                    }
+                    self.check_drains();
+                    continue;
+                }
+            };
             match cmd {
                 Command::Add(src, reply) => {
                     let res = self.add(src).await;
@@ -402,11 +422,7 @@ impl Actor {
                     }
                     None => self.waiters.push(reply),
                 },
-                Command::Done(r) => {
-                    self.running -= 1;
-                    self.open.remove(&r.name);
-                    self.report.streams.insert(r.name.clone(), r);
-                }
+                Command::ReadDone => self.running -= 1,
                 Command::Callback(cb, wrap) => self.callbacks.push((cb, wrap)),
                 Command::Drain(ns, reply) => {
                     self.closed_namespaces.insert(ns.clone());
@@ -431,6 +447,12 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Records a stream whose last bundle has been settled by the output.
+    fn stream_done(&mut self, r: StreamReport) {
+        self.open.remove(&r.name);
+        self.report.streams.insert(r.name.clone(), r);
     }
 
     fn check_drains(&mut self) {
@@ -491,13 +513,22 @@ impl Actor {
                 Ok(t) => {
                     self.report.bundles = t.bundles;
                     self.report.failed_bundles = t.failed_bundles;
-                    for (name, bytes) in t.undelivered {
-                        if let Some(s) = self.report.streams.get_mut(&name) {
-                            s.bytes_undelivered += bytes;
-                        }
-                    }
+                    self.undelivered = Some(t.undelivered);
                 }
                 Err(e) => tracing::error!(error = %e, "bundler task failed"),
+            }
+        }
+        // Every stream's report is settled now that the bundler is done.
+        while let Some(done) = self.readers.join_next().await {
+            if let Ok(r) = done {
+                self.stream_done(r);
+            }
+        }
+        if let Some(totals) = &self.undelivered {
+            for (name, bytes) in totals {
+                if let Some(s) = self.report.streams.get_mut(name) {
+                    s.bytes_undelivered += bytes;
+                }
             }
         }
         self.report.output = self.output.stats();
@@ -546,9 +577,15 @@ impl Actor {
         self.running += 1;
         let me = self.me.clone();
         let cancel = self.cancel.subscribe();
-        tokio::spawn(async move {
+        self.readers.spawn(async move {
             let read_error = reader::pump(&name, src.reader, src.tee, sink, cancel).await;
-            let report = match done.await {
+            // Read to the end: the stream no longer keeps the butler running. Its report
+            // comes once the output has settled its last bundle (or the flush timeout ran
+            // out), which may be after the bundler has been told to finish.
+            if let Some(me) = me.upgrade() {
+                let _ = me.send(Command::ReadDone).await;
+            }
+            match done.await {
                 Ok(f) => StreamReport::new(f, read_error),
                 Err(_) => StreamReport {
                     name,
@@ -559,9 +596,6 @@ impl Actor {
                     bytes_undelivered: 0,
                     error: Some("bundler stopped before the stream finished".into()),
                 },
-            };
-            if let Some(me) = me.upgrade() {
-                let _ = me.send(Command::Done(report)).await;
             }
         });
         Ok(())

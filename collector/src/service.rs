@@ -8,7 +8,6 @@ use std::time::Duration;
 use logdog_proto::logdog::collector as pb;
 use logdog_proto::logdog::collector::collector_server::{Collector, CollectorServer};
 use logdog_proto::logdog::collector::logs_server::{Logs, LogsServer};
-use logdog_proto::logpb;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
@@ -112,14 +111,19 @@ impl Collector for CollectorService {
                 data.len()
             )));
         }
-        let bundle = logpb::ButlerLogBundle::decode(data)
+        // A view that leaves each log entry encoded: entries are stored as they arrived.
+        let bundle = pb::BundleView::decode(data)
             .map_err(|e| Status::invalid_argument(format!("not a ButlerLogBundle: {e}")))?;
-        if let Err(e) = validate::bundle(&bundle) {
-            tracing::warn!(project = %bundle.project, prefix = %bundle.prefix, error = %e, "refused a bundle");
-            return Err(Status::invalid_argument(e.0));
-        }
+        let checked = match validate::bundle(&bundle) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(project = %bundle.project, prefix = %bundle.prefix, error = %e, "refused a bundle");
+                return Err(Status::invalid_argument(e.0));
+            }
+        };
         let store = self.store.clone();
-        let outcome = blocking(move || store.write(&bundle)).await?;
+        let (project, prefix) = (bundle.project, bundle.prefix);
+        let outcome = blocking(move || store.write(&project, &prefix, &checked)).await?;
         self.watchers.notify(&outcome.touched);
         Ok(Response::new(pb::WriteBundleResponse {
             stored: outcome.stored,

@@ -1,36 +1,29 @@
-//! The collector's embedded store, on [redb](https://docs.rs/redb) (see `docs/store-choice.md`
-//! for how it was chosen).
+//! The collector's embedded store: SQLite (bundled, through `rusqlite`) in WAL mode with
+//! `synchronous=FULL`. `docs/store-choice.md` has the measurements behind the choice.
 //!
 //! Tables:
-//! - `streams`: `project \0 prefix \0 name` → a [`StreamRecord`]: the descriptor, a numeric id,
-//!   the terminal index, counters, and the contiguity mark.
-//! - `entries`: `(stream id, stream_index)` → the encoded `logpb.LogEntry`.
-//! - `meta`: the next stream id.
+//! - `streams`: one row per stream (`project`, `prefix`, `name`, unique together) with its
+//!   [`StreamRecord`]: the descriptor, the terminal index, counters and the contiguity mark.
+//! - `entries`: `(stream_id, idx)` → the `logpb.LogEntry` exactly as it arrived.
 //!
-//! **Durability point.** [`Store::write`] returns only after the redb transaction holding the
-//! bundle's new entries has committed with `Durability::Immediate`, i.e. after the data and
-//! the new root are fsynced. The collector acknowledges a bundle only then, so an acknowledged
-//! bundle survives a crash or a power cut; an unacknowledged one may be partly or wholly
-//! absent, and the butler sends it again.
+//! **Durability point.** [`Store::write`] returns only after the transaction holding the
+//! bundle's new entries has committed, which with WAL and `synchronous=FULL` means the WAL
+//! has been fsynced. The collector acknowledges a bundle only then, so an acknowledged bundle
+//! survives a crash or a power cut; an unacknowledged one may be absent, and the butler sends
+//! it again.
 //!
-//! **De-duplication.** An entry whose `(stream, stream_index)` is already stored is skipped,
-//! so a retried bundle never duplicates a line, whatever order bundles arrive in.
+//! **De-duplication.** `(stream_id, idx)` is unique and entries go in with `INSERT OR
+//! IGNORE`, so a retried bundle never duplicates a line, whatever order bundles arrive in.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use logdog_proto::logdog::collector::LogStreamState;
-use logdog_proto::logpb::{self, log_entry::Content};
+use logdog_proto::logpb;
 use prost::Message;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-const STREAMS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("streams");
-const ENTRIES: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("entries");
-const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
-
-/// Page cache of the database. Reads stream from disk beyond this; it bounds the collector's
-/// memory however much it stores.
-const CACHE_SIZE: usize = 64 * 1024 * 1024;
+use crate::validate::CheckedEntry;
 
 /// Identifies a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,31 +34,6 @@ pub struct StreamKey {
     pub prefix: String,
     /// Name.
     pub name: String,
-}
-
-impl StreamKey {
-    fn encode(&self) -> Vec<u8> {
-        [
-            self.project.as_bytes(),
-            self.prefix.as_bytes(),
-            self.name.as_bytes(),
-        ]
-        .join(&0u8)
-    }
-
-    fn decode(b: &[u8]) -> Option<Self> {
-        let mut parts = b.split(|c| *c == 0);
-        let mut next = || {
-            parts
-                .next()
-                .and_then(|p| String::from_utf8(p.to_vec()).ok())
-        };
-        Some(Self {
-            project: next()?,
-            prefix: next()?,
-            name: next()?,
-        })
-    }
 }
 
 /// What the store keeps per stream.
@@ -138,22 +106,11 @@ pub enum StoreError {
     Db(String),
 }
 
-macro_rules! db_err {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::Db(e.to_string())
-            }
-        }
-    )*};
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
 }
-db_err!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 /// What a write did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -169,20 +126,16 @@ pub struct WriteOutcome {
 /// The store. Cheap to clone; all clones share one database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: Arc<redb::Database>,
+    inner: Arc<Inner>,
 }
 
-fn payload_len(e: &logpb::LogEntry) -> u64 {
-    match &e.content {
-        Some(Content::Text(t)) => t
-            .lines
-            .iter()
-            .map(|l| (l.value.len() + l.delimiter.len()) as u64)
-            .sum(),
-        Some(Content::Binary(b)) => b.data.len() as u64,
-        Some(Content::Datagram(d)) => d.data.len() as u64,
-        None => 0,
-    }
+#[derive(Debug)]
+struct Inner {
+    path: std::path::PathBuf,
+    /// The one connection that writes (SQLite has one writer at a time anyway).
+    writer: Mutex<Connection>,
+    /// Idle read connections; WAL lets readers run beside the writer.
+    readers: Mutex<Vec<Connection>>,
 }
 
 fn now() -> prost_types::Timestamp {
@@ -195,8 +148,24 @@ fn now() -> prost_types::Timestamp {
     }
 }
 
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn decode_record(blob: &[u8]) -> Result<StreamRecord, StoreError> {
+    StreamRecord::decode(blob).map_err(|e| StoreError::Db(format!("corrupt stream record: {e}")))
+}
+
+fn decode_entry(blob: &[u8]) -> Result<logpb::LogEntry, StoreError> {
+    logpb::LogEntry::decode(blob).map_err(|e| StoreError::Db(format!("corrupt entry: {e}")))
+}
+
 impl Store {
-    /// Opens (or creates) the store in `dir`. After a crash, redb recovers to the last
+    /// Opens (or creates) the store in `dir`. After a crash, SQLite recovers to the last
     /// committed transaction.
     ///
     /// # Errors
@@ -204,69 +173,111 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
-        let mut builder = redb::Database::builder();
-        builder.set_cache_size(CACHE_SIZE);
-        let db = builder.create(dir.join("collector.redb"))?;
-        let txn = db.begin_write()?;
-        txn.open_table(STREAMS)?;
-        txn.open_table(ENTRIES)?;
-        txn.open_table(META)?;
-        txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        let path = dir.join("collector.sqlite");
+        let writer = open_conn(&path)?;
+        writer.execute_batch(
+            "CREATE TABLE IF NOT EXISTS streams (
+                 id INTEGER PRIMARY KEY,
+                 project TEXT NOT NULL,
+                 prefix TEXT NOT NULL,
+                 name TEXT NOT NULL,
+                 record BLOB NOT NULL,
+                 UNIQUE (project, prefix, name));
+             CREATE TABLE IF NOT EXISTS entries (
+                 stream_id INTEGER NOT NULL,
+                 idx INTEGER NOT NULL,
+                 data BLOB NOT NULL,
+                 UNIQUE (stream_id, idx));",
+        )?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
     }
 
-    /// Stores a validated bundle durably (see the module docs); returns once it is on disk.
+    /// Runs `f` on an idle read connection (opening one if none is idle).
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => open_conn(&self.inner.path)?,
+        };
+        let out = f(&conn);
+        self.inner
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+        out
+    }
+
+    /// Stores a checked bundle durably (see the module docs); returns once it is on disk.
     ///
     /// # Errors
     /// A conflict with what is stored (nothing of the bundle is stored then), or a database
     /// failure.
-    pub fn write(&self, bundle: &logpb::ButlerLogBundle) -> Result<WriteOutcome, StoreError> {
-        let txn = self.db.begin_write()?;
+    pub fn write(
+        &self,
+        project: &str,
+        prefix: &str,
+        streams: &[CheckedEntry],
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut conn = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = WriteOutcome::default();
         {
-            let mut streams = txn.open_table(STREAMS)?;
-            let mut entries = txn.open_table(ENTRIES)?;
-            let mut meta = txn.open_table(META)?;
-            for e in &bundle.entries {
-                let Some(desc) = &e.desc else { continue };
-                let key = StreamKey {
-                    project: bundle.project.clone(),
-                    prefix: bundle.prefix.clone(),
-                    name: desc.name.clone(),
-                };
-                let kbytes = key.encode();
-                let existing = streams
-                    .get(kbytes.as_slice())?
-                    .map(|v| StreamRecord::decode(v.value()))
-                    .transpose()
-                    .map_err(|e| StoreError::Db(format!("corrupt stream record: {e}")))?;
-                let mut dirty = existing.is_none();
-                let mut rec = match existing {
-                    Some(r) => r,
+            let mut find = tx.prepare_cached(
+                "SELECT id, record FROM streams WHERE project = ?1 AND prefix = ?2 AND name = ?3",
+            )?;
+            let mut create = tx.prepare_cached(
+                "INSERT INTO streams (project, prefix, name, record) VALUES (?1, ?2, ?3, x'')",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO entries (stream_id, idx, data) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut has =
+                tx.prepare_cached("SELECT 1 FROM entries WHERE stream_id = ?1 AND idx = ?2")?;
+            let mut update = tx.prepare_cached("UPDATE streams SET record = ?2 WHERE id = ?1")?;
+            for e in streams {
+                let name = e.desc.name.as_str();
+                let found: Option<(i64, Vec<u8>)> = find
+                    .query_row(params![project, prefix, name], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                let (mut dirty, mut rec) = match found {
+                    Some((_, blob)) => (false, decode_record(&blob)?),
                     None => {
-                        let id = meta.get("next_id")?.map_or(0, |v| v.value());
-                        meta.insert("next_id", id + 1)?;
-                        let mut desc = desc.clone();
-                        desc.prefix = bundle.prefix.clone();
-                        StreamRecord {
-                            id,
+                        create.execute(params![project, prefix, name])?;
+                        let mut desc = e.desc.clone();
+                        desc.prefix = prefix.to_string();
+                        let rec = StreamRecord {
+                            id: tx.last_insert_rowid() as u64,
                             desc: Some(desc),
                             created: Some(now()),
                             terminal_index: -1,
                             ..Default::default()
-                        }
+                        };
+                        (true, rec)
                     }
                 };
-                if e.terminal {
-                    let t = if e.terminal_index == u64::MAX {
-                        -1
-                    } else {
-                        e.terminal_index as i64
-                    };
+                let id = rec.id as i64;
+                if let Some(t) = e.terminal {
                     if rec.terminated && rec.terminal_index != t {
                         return Err(StoreError::Conflict(format!(
-                            "stream {}: terminal index {t} differs from the stored {}",
-                            key.name, rec.terminal_index
+                            "stream {name}: terminal index {t} differs from the stored {}",
+                            rec.terminal_index
                         )));
                     }
                     if !rec.terminated {
@@ -275,44 +286,48 @@ impl Store {
                         dirty = true;
                     }
                 }
-                for log in &e.logs {
-                    let i = log.stream_index;
+                for (i, raw, payload) in &e.logs {
+                    let i = *i;
                     if rec.terminated && (rec.terminal_index < 0 || i > rec.terminal_index as u64) {
                         return Err(StoreError::Conflict(format!(
-                            "stream {}: entry {i} is past the terminal index {}",
-                            key.name, rec.terminal_index
+                            "stream {name}: entry {i} is past the terminal index {}",
+                            rec.terminal_index
                         )));
                     }
-                    if entries.get((rec.id, i))?.is_some() {
+                    if insert.execute(params![id, i as i64, raw.as_ref()])? == 0 {
                         out.duplicates += 1;
                         continue;
                     }
-                    entries.insert((rec.id, i), log.encode_to_vec().as_slice())?;
                     rec.entry_count += 1;
-                    rec.byte_count += payload_len(log);
+                    rec.byte_count += payload;
                     out.stored += 1;
                     dirty = true;
                 }
                 if dirty {
-                    while entries.get((rec.id, rec.contiguous))?.is_some() {
+                    while has.exists(params![id, rec.contiguous as i64])? {
                         rec.contiguous += 1;
                     }
-                    streams.insert(kbytes.as_slice(), rec.encode_to_vec().as_slice())?;
-                    out.touched.push(key);
+                    update.execute(params![id, rec.encode_to_vec()])?;
+                    out.touched.push(StreamKey {
+                        project: project.to_string(),
+                        prefix: prefix.to_string(),
+                        name: name.to_string(),
+                    });
                 }
             }
         }
-        txn.commit()?;
+        tx.commit()?;
         Ok(out)
     }
 
-    fn record(&self, key: &StreamKey) -> Result<Option<StreamRecord>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(STREAMS)?;
-        let v = t.get(key.encode().as_slice())?;
-        v.map(|v| StreamRecord::decode(v.value()))
-            .transpose()
-            .map_err(|e| StoreError::Db(format!("corrupt stream record: {e}")))
+    fn record(conn: &Connection, key: &StreamKey) -> Result<Option<StreamRecord>, StoreError> {
+        let blob: Option<Vec<u8>> = conn
+            .prepare_cached(
+                "SELECT record FROM streams WHERE project = ?1 AND prefix = ?2 AND name = ?3",
+            )?
+            .query_row(params![key.project, key.prefix, key.name], |r| r.get(0))
+            .optional()?;
+        blob.map(|b| decode_record(&b)).transpose()
     }
 
     /// A stream's descriptor and state, if the store has heard of it.
@@ -320,7 +335,8 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub fn stream(&self, key: &StreamKey) -> Result<Option<StreamInfo>, StoreError> {
-        Ok(self.record(key)?.map(|r| StreamInfo {
+        let rec = self.read(|c| Self::record(c, key))?;
+        Ok(rec.map(|r| StreamInfo {
             state: r.state(),
             desc: r.desc.unwrap_or_default(),
         }))
@@ -339,28 +355,35 @@ impl Store {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Vec<logpb::LogEntry>, StoreError> {
-        let Some(rec) = self.record(key)? else {
-            return Ok(Vec::new());
-        };
-        let r = self.db.begin_read()?;
-        let t = r.open_table(ENTRIES)?;
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for (expect, kv) in (from..).zip(t.range((rec.id, from)..=(rec.id, u64::MAX))?) {
-            let (k, v) = kv?;
-            if k.value().1 != expect
-                || out.len() >= max_count
-                || (bytes >= max_bytes && !out.is_empty())
-            {
-                break;
+        self.read(|c| {
+            let Some(rec) = Self::record(c, key)? else {
+                return Ok(Vec::new());
+            };
+            let mut q = c.prepare_cached(
+                "SELECT idx, data FROM entries WHERE stream_id = ?1 AND idx >= ?2 ORDER BY idx",
+            )?;
+            let mut rows = q.query(params![rec.id as i64, from as i64])?;
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            let mut expect = from;
+            while let Some(row) = rows.next()? {
+                let idx: i64 = row.get(0)?;
+                if idx as u64 != expect
+                    || out.len() >= max_count
+                    || (bytes >= max_bytes && !out.is_empty())
+                {
+                    break;
+                }
+                let data = row
+                    .get_ref(1)?
+                    .as_blob()
+                    .map_err(|e| StoreError::Db(e.to_string()))?;
+                bytes += data.len();
+                out.push(decode_entry(data)?);
+                expect += 1;
             }
-            bytes += v.value().len();
-            out.push(
-                logpb::LogEntry::decode(v.value())
-                    .map_err(|e| StoreError::Db(format!("corrupt entry: {e}")))?,
-            );
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The last `n` stored entries of a stream, in index order.
@@ -372,24 +395,29 @@ impl Store {
         key: &StreamKey,
         n: usize,
     ) -> Result<Vec<logpb::LogEntry>, StoreError> {
-        let Some(rec) = self.record(key)? else {
-            return Ok(Vec::new());
-        };
-        let r = self.db.begin_read()?;
-        let t = r.open_table(ENTRIES)?;
-        let mut out = Vec::new();
-        for kv in t.range((rec.id, 0)..=(rec.id, u64::MAX))?.rev().take(n) {
-            let (_, v) = kv?;
-            out.push(
-                logpb::LogEntry::decode(v.value())
-                    .map_err(|e| StoreError::Db(format!("corrupt entry: {e}")))?,
-            );
-        }
-        out.reverse();
-        Ok(out)
+        self.read(|c| {
+            let Some(rec) = Self::record(c, key)? else {
+                return Ok(Vec::new());
+            };
+            let mut q = c.prepare_cached(
+                "SELECT data FROM entries WHERE stream_id = ?1 ORDER BY idx DESC LIMIT ?2",
+            )?;
+            let mut rows = q.query(params![rec.id as i64, n as i64])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let data = row
+                    .get_ref(0)?
+                    .as_blob()
+                    .map_err(|e| StoreError::Db(e.to_string()))?;
+                out.push(decode_entry(data)?);
+            }
+            out.reverse();
+            Ok(out)
+        })
     }
 
-    /// Every stream of `project` whose prefix is `prefix` or lies under it (`""`: all), sorted.
+    /// Every stream of `project` whose prefix is `prefix` or lies under it (`""`: all), sorted
+    /// by path.
     ///
     /// # Errors
     /// A database failure.
@@ -398,37 +426,42 @@ impl Store {
         project: &str,
         prefix: &str,
     ) -> Result<Vec<(StreamKey, StreamInfo)>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(STREAMS)?;
-        let mut lo = project.as_bytes().to_vec();
-        lo.push(0);
-        let mut hi = lo.clone();
-        *hi.last_mut().unwrap_or(&mut 0) = 1;
-        let mut out = Vec::new();
-        for kv in t.range::<&[u8]>(lo.as_slice()..hi.as_slice())? {
-            let (k, v) = kv?;
-            let Some(key) = StreamKey::decode(k.value()) else {
-                continue;
-            };
-            let under = prefix.is_empty()
-                || key.prefix == prefix
-                || key
-                    .prefix
-                    .strip_prefix(prefix)
-                    .is_some_and(|rest| rest.starts_with('/'));
-            if !under {
-                continue;
+        let mut out = self.read(|c| {
+            let mut q =
+                c.prepare_cached("SELECT prefix, name, record FROM streams WHERE project = ?1")?;
+            let mut rows = q.query(params![project])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let key = StreamKey {
+                    project: project.to_string(),
+                    prefix: row.get(0)?,
+                    name: row.get(1)?,
+                };
+                let under = prefix.is_empty()
+                    || key.prefix == prefix
+                    || key
+                        .prefix
+                        .strip_prefix(prefix)
+                        .is_some_and(|rest| rest.starts_with('/'));
+                if !under {
+                    continue;
+                }
+                let rec = decode_record(
+                    row.get_ref(2)?
+                        .as_blob()
+                        .map_err(|e| StoreError::Db(e.to_string()))?,
+                )?;
+                out.push((
+                    key,
+                    StreamInfo {
+                        state: rec.state(),
+                        desc: rec.desc.unwrap_or_default(),
+                    },
+                ));
             }
-            let rec = StreamRecord::decode(v.value())
-                .map_err(|e| StoreError::Db(format!("corrupt stream record: {e}")))?;
-            out.push((
-                key,
-                StreamInfo {
-                    state: rec.state(),
-                    desc: rec.desc.unwrap_or_default(),
-                },
-            ));
-        }
+            Ok(out)
+        })?;
+        out.sort_by_key(|(k, _)| format!("{}/+/{}", k.prefix, k.name));
         Ok(out)
     }
 }

@@ -1,7 +1,10 @@
 //! Validation of incoming bundles. Anything the collector stores has passed these checks.
 
-use logdog_proto::logpb::{self, log_entry::Content};
+use bytes::Bytes;
+use logdog_proto::logdog::collector as pb;
+use logdog_proto::logpb;
 use logdog_proto::{StreamType, types};
+use prost::Message;
 
 /// Largest encoded descriptor accepted.
 pub const MAX_DESCRIPTOR_SIZE: usize = 64 * 1024;
@@ -17,16 +20,29 @@ fn invalid(msg: impl Into<String>) -> Invalid {
     Invalid(msg.into())
 }
 
+/// One stream's part of a checked bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedEntry {
+    /// The descriptor.
+    pub desc: logpb::LogStreamDescriptor,
+    /// `Some(index)` when this bundle ends the stream; `Some(-1)` when it ended without entries.
+    pub terminal: Option<i64>,
+    /// Each log entry: its stream index, its encoding as received, and its payload size.
+    pub logs: Vec<(u64, Bytes, u64)>,
+}
+
 /// Checks a bundle: project and prefix, and for each stream entry its descriptor, its indices
 /// (contiguous, unique, not past the terminal index) and that each log's content matches the
-/// stream's type.
+/// stream's type. Log entries are looked into only as far as that needs: their bytes are
+/// kept as they arrived.
 ///
 /// # Errors
 /// The first problem found, naming the stream.
-pub fn bundle(b: &logpb::ButlerLogBundle) -> Result<(), Invalid> {
+pub fn bundle(b: &pb::BundleView) -> Result<Vec<CheckedEntry>, Invalid> {
     types::validate_project(&b.project).map_err(|e| invalid(e.to_string()))?;
     types::validate_prefix(&b.prefix).map_err(|e| invalid(e.to_string()))?;
     let mut names = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(b.entries.len());
     for e in &b.entries {
         let desc = e
             .desc
@@ -39,13 +55,21 @@ pub fn bundle(b: &logpb::ButlerLogBundle) -> Result<(), Invalid> {
             )));
         }
         descriptor(desc, &b.prefix)?;
-        logs(
-            name,
-            e,
-            StreamType::try_from(desc.stream_type).unwrap_or_default(),
-        )?;
+        let kind = StreamType::try_from(desc.stream_type).unwrap_or_default();
+        let logs = logs(name, e, kind)?;
+        let index = if e.terminal_index == u64::MAX {
+            -1
+        } else {
+            e.terminal_index as i64
+        };
+        let terminal = e.terminal.then_some(index);
+        out.push(CheckedEntry {
+            desc: desc.clone(),
+            terminal,
+            logs,
+        });
     }
-    Ok(())
+    Ok(out)
 }
 
 fn descriptor(d: &logpb::LogStreamDescriptor, prefix: &str) -> Result<(), Invalid> {
@@ -81,7 +105,11 @@ fn descriptor(d: &logpb::LogStreamDescriptor, prefix: &str) -> Result<(), Invali
     Ok(())
 }
 
-fn logs(name: &str, e: &logpb::butler_log_bundle::Entry, kind: StreamType) -> Result<(), Invalid> {
+fn logs(
+    name: &str,
+    e: &pb::BundleEntryView,
+    kind: StreamType,
+) -> Result<Vec<(u64, Bytes, u64)>, Invalid> {
     // A terminal index of 2^64-1 (-1 signed) marks a stream that ended with no entries.
     let terminal = e
         .terminal
@@ -99,8 +127,11 @@ fn logs(name: &str, e: &logpb::butler_log_bundle::Entry, kind: StreamType) -> Re
             "stream {name:?}: entries in a stream that ended empty"
         )));
     }
+    let mut out = Vec::with_capacity(e.logs.len());
     let mut prev: Option<u64> = None;
-    for log in &e.logs {
+    for raw in &e.logs {
+        let log = pb::LogEntryView::decode(raw.clone())
+            .map_err(|err| invalid(format!("stream {name:?}: malformed log entry: {err}")))?;
         let i = log.stream_index;
         if i >= MAX_STREAM_INDEX {
             return Err(invalid(format!(
@@ -122,25 +153,83 @@ fn logs(name: &str, e: &logpb::butler_log_bundle::Entry, kind: StreamType) -> Re
             )));
         }
         prev = Some(i);
-        let ok = match (&log.content, kind) {
-            (Some(Content::Text(t)), StreamType::Text) => !t.lines.is_empty(),
-            (Some(Content::Binary(b)), StreamType::Binary) => !b.data.is_empty(),
-            (Some(Content::Datagram(_)), StreamType::Datagram) => true,
-            _ => false,
+        let payload = match (kind, &log.text, &log.binary, &log.datagram) {
+            (StreamType::Text, Some(t), None, None) if !t.is_empty() => wire::text_payload(t),
+            (StreamType::Binary, None, Some(b), None) => wire::field_len(b, 2).filter(|&n| n > 0),
+            (StreamType::Datagram, None, None, Some(d)) => wire::field_len(d, 1),
+            _ => None,
         };
-        if !ok {
+        let Some(payload) = payload else {
             return Err(invalid(format!(
                 "stream {name:?}: entry {i} has no content or content of the wrong type for a {} stream",
                 kind.as_str_name()
             )));
-        }
+        };
+        out.push((i, raw.clone(), payload));
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Just enough of the protobuf wire format to measure payloads without decoding them.
+mod wire {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+
+    /// Calls `f(field, body)` for each length-delimited field of a message; `None` if the
+    /// message is malformed.
+    fn each_len_field(mut buf: &[u8], mut f: impl FnMut(u32, &[u8])) -> Option<()> {
+        while !buf.is_empty() {
+            let (tag, wt) = decode_key(&mut buf).ok()?;
+            match wt {
+                WireType::Varint => {
+                    decode_varint(&mut buf).ok()?;
+                }
+                WireType::SixtyFourBit => buf = buf.get(8..)?,
+                WireType::ThirtyTwoBit => buf = buf.get(4..)?,
+                WireType::LengthDelimited => {
+                    let n = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                    let body = buf.get(..n)?;
+                    f(tag, body);
+                    buf = &buf[n..];
+                }
+                _ => return None,
+            }
+        }
+        Some(())
+    }
+
+    /// Length of field `tag` (length-delimited) in a message; 0 if absent.
+    pub(super) fn field_len(msg: &[u8], tag: u32) -> Option<u64> {
+        let mut n = 0u64;
+        each_len_field(msg, |t, body| {
+            if t == tag {
+                n = body.len() as u64;
+            }
+        })?;
+        Some(n)
+    }
+
+    /// Payload bytes of a `Text` message: every line's value and delimiter. `None` if it is
+    /// malformed or has no line.
+    pub(super) fn text_payload(text: &[u8]) -> Option<u64> {
+        let (mut total, mut lines, mut ok) = (0u64, 0u64, true);
+        each_len_field(text, |t, line| {
+            if t == 1 {
+                lines += 1;
+                ok &= each_len_field(line, |_, body| total += body.len() as u64).is_some();
+            }
+        })?;
+        (ok && lines > 0).then_some(total)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use logdog_proto::logpb::log_entry::Content;
+
+    fn view(b: &logpb::ButlerLogBundle) -> pb::BundleView {
+        pb::BundleView::decode(b.encode_to_vec().as_slice()).unwrap()
+    }
 
     fn good() -> logpb::ButlerLogBundle {
         logpb::ButlerLogBundle {
@@ -175,7 +264,7 @@ mod tests {
 
     #[test]
     fn accepts_a_good_bundle_and_names_what_is_wrong() {
-        bundle(&good()).unwrap();
+        bundle(&view(&good())).unwrap();
         type Mutate = Box<dyn Fn(&mut logpb::ButlerLogBundle)>;
         let cases: Vec<(&str, Mutate)> = vec![
             ("project", Box::new(|b| b.project = "Bad".into())),
@@ -224,7 +313,7 @@ mod tests {
         for (needle, mutate) in cases {
             let mut b = good();
             mutate(&mut b);
-            let err = bundle(&b).unwrap_err().0;
+            let err = bundle(&view(&b)).unwrap_err().0;
             assert!(err.contains(needle), "{needle}: {err}");
         }
     }

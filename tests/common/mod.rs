@@ -106,19 +106,27 @@ pub enum Input {
 }
 
 /// A process running in its own process group under a watchdog: if it has not exited after
-/// [`TIMEOUT`], the whole group is killed with SIGKILL and [`Guarded::wait`] fails the test.
+/// [`TIMEOUT`] (or the limit given to [`Guarded::spawn_within`]), the whole group is killed
+/// with SIGKILL and [`Guarded::wait`] fails the test.
 pub struct Guarded {
     /// The process; its pipes may be taken.
     pub child: Child,
     what: String,
     done: Arc<(Mutex<bool>, Condvar)>,
     timed_out: Arc<AtomicBool>,
+    limit: Duration,
     watchdog: Option<JoinHandle<()>>,
 }
 
 impl Guarded {
     /// Spawns `cmd` (in a new process group) under a watchdog. Pipes are as set on `cmd`.
     pub fn spawn(cmd: &mut Command) -> Self {
+        Self::spawn_within(cmd, TIMEOUT)
+    }
+
+    /// Like [`Guarded::spawn`], with a watchdog that fires after `limit` instead of
+    /// [`TIMEOUT`] (for a process expected to finish well before that).
+    pub fn spawn_within(cmd: &mut Command, limit: Duration) -> Self {
         let what = format!("{cmd:?}");
         cmd.process_group(0);
         let child = cmd
@@ -134,7 +142,7 @@ impl Guarded {
                 let (lock, cv) = &*done;
                 let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
                 let (guard, res) = cv
-                    .wait_timeout_while(guard, TIMEOUT, |done| !*done)
+                    .wait_timeout_while(guard, limit, |done| !*done)
                     .unwrap_or_else(|e| e.into_inner());
                 if res.timed_out() && !*guard {
                     // The leader is not reaped before `done` is set (see `wait`), so the group
@@ -149,6 +157,7 @@ impl Guarded {
             what,
             done,
             timed_out,
+            limit,
             watchdog: Some(watchdog),
         }
     }
@@ -180,8 +189,9 @@ impl Guarded {
         let status = self.child.wait().expect("reaping the child");
         assert!(
             !self.timed_out.load(Ordering::SeqCst),
-            "{} did not finish within {TIMEOUT:?} and was killed",
-            self.what
+            "{} did not finish within {:?} and was killed",
+            self.what,
+            self.limit
         );
         status
     }
@@ -427,4 +437,133 @@ pub fn tempdir() -> tempfile::TempDir {
         .prefix("logdog-e2e-")
         .tempdir()
         .expect("creating a temporary directory")
+}
+
+impl Guarded {
+    /// Whether the process has exited, without reaping it (so [`Guarded::wait`] still works).
+    pub fn has_exited(&self) -> bool {
+        loop {
+            match waitid(
+                Id::Pid(self.pid()),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG,
+            ) {
+                Ok(nix::sys::wait::WaitStatus::StillAlive) => return false,
+                Ok(_) => return true,
+                Err(Errno::EINTR) => continue,
+                Err(e) => panic!("waitid on {}: {e}", self.what),
+            }
+        }
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on: bound to a fresh listener, which is then
+/// closed.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    l.local_addr().expect("the listener's address").port()
+}
+
+/// A `logdog_collector` running under a watchdog. Its log (stderr) is appended to
+/// `<data>.log`, which survives restarts on the same data directory.
+pub struct Collector {
+    /// The process.
+    pub guarded: Guarded,
+    /// Where it listens, as `127.0.0.1:PORT`.
+    pub addr: String,
+    log: PathBuf,
+    rest: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Collector {
+    /// Starts `logdog_collector --listen LISTEN --data DATA` and waits until it prints the
+    /// address it listens on.
+    pub fn start(data: &Path, listen: &str) -> Self {
+        let mut name = data
+            .file_name()
+            .expect("a data directory name")
+            .to_os_string();
+        name.push(".log");
+        let log = data.with_file_name(name);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_logdog_collector"));
+        cmd.args(["--listen", listen, "--data"])
+            .arg(data)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file);
+        let mut guarded = Guarded::spawn(&mut cmd);
+        let mut out = std::io::BufReader::new(guarded.child.stdout.take().expect("stdout pipe"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).expect("reading the collector's stdout");
+        let Some(addr) = line.trim_end().strip_prefix("LOGDOG_COLLECTOR=") else {
+            let _ = guarded.wait();
+            panic!(
+                "logdog_collector --listen {listen} did not start: stdout {line:?}; log:\n{}",
+                String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default())
+            );
+        };
+        let addr = addr.to_string();
+        Self {
+            guarded,
+            addr,
+            log,
+            rest: Some(drain(out)),
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        let (_, port) = self.addr.rsplit_once(':').expect("HOST:PORT");
+        port.parse().expect("a port number")
+    }
+
+    /// `grpc://ADDR`, for the butler's `--output`.
+    pub fn output(&self) -> String {
+        format!("grpc://{}", self.addr)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// Kills it with SIGKILL (a crash) and reaps it.
+    pub fn kill(mut self) {
+        nix::sys::signal::kill(self.guarded.pid(), Signal::SIGKILL).expect("SIGKILL");
+        let status = self.guarded.wait();
+        assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "{status}");
+        if let Some(r) = self.rest.take() {
+            r.join().expect("stdout reader");
+        }
+    }
+
+    /// Stops it with SIGTERM; fails the test unless it exits 0.
+    pub fn stop(mut self) {
+        nix::sys::signal::kill(self.guarded.pid(), Signal::SIGTERM).expect("SIGTERM");
+        let status = self.guarded.wait();
+        assert!(
+            status.success(),
+            "collector: {status}; log:\n{}",
+            self.log()
+        );
+        if let Some(r) = self.rest.take() {
+            r.join().expect("stdout reader");
+        }
+    }
+}
+
+/// Runs `logdog --collector ADDR ARGS` to completion (stdin from `/dev/null`).
+pub fn logdog<S: AsRef<std::ffi::OsStr>>(addr: &str, args: &[S]) -> Finished {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_logdog"));
+    cmd.arg("--collector")
+        .arg(addr)
+        .args(args)
+        .env_remove("LOGDOG_COLLECTOR")
+        .env_remove("RUST_LOG");
+    run(&mut cmd, Input::Null)
 }
