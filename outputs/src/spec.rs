@@ -110,7 +110,15 @@ mod tests {
             "directory:a:b".parse(),
             Ok(OutputSpec::Directory("a:b".into()))
         );
-        for s in ["log", "null", "directory:/tmp/x"] {
+        assert_eq!(
+            "grpc://127.0.0.1:7431".parse(),
+            Ok(OutputSpec::Grpc("127.0.0.1:7431".into()))
+        );
+        assert_eq!(
+            "grpc://[::1]:7431/".parse(),
+            Ok(OutputSpec::Grpc("[::1]:7431".into()))
+        );
+        for s in ["log", "null", "directory:/tmp/x", "grpc://localhost:7431"] {
             assert_eq!(s.parse::<OutputSpec>().unwrap().to_string(), s);
         }
     }
@@ -120,8 +128,23 @@ mod tests {
         let err = "foo".parse::<OutputSpec>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown output \"foo\": expected log, null, directory:PATH"
+            "unknown output \"foo\": expected log, null, directory:PATH, grpc://HOST:PORT"
         );
+        for s in [
+            "grpc://",
+            "grpc://host",
+            "grpc://:80",
+            "grpc://h:port",
+            "grpc://h:99999",
+        ] {
+            assert!(
+                matches!(
+                    s.parse::<OutputSpec>(),
+                    Err(ParseOutputSpecError::MissingAddress(_))
+                ),
+                "{s}"
+            );
+        }
         for s in [
             "",
             "LOG",
