@@ -351,14 +351,7 @@ fn tail_follow_shows_lines_live_and_exits_when_the_stream_completes() {
     "#;
     let mut cmd = butler_script(
         d,
-        &[
-            "--output",
-            &collector.output(),
-            "--prefix",
-            "live",
-            "--max-buffer-age",
-            "100ms",
-        ],
+        &["--output", &collector.output(), "--prefix", "live"],
         &[],
         script,
         &[&go],

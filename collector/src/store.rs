@@ -174,6 +174,14 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
         let path = dir.join("collector.sqlite");
+        // Large pages keep 64 KiB entries in few overflow pages (only takes effect when the
+        // database is created).
+        let fresh = !path.exists();
+        if fresh {
+            let c = Connection::open(&path)?;
+            c.pragma_update(None, "page_size", 65536)?;
+            c.execute_batch("VACUUM")?;
+        }
         let writer = open_conn(&path)?;
         writer.execute_batch(
             "CREATE TABLE IF NOT EXISTS streams (

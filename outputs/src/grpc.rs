@@ -23,7 +23,7 @@ use crate::{Output, OutputError, OutputStats, StatsCounter};
 /// Largest bundle sent to the collector (the collector takes up to 16 MiB).
 pub const DEFAULT_MAX_BUNDLE_SIZE: usize = 8 * 1024 * 1024;
 /// Bundles in flight at once.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 /// First retry delay.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Longest retry delay.
@@ -95,6 +95,10 @@ fn backoff(attempt: u32) -> Duration {
 impl Output for GrpcOutput {
     async fn send(&self, bundle: Bundle) -> Result<(), OutputError> {
         let data = Bytes::from(bundle.encode_to_vec());
+        // Keep only the encoding while waiting for the acknowledgement: the bundle's slices
+        // pin the butler's read buffers, which would double the memory in flight.
+        let (entries, payload) = (bundle.log_count() as u64, bundle.payload_bytes() as u64);
+        drop(bundle);
         let mut attempt = 0u32;
         loop {
             let mut req = tonic::Request::new(WriteBundleRequest {
@@ -106,7 +110,7 @@ impl Output for GrpcOutput {
                     if attempt > 0 {
                         tracing::info!(collector = %self.target, attempts = attempt + 1, "bundle delivered after retries");
                     }
-                    self.stats.sent(&bundle);
+                    self.stats.sent_counts(entries, payload);
                     return Ok(());
                 }
                 Err(status) if retriable(&status) => {
@@ -124,7 +128,7 @@ impl Output for GrpcOutput {
                 }
                 Err(status) => {
                     tracing::error!(collector = %self.target, code = ?status.code(), error = %status.message(), "collector refused a bundle");
-                    self.stats.failed(bundle.payload_bytes() as u64);
+                    self.stats.failed(payload);
                     return Err(OutputError::Other(format!(
                         "collector refused a bundle: {}: {}",
                         status.code(),

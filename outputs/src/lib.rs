@@ -98,19 +98,20 @@ pub struct StatsCounter {
 impl StatsCounter {
     /// Records a bundle that was delivered.
     pub fn sent(&self, bundle: &Bundle) {
+        self.sent_counts(bundle.log_count() as u64, bundle.payload_bytes() as u64);
+    }
+
+    /// Records a delivered bundle of `entries` log entries holding `payload_bytes` bytes.
+    pub fn sent_counts(&self, entries: u64, payload_bytes: u64) {
         self.sent_bundles.fetch_add(1, Ordering::Relaxed);
-        self.sent_entries
-            .fetch_add(bundle.log_count() as u64, Ordering::Relaxed);
-        self.sent_bytes
-            .fetch_add(bundle.payload_bytes() as u64, Ordering::Relaxed);
+        self.sent_entries.fetch_add(entries, Ordering::Relaxed);
+        self.sent_bytes.fetch_add(payload_bytes, Ordering::Relaxed);
     }
 
     /// Records a bundle that was only partly delivered: `entries` log entries holding
     /// `payload_bytes` bytes got through. Pair it with [`failed`](Self::failed) for the rest.
     pub fn sent_partial(&self, entries: u64, payload_bytes: u64) {
-        self.sent_bundles.fetch_add(1, Ordering::Relaxed);
-        self.sent_entries.fetch_add(entries, Ordering::Relaxed);
-        self.sent_bytes.fetch_add(payload_bytes, Ordering::Relaxed);
+        self.sent_counts(entries, payload_bytes);
     }
 
     /// Records a bundle, or part of one, that could not be delivered.
