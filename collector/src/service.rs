@@ -151,6 +151,34 @@ fn not_found(key: &StreamKey) -> Status {
     ))
 }
 
+/// Answers a `Get` or `Tail`: the stream's logs (read by `logs`, only if the stream exists),
+/// with its state and descriptor when asked for.
+async fn stream_response(
+    key: StreamKey,
+    with_state: bool,
+    logs: impl FnOnce(&Store) -> Result<Vec<logdog_proto::logpb::LogEntry>, StoreError> + Send + 'static,
+    store: Store,
+) -> Result<Response<pb::GetResponse>, Status> {
+    let k = key.clone();
+    let (info, logs) = blocking(move || {
+        let info = store.stream(&k)?;
+        let logs = if info.is_some() {
+            logs(&store)?
+        } else {
+            Vec::new()
+        };
+        Ok((info, logs))
+    })
+    .await?;
+    let info = info.ok_or_else(|| not_found(&key))?;
+    Ok(Response::new(pb::GetResponse {
+        project: key.project,
+        state: with_state.then_some(info.state),
+        desc: with_state.then_some(info.desc),
+        logs,
+    }))
+}
+
 type FollowStream = Pin<Box<dyn Stream<Item = Result<pb::FollowResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -170,23 +198,20 @@ impl Logs for LogsService {
             0 => usize::MAX,
             n => n as usize,
         };
-        let (info, logs) = blocking(move || {
-            let info = store.stream(&k)?;
-            let logs = if max_count == 0 || info.is_none() {
-                Vec::new()
-            } else {
-                store.entries(&k, r.index, max_count, max_bytes)?
-            };
-            Ok((info, logs))
-        })
-        .await?;
-        let info = info.ok_or_else(|| not_found(&key))?;
-        Ok(Response::new(pb::GetResponse {
-            project: key.project,
-            state: r.state.then_some(info.state),
-            desc: r.state.then_some(info.desc),
-            logs,
-        }))
+        let index = r.index;
+        stream_response(
+            key,
+            r.state,
+            move |store| {
+                if max_count == 0 {
+                    Ok(Vec::new())
+                } else {
+                    store.entries(&k, index, max_count, max_bytes)
+                }
+            },
+            store,
+        )
+        .await
     }
 
     async fn tail(
@@ -198,23 +223,13 @@ impl Logs for LogsService {
         let store = self.store.clone();
         let k = key.clone();
         let count = r.count.max(1) as usize;
-        let (info, logs) = blocking(move || {
-            let info = store.stream(&k)?;
-            let logs = if info.is_some() {
-                store.last_entries(&k, count)?
-            } else {
-                Vec::new()
-            };
-            Ok((info, logs))
-        })
-        .await?;
-        let info = info.ok_or_else(|| not_found(&key))?;
-        Ok(Response::new(pb::GetResponse {
-            project: key.project,
-            state: r.state.then_some(info.state),
-            desc: r.state.then_some(info.desc),
-            logs,
-        }))
+        stream_response(
+            key,
+            r.state,
+            move |store| store.last_entries(&k, count),
+            store,
+        )
+        .await
     }
 
     async fn query(
