@@ -347,21 +347,10 @@ impl StreamState {
 }
 
 /// Writes `v` as an unsigned LEB128 varint.
-fn write_varint(w: &mut impl Write, mut v: u64) -> std::io::Result<()> {
-    let mut buf = [0u8; 10];
-    let mut n = 0;
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            buf[n] = byte;
-            n += 1;
-            break;
-        }
-        buf[n] = byte | 0x80;
-        n += 1;
-    }
-    w.write_all(&buf[..n])
+fn write_varint(w: &mut impl Write, v: u64) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(10);
+    logdog_proto::handshake::put_uvarint(&mut buf, v);
+    w.write_all(&buf)
 }
 
 /// The JSON form of a descriptor written to `_BASE.desc.json` (see the [module docs](self)).
@@ -381,42 +370,10 @@ pub fn descriptor_json(desc: &logpb::LogStreamDescriptor) -> serde_json::Value {
         "name": desc.name,
         "stream_type": stream_type,
         "content_type": desc.content_type,
-        "timestamp": desc.timestamp.as_ref().map(rfc3339),
+        "timestamp": desc.timestamp.as_ref().map(logdog_proto::handshake::format_timestamp),
         "tags": tags,
         "binary_file_ext": desc.binary_file_ext,
     })
-}
-
-/// Formats a timestamp as RFC 3339 in UTC with nine fractional digits, e.g.
-/// `2024-05-01T12:00:00.123456789Z`.
-pub fn rfc3339(ts: &prost_types::Timestamp) -> String {
-    // Normalise nanos into 0..1e9, borrowing from the seconds.
-    let total = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
-    let secs = total.div_euclid(1_000_000_000);
-    let nanos = total.rem_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
-/// Year, month and day of the day `days` after 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i128) -> (i128, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11]
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32; // [1, 31]
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32; // [1, 12]
-    let y = yoe + era * 400 + i128::from(m <= 2);
-    (y, m, d)
 }
 
 #[async_trait]
@@ -697,20 +654,6 @@ mod tests {
         out.close().await.unwrap();
     }
 
-    #[test]
-    fn varints() {
-        let enc = |v| {
-            let mut b = Vec::new();
-            write_varint(&mut b, v).unwrap();
-            b
-        };
-        assert_eq!(enc(0), [0]);
-        assert_eq!(enc(127), [127]);
-        assert_eq!(enc(128), [0x80, 1]);
-        assert_eq!(enc(300), [0xac, 0x02]);
-        assert_eq!(enc(u64::MAX).len(), 10);
-    }
-
     #[tokio::test]
     async fn descriptor_json_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -758,25 +701,6 @@ mod tests {
         assert_eq!(plain["stream_type"], "DATAGRAM");
         assert_eq!(plain["timestamp"], serde_json::Value::Null);
         assert_eq!(plain["tags"], json!({}));
-    }
-
-    #[test]
-    fn timestamps() {
-        let ts = |seconds, nanos| rfc3339(&prost_types::Timestamp { seconds, nanos });
-        assert_eq!(ts(0, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(ts(-1, 0), "1969-12-31T23:59:59.000000000Z");
-        assert_eq!(ts(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
-        assert_eq!(
-            ts(253_402_300_799, 999_999_999),
-            "9999-12-31T23:59:59.999999999Z"
-        );
-        assert_eq!(ts(-62_135_596_800, 0), "0001-01-01T00:00:00.000000000Z");
-        // Unnormalised nanos borrow from the seconds.
-        assert_eq!(ts(1, -1), "1970-01-01T00:00:00.999999999Z");
-        assert_eq!(
-            ts(1_709_251_199, 1_000_000_000),
-            "2024-03-01T00:00:00.000000000Z"
-        );
     }
 
     #[tokio::test]

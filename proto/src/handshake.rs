@@ -166,13 +166,34 @@ fn parse_timestamp(s: &str) -> Result<Option<prost_types::Timestamp>, HandshakeE
     }))
 }
 
-/// Formats a timestamp as RFC 3339 in UTC with nanoseconds.
+/// Formats a timestamp as RFC 3339 in UTC with nine fractional digits, e.g.
+/// `2024-05-01T12:00:00.123456789Z`. Unnormalised nanos borrow from the seconds.
 pub fn format_timestamp(ts: &prost_types::Timestamp) -> String {
-    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("{}.{:09}s", ts.seconds, ts.nanos))
+    let total = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
+    let secs = total.div_euclid(1_000_000_000);
+    let nanos = total.rem_euclid(1_000_000_000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// Year, month and day of the day `days` after 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i128) -> (i128, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11]
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32; // [1, 31]
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32; // [1, 12]
+    let y = yoe + era * 400 + i128::from(m <= 2);
+    (y, m, d)
 }
 
 /// Appends `v` as an unsigned LEB128 varint.
@@ -289,5 +310,33 @@ mod tests {
         let len = bytes[6] as usize;
         assert_eq!(bytes.len(), 7 + len);
         assert_eq!(parse_header(&bytes[7..]).unwrap(), desc);
+    }
+
+    #[test]
+    fn timestamp_formatting() {
+        let ts = |seconds, nanos| format_timestamp(&prost_types::Timestamp { seconds, nanos });
+        assert_eq!(ts(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(ts(-1, 0), "1969-12-31T23:59:59.000000000Z");
+        assert_eq!(ts(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
+        assert_eq!(
+            ts(253_402_300_799, 999_999_999),
+            "9999-12-31T23:59:59.999999999Z"
+        );
+        assert_eq!(ts(-62_135_596_800, 0), "0001-01-01T00:00:00.000000000Z");
+        assert_eq!(ts(1, -1), "1970-01-01T00:00:00.999999999Z");
+    }
+
+    #[test]
+    fn uvarints() {
+        let enc = |v| {
+            let mut b = Vec::new();
+            put_uvarint(&mut b, v);
+            b
+        };
+        assert_eq!(enc(0), [0]);
+        assert_eq!(enc(127), [127]);
+        assert_eq!(enc(128), [0x80, 1]);
+        assert_eq!(enc(300), [0xac, 0x02]);
+        assert_eq!(enc(u64::MAX).len(), 10);
     }
 }
