@@ -9,11 +9,13 @@
 //! # Layout
 //! - [`path`]: stream paths and query patterns.
 //! - [`validate`]: what a bundle must satisfy before anything of it is stored.
+//! - [`segments`]: append-only files holding the entries' bytes.
 //! - [`store`]: the embedded, durable store (entries keyed by stream and index; de-duplication;
 //!   terminal indices and completeness).
 //! - [`service`]: the gRPC services.
 
 pub mod path;
+pub mod segments;
 pub mod service;
 pub mod store;
 pub mod validate;

@@ -1,16 +1,23 @@
-//! The collector's embedded store: SQLite (bundled, through `rusqlite`) in WAL mode with
-//! `synchronous=FULL`. `docs/store-choice.md` has the measurements behind the choice.
+//! The collector's embedded store: an index in SQLite (bundled, through `rusqlite`, WAL mode,
+//! `synchronous=FULL`) and the entries themselves in append-only segment files
+//! ([`crate::segments`]). `docs/store-choice.md` has the measurements behind the choice.
 //!
-//! Tables:
-//! - `streams`: one row per stream (`project`, `prefix`, `name`, unique together) with its
-//!   [`StreamRecord`]: the descriptor, the terminal index, counters and the contiguity mark.
-//! - `entries`: `(stream_id, idx)` → the `logpb.LogEntry` exactly as it arrived.
+//! Layout of the data directory:
+//! - `collector.sqlite`, table `streams`: one row per stream (`project`, `prefix`, `name`,
+//!   unique together) with its [`StreamRecord`]: the descriptor, the terminal index, counters
+//!   and the contiguity mark.
+//! - `collector.sqlite`, table `entries`: `(stream_id, idx)` → where the entry's bytes are.
+//! - `segments/NNNNNNNN.seg`: each `logpb.LogEntry` exactly as it arrived, back to back.
 //!
-//! **Durability point.** [`Store::write`] returns only after the transaction holding the
-//! bundle's new entries has committed, which with WAL and `synchronous=FULL` means the WAL
-//! has been fsynced. The collector acknowledges a bundle only then, so an acknowledged bundle
-//! survives a crash or a power cut; an unacknowledged one may be absent, and the butler sends
-//! it again.
+//! Keeping the bytes out of SQLite writes each of them once: in SQLite they went to the WAL
+//! and then a second time into the database at each checkpoint.
+//!
+//! **Durability point.** [`Store::write`] appends the bundle's new entries to the active
+//! segment and `fdatasync`s it, then commits the index rows, which with WAL and
+//! `synchronous=FULL` means the WAL has been fsynced; it returns only then. The collector
+//! acknowledges a bundle only after that, so an acknowledged bundle survives a crash or a
+//! power cut; an unacknowledged one may be absent (or present: the butler's retry is then a
+//! duplicate and is ignored).
 //!
 //! **De-duplication.** `(stream_id, idx)` is unique and entries go in with `INSERT OR
 //! IGNORE`, so a retried bundle never duplicates a line, whatever order bundles arrive in.
@@ -23,7 +30,11 @@ use logdog_proto::logpb;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::segments::{Appender, Location, Segments};
 use crate::validate::CheckedEntry;
+
+/// `PRAGMA user_version` of the current layout (entries in segment files).
+const LAYOUT_VERSION: i64 = 2;
 
 /// Identifies a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -132,10 +143,18 @@ pub struct Store {
 #[derive(Debug)]
 struct Inner {
     path: std::path::PathBuf,
-    /// The one connection that writes (SQLite has one writer at a time anyway).
-    writer: Mutex<Connection>,
+    /// The one writer (SQLite has one writer at a time anyway) and the active segment.
+    writer: Mutex<Writer>,
     /// Idle read connections; WAL lets readers run beside the writer.
     readers: Mutex<Vec<Connection>>,
+    /// The entries' bytes.
+    segments: Segments,
+}
+
+#[derive(Debug)]
+struct Writer {
+    conn: Connection,
+    appender: Appender,
 }
 
 fn now() -> prost_types::Timestamp {
@@ -164,6 +183,14 @@ fn decode_entry(blob: &[u8]) -> Result<logpb::LogEntry, StoreError> {
     logpb::LogEntry::decode(blob).map_err(|e| StoreError::Db(format!("corrupt entry: {e}")))
 }
 
+fn location(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Location> {
+    Ok(Location {
+        segment: row.get(first)?,
+        offset: row.get::<_, i64>(first + 1)? as u64,
+        len: row.get::<_, i64>(first + 2)? as u64,
+    })
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`. After a crash, SQLite recovers to the last
     /// committed transaction.
@@ -171,19 +198,31 @@ impl Store {
     /// # Errors
     /// The directory or database cannot be opened.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_segment_size(dir, crate::segments::SEGMENT_SIZE)
+    }
+
+    /// [`Store::open`], starting a new segment file once the active one passes
+    /// `segment_size` bytes.
+    ///
+    /// # Errors
+    /// The directory or database cannot be opened.
+    pub fn open_with_segment_size(dir: &Path, segment_size: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
         let path = dir.join("collector.sqlite");
-        // Large pages keep 64 KiB entries in few overflow pages (only takes effect when the
-        // database is created).
-        let fresh = !path.exists();
-        if fresh {
-            let c = Connection::open(&path)?;
-            c.pragma_update(None, "page_size", 65536)?;
-            c.execute_batch("VACUUM")?;
+        let conn = open_conn(&path)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let has_tables: bool = conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE name = 'entries'")?
+            .exists([])?;
+        if has_tables && version != LAYOUT_VERSION {
+            return Err(StoreError::Db(format!(
+                "{} was written by an older collector (layout {version}, this one reads \
+                 {LAYOUT_VERSION}); read it with that version or start on a new data directory",
+                path.display()
+            )));
         }
-        let writer = open_conn(&path)?;
-        writer.execute_batch(
+        conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS streams (
                  id INTEGER PRIMARY KEY,
                  project TEXT NOT NULL,
@@ -194,14 +233,32 @@ impl Store {
              CREATE TABLE IF NOT EXISTS entries (
                  stream_id INTEGER NOT NULL,
                  idx INTEGER NOT NULL,
-                 data BLOB NOT NULL,
-                 UNIQUE (stream_id, idx));",
+                 seg INTEGER NOT NULL,
+                 off INTEGER NOT NULL,
+                 len INTEGER NOT NULL,
+                 PRIMARY KEY (stream_id, idx)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS append_end (
+                 one INTEGER PRIMARY KEY CHECK (one = 1),
+                 seg INTEGER NOT NULL,
+                 end_off INTEGER NOT NULL);",
         )?;
+        conn.pragma_update(None, "user_version", LAYOUT_VERSION)?;
+        // The end of the last committed entry: appends resume there.
+        let newest: Option<(u32, u64)> = conn
+            .query_row(
+                "SELECT seg, end_off FROM append_end WHERE one = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?;
+        let seg_dir = dir.join("segments");
+        let appender = Appender::open(&seg_dir, newest, segment_size).map_err(StoreError::Db)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
-                writer: Mutex::new(writer),
+                writer: Mutex::new(Writer { conn, appender }),
                 readers: Mutex::new(Vec::new()),
+                segments: Segments::new(&seg_dir),
             }),
         })
     }
@@ -241,7 +298,23 @@ impl Store {
         prefix: &str,
         streams: &[CheckedEntry],
     ) -> Result<WriteOutcome, StoreError> {
-        let mut conn = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let Writer { conn, appender } = &mut *writer;
+        appender.rotate_if_full().map_err(StoreError::Db)?;
+        let res = Self::write_locked(conn, appender, project, prefix, streams);
+        if res.is_err() {
+            appender.abandon();
+        }
+        res
+    }
+
+    fn write_locked(
+        conn: &mut Connection,
+        appender: &mut Appender,
+        project: &str,
+        prefix: &str,
+        streams: &[CheckedEntry],
+    ) -> Result<WriteOutcome, StoreError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = WriteOutcome::default();
         {
@@ -252,7 +325,8 @@ impl Store {
                 "INSERT INTO streams (project, prefix, name, record) VALUES (?1, ?2, ?3, x'')",
             )?;
             let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO entries (stream_id, idx, data) VALUES (?1, ?2, ?3)",
+                "INSERT OR IGNORE INTO entries (stream_id, idx, seg, off, len)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             let mut has =
                 tx.prepare_cached("SELECT 1 FROM entries WHERE stream_id = ?1 AND idx = ?2")?;
@@ -302,10 +376,17 @@ impl Store {
                             rec.terminal_index
                         )));
                     }
-                    if insert.execute(params![id, i as i64, raw.as_ref()])? == 0 {
+                    let at = Location {
+                        segment: appender.segment(),
+                        offset: appender.next_offset(),
+                        len: raw.len() as u64,
+                    };
+                    let row = params![id, i as i64, at.segment, at.offset as i64, at.len as i64];
+                    if insert.execute(row)? == 0 {
                         out.duplicates += 1;
                         continue;
                     }
+                    appender.push(raw.clone());
                     rec.entry_count += 1;
                     rec.byte_count += payload;
                     out.stored += 1;
@@ -324,6 +405,14 @@ impl Store {
                 }
             }
         }
+        if appender.has_pending() {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO append_end (one, seg, end_off) VALUES (1, ?1, ?2)",
+            )?
+            .execute(params![appender.segment(), appender.next_offset() as i64])?;
+        }
+        // The bytes are durable before the rows that point at them commit.
+        appender.flush().map_err(StoreError::Db)?;
         tx.commit()?;
         Ok(out)
     }
@@ -368,7 +457,8 @@ impl Store {
                 return Ok(Vec::new());
             };
             let mut q = c.prepare_cached(
-                "SELECT idx, data FROM entries WHERE stream_id = ?1 AND idx >= ?2 ORDER BY idx",
+                "SELECT idx, seg, off, len FROM entries
+                 WHERE stream_id = ?1 AND idx >= ?2 ORDER BY idx",
             )?;
             let mut rows = q.query(params![rec.id as i64, from as i64])?;
             let mut out = Vec::new();
@@ -382,12 +472,13 @@ impl Store {
                 {
                     break;
                 }
-                let data = row
-                    .get_ref(1)?
-                    .as_blob()
-                    .map_err(|e| StoreError::Db(e.to_string()))?;
+                let data = self
+                    .inner
+                    .segments
+                    .read(location(row, 1)?)
+                    .map_err(StoreError::Db)?;
                 bytes += data.len();
-                out.push(decode_entry(data)?);
+                out.push(decode_entry(&data)?);
                 expect += 1;
             }
             Ok(out)
@@ -408,16 +499,17 @@ impl Store {
                 return Ok(Vec::new());
             };
             let mut q = c.prepare_cached(
-                "SELECT data FROM entries WHERE stream_id = ?1 ORDER BY idx DESC LIMIT ?2",
+                "SELECT seg, off, len FROM entries WHERE stream_id = ?1 ORDER BY idx DESC LIMIT ?2",
             )?;
             let mut rows = q.query(params![rec.id as i64, n as i64])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                let data = row
-                    .get_ref(0)?
-                    .as_blob()
-                    .map_err(|e| StoreError::Db(e.to_string()))?;
-                out.push(decode_entry(data)?);
+                let data = self
+                    .inner
+                    .segments
+                    .read(location(row, 0)?)
+                    .map_err(StoreError::Db)?;
+                out.push(decode_entry(&data)?);
             }
             out.reverse();
             Ok(out)

@@ -1,0 +1,212 @@
+//! The store on real files: entries written once to segment files, read back after reopening,
+//! retries not appended twice, leftovers of an uncommitted write ignored, segment rotation,
+//! and a clear refusal of an older layout.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use logdog_collector::Store;
+use logdog_collector::store::StreamKey;
+use logdog_collector::validate::CheckedEntry;
+use logdog_proto::logpb;
+use prost::Message;
+
+fn desc(name: &str) -> logpb::LogStreamDescriptor {
+    logpb::LogStreamDescriptor {
+        name: name.to_string(),
+        stream_type: logpb::StreamType::Text as i32,
+        content_type: "text/plain".to_string(),
+        ..Default::default()
+    }
+}
+
+/// A text entry of one line, `line`.
+fn entry(idx: u64, line: &str) -> (u64, Bytes, u64) {
+    let e = logpb::LogEntry {
+        stream_index: idx,
+        sequence: idx,
+        content: Some(logpb::log_entry::Content::Text(logpb::Text {
+            lines: vec![logpb::text::Line {
+                value: line.as_bytes().to_vec().into(),
+                delimiter: "\n".to_string(),
+            }],
+        })),
+        ..Default::default()
+    };
+    (idx, Bytes::from(e.encode_to_vec()), line.len() as u64 + 1)
+}
+
+fn checked(name: &str, from: u64, lines: &[&str], terminal: Option<i64>) -> CheckedEntry {
+    CheckedEntry {
+        desc: desc(name),
+        terminal,
+        logs: lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| entry(from + i as u64, l))
+            .collect(),
+    }
+}
+
+fn key(name: &str) -> StreamKey {
+    StreamKey {
+        project: "proj".to_string(),
+        prefix: "pre".to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn lines_of(store: &Store, name: &str) -> Vec<String> {
+    let entries = store
+        .entries(&key(name), 0, usize::MAX, usize::MAX)
+        .expect("read");
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            assert_eq!(e.stream_index, i as u64);
+            match &e.content {
+                Some(logpb::log_entry::Content::Text(t)) => {
+                    String::from_utf8_lossy(&t.lines[0].value).into_owned()
+                }
+                other => panic!("unexpected content {other:?}"),
+            }
+        })
+        .collect()
+}
+
+fn segment_files(dir: &Path) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = std::fs::read_dir(dir.join("segments"))
+        .expect("segments dir")
+        .map(|e| {
+            let e = e.expect("entry");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().expect("metadata").len(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn entries_survive_reopening_and_retries_are_not_appended_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        let out = store
+            .write("proj", "pre", &[checked("a", 0, &["one", "two"], None)])
+            .expect("write");
+        assert_eq!((out.stored, out.duplicates), (2, 0));
+        let size = segment_files(dir.path());
+        // A retry of the same bundle stores nothing and appends nothing.
+        let out = store
+            .write("proj", "pre", &[checked("a", 0, &["one", "two"], None)])
+            .expect("retry");
+        assert_eq!((out.stored, out.duplicates), (0, 2));
+        assert_eq!(segment_files(dir.path()), size);
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    store
+        .write("proj", "pre", &[checked("a", 2, &["three"], Some(2))])
+        .expect("write after reopen");
+    assert_eq!(lines_of(&store, "a"), ["one", "two", "three"]);
+    let info = store.stream(&key("a")).expect("stream").expect("known");
+    assert!(info.state.complete);
+    assert_eq!(info.state.entry_count, 3);
+    let last = store.last_entries(&key("a"), 2).expect("tail");
+    assert_eq!(
+        last.iter().map(|e| e.stream_index).collect::<Vec<_>>(),
+        [1, 2]
+    );
+}
+
+#[test]
+fn bytes_of_an_uncommitted_write_are_ignored_and_overwritten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        store
+            .write("proj", "pre", &[checked("a", 0, &["kept"], None)])
+            .expect("write");
+    }
+    // A crash between the segment append and the index commit leaves bytes nobody points at.
+    let (name, len) = segment_files(dir.path()).remove(0);
+    let path = dir.path().join("segments").join(&name);
+    let mut data = std::fs::read(&path).expect("read segment");
+    data.extend_from_slice(&[0xff; 4096]);
+    std::fs::write(&path, &data).expect("write garbage");
+
+    let store = Store::open(dir.path()).expect("reopen");
+    store
+        .write("proj", "pre", &[checked("a", 1, &["after"], Some(1))])
+        .expect("write");
+    store
+        .write("proj", "pre", &[checked("b", 0, &["other"], Some(0))])
+        .expect("write b");
+    assert_eq!(lines_of(&store, "a"), ["kept", "after"]);
+    assert_eq!(lines_of(&store, "b"), ["other"]);
+    // The new entries went where the garbage was, right after the committed end.
+    let (_, now) = segment_files(dir.path()).remove(0);
+    assert_eq!(now, len + 4096);
+}
+
+#[test]
+fn a_full_segment_is_followed_by_a_new_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let line = "x".repeat(300);
+    {
+        let store = Store::open_with_segment_size(dir.path(), 1024).expect("open");
+        for i in 0..20u64 {
+            store
+                .write("proj", "pre", &[checked("a", i, &[line.as_str()], None)])
+                .expect("write");
+        }
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 4, "expected several segments: {files:?}");
+    let store = Store::open_with_segment_size(dir.path(), 1024).expect("reopen");
+    store
+        .write("proj", "pre", &[checked("a", 20, &["end"], Some(20))])
+        .expect("write");
+    let got = lines_of(&store, "a");
+    assert_eq!(got.len(), 21);
+    assert!(got[..20].iter().all(|l| *l == line));
+    assert_eq!(got[20], "end");
+}
+
+#[test]
+fn a_conflicting_write_appends_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    store
+        .write("proj", "pre", &[checked("a", 0, &["one"], Some(0))])
+        .expect("write");
+    let before = segment_files(dir.path());
+    let err = store
+        .write("proj", "pre", &[checked("a", 1, &["past the end"], None)])
+        .expect_err("entry past the terminal index");
+    assert!(err.to_string().contains("past the terminal index"), "{err}");
+    store
+        .write("proj", "pre", &[checked("b", 0, &["fine"], Some(0))])
+        .expect("write b");
+    assert_eq!(lines_of(&store, "a"), ["one"]);
+    assert_eq!(lines_of(&store, "b"), ["fine"]);
+    // Only b's entry was appended.
+    let after = segment_files(dir.path());
+    assert_eq!(after[0].1, before[0].1 + entry(0, "fine").1.len() as u64);
+}
+
+#[test]
+fn a_data_directory_of_the_older_layout_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conn = rusqlite::Connection::open(dir.path().join("collector.sqlite")).expect("sqlite");
+    conn.execute_batch(
+        "CREATE TABLE entries (stream_id INTEGER, idx INTEGER, data BLOB, UNIQUE (stream_id, idx));",
+    )
+    .expect("old schema");
+    drop(conn);
+    let err = Store::open(dir.path()).expect_err("older layout");
+    assert!(err.to_string().contains("older collector"), "{err}");
+}
