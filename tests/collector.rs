@@ -243,7 +243,19 @@ fn every_kind_of_stream_arrives_identical_listed_and_queryable() {
     let stderr = drain(g.child.stderr.take().unwrap());
     let r = finish(g, stderr);
     r.assert_code(6);
-    assert_eq!(r.stderr_str(), "", "butler stderr");
+    // Nothing on stderr but the end-of-run summary, which says nothing was lost.
+    let summary = r.stderr_str();
+    assert!(
+        summary.contains("5 stream(s) to default/kinds/run1/+/"),
+        "butler stderr:\n{summary}"
+    );
+    assert!(
+        summary.contains("nothing lost"),
+        "butler stderr:\n{summary}"
+    );
+    for bad in ["LOST", "WARN", "ERROR"] {
+        assert!(!summary.contains(bad), "butler stderr:\n{summary}");
+    }
 
     let addr = collector.addr.clone();
     let expected: [(&str, &[u8], &str, u64); 5] = [

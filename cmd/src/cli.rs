@@ -29,7 +29,8 @@ pub struct Global {
     /// Prefix of the streams [default: butler/<fresh UUID>, printed at start].
     #[arg(long, global = true)]
     pub prefix: Option<String>,
-    /// Where bundles go: `log` (stderr), `null`, or `directory:PATH`.
+    /// Where bundles go: `log` (stderr), `null`, `directory:PATH`, or `grpc://HOST:PORT` (a
+    /// collector).
     #[arg(long, global = true, default_value = "directory:./logdog-out")]
     pub output: OutputSpec,
     /// A tag added to every stream, as KEY=VALUE (repeatable; a stream's own tags win).
@@ -42,6 +43,11 @@ pub struct Global {
     /// still in flight (a collector that is down); the rest is reported as undelivered.
     #[arg(long, global = true, default_value = "60s", value_parser = humantime::parse_duration)]
     pub flush_timeout: Duration,
+    /// With the collector output: append every bundle to this on-disk spool before sending
+    /// it, and discard it only once acknowledged (survives a crash of the butler; see
+    /// `resume`). Bundles an earlier butler left there are uploaded too.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
     /// The butler's own log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "warn")]
     pub log_level: String,
@@ -59,6 +65,18 @@ pub enum Command {
     /// Copies stdin into a new stream of the enclosing butler (for shell scripts run by
     /// `run`). Global `--tag`s become the stream's tags.
     Pipe(PipeArgs),
+    /// Uploads what an earlier butler left in a spool (`--spool DIR --output grpc://…`),
+    /// waiting at most --flush-timeout. Exits 0 when everything was delivered, 1 when
+    /// something was damaged, refused or is still in the spool.
+    Resume(ResumeArgs),
+}
+
+/// `resume` arguments (the spool and the collector are the global `--spool` and `--output`).
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// Writes the recovery report as JSON to this file.
+    #[arg(long)]
+    pub result_path: Option<PathBuf>,
 }
 
 /// `pipe` arguments.
@@ -117,6 +135,9 @@ pub struct RunArgs {
     /// Does not echo the command's stdout and stderr to the butler's own.
     #[arg(long)]
     pub no_echo: bool,
+    /// Does not print the per-stream summary at the end (losses are still reported).
+    #[arg(long)]
+    pub no_summary: bool,
     /// After forwarding SIGINT/SIGTERM, how long the command gets before SIGKILL.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace_period: Duration,

@@ -5,17 +5,20 @@
 
 mod cli;
 mod pipe;
+mod resume;
 mod run;
 mod serve;
 mod spec;
 mod stream;
+mod summary;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use logdog_butler::{Butler, ButlerConfig};
-use logdog_outputs::Output;
+use logdog_outputs::spool::{Spool, SpoolError};
+use logdog_outputs::{GrpcOutput, Output, OutputSpec};
 
 use cli::{Cli, Command, Global};
 
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
             Command::Stream(args) => stream::stream(&cli.global, args).await,
             Command::Serve(args) => serve::serve(&cli.global, args).await,
             Command::Pipe(args) => pipe::pipe(&cli.global, args).await,
+            Command::Resume(args) => resume::resume(&cli.global, args).await,
         }
     });
     match res {
@@ -103,8 +107,52 @@ fn raise_fd_limit() {
     }
 }
 
+/// A started butler and its output.
+pub struct Started {
+    /// The butler.
+    pub butler: Butler,
+    /// Its output.
+    pub output: Arc<dyn Output>,
+    /// Its settings.
+    pub cfg: ButlerConfig,
+    /// The same output when it is the gRPC one (for the spool's recovery and counters).
+    pub grpc: Option<Arc<GrpcOutput>>,
+}
+
+/// The output, and the same output as the gRPC one when it is that.
+pub type Outputs = (Arc<dyn Output>, Option<Arc<GrpcOutput>>);
+
+/// Builds the output from the global flags: `--output`, and `--spool` for the gRPC output
+/// (uploading `upload_in_flight` spooled bundles at a time).
+pub fn build_output(g: &Global, upload_in_flight: usize) -> Result<Outputs, Failure> {
+    let open_failed = |e: &dyn std::fmt::Display| {
+        Failure::Runtime(anyhow::anyhow!("cannot open output {}: {e}", g.output))
+    };
+    match (&g.output, &g.spool) {
+        (OutputSpec::Grpc(addr), spool) => {
+            let mut out = GrpcOutput::new(addr).map_err(|e| open_failed(&e))?;
+            if let Some(dir) = spool {
+                let spool = Spool::open(dir).map_err(|e| match e {
+                    SpoolError::Locked(_) => Failure::Runtime(anyhow::anyhow!("{e}")),
+                    other => Failure::Runtime(anyhow::anyhow!("cannot open the spool: {other}")),
+                })?;
+                out = out.with_spool(spool, upload_in_flight);
+            }
+            let out = Arc::new(out);
+            Ok((out.clone(), Some(out)))
+        }
+        (other, Some(_)) => Err(Failure::Usage(format!(
+            "--spool is for the collector output (grpc://HOST:PORT), not {other}"
+        ))),
+        (spec, None) => Ok((
+            logdog_outputs::build_output(spec).map_err(|e| open_failed(&e))?,
+            None,
+        )),
+    }
+}
+
 /// Builds the output and starts a butler from the global flags.
-pub fn start_butler(g: &Global) -> Result<(Butler, Arc<dyn Output>, ButlerConfig), Failure> {
+pub fn start_butler(g: &Global) -> Result<Started, Failure> {
     let prefix = g
         .prefix
         .clone()
@@ -118,8 +166,7 @@ pub fn start_butler(g: &Global) -> Result<(Butler, Arc<dyn Output>, ButlerConfig
         ..Default::default()
     };
     cfg.validate().map_err(|e| Failure::Usage(e.to_string()))?;
-    let output = logdog_outputs::build_output(&g.output)
-        .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot open output {}: {e}", g.output)))?;
+    let (output, grpc) = build_output(g, logdog_outputs::grpc::DEFAULT_UPLOAD_IN_FLIGHT)?;
     if g.prefix.is_none() {
         eprintln!(
             "logdog_butler: streaming to {}/{}/+/ via {}",
@@ -128,5 +175,10 @@ pub fn start_butler(g: &Global) -> Result<(Butler, Arc<dyn Output>, ButlerConfig
     }
     let butler =
         Butler::spawn(cfg.clone(), output.clone()).map_err(|e| Failure::Usage(e.to_string()))?;
-    Ok((butler, output, cfg))
+    Ok(Started {
+        butler,
+        output,
+        cfg,
+        grpc,
+    })
 }

@@ -53,7 +53,12 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
         )));
     }
     let mut signals = Signals::new()?;
-    let (butler, output, cfg) = start_butler(g)?;
+    let crate::Started {
+        butler,
+        output,
+        cfg,
+        grpc,
+    } = start_butler(g)?;
     // Children open their own streams here; the socket lives in a private directory.
     let server = StreamServer::bind_private()
         .context("cannot create the stream server socket")
@@ -156,11 +161,36 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
             return Ok(exit_code(status));
         }
     };
+    // With a spool, bundles are acknowledged after `send` returns: wait for them too.
+    if let Some(grpc) = &grpc {
+        grpc.drain(tokio::time::sleep(g.flush_timeout)).await;
+    }
     if let Err(e) = output.close().await {
         tracing::error!(error = %e, "closing the output failed");
     }
     let code = exit_code(status);
-    report_losses(&report);
+    // After close: the spool's counters are final.
+    let out_stats = output.stats();
+    if args.no_summary {
+        report_losses(&report);
+    } else {
+        let dest = format!("{}/{}/+/ via {}", cfg.project, cfg.prefix, g.output);
+        eprintln!("{}", crate::summary::render(&report, &out_stats, &dest));
+        for (kind, n) in &report.rejected {
+            eprintln!("logdog_butler: {n} stream(s) refused after the handshake: {kind}");
+        }
+    }
+    if let (Some(sp), Some(dir)) = (&out_stats.spool, &g.spool)
+        && sp.pending_bytes > 0
+    {
+        eprintln!(
+            "logdog_butler: {} are still in the spool, not yet acknowledged; upload them with: \
+             logdog_butler resume --spool {} --output {}",
+            crate::summary::human(sp.pending_bytes),
+            dir.display(),
+            g.output
+        );
+    }
     if let Some(path) = &args.result_path {
         let result = serde_json::json!({
             "command": args.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
@@ -171,7 +201,8 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
             "streams": report.streams,
             "bundles": report.bundles,
             "failed_bundles": report.failed_bundles,
-            "output": report.output,
+            "totals": crate::summary::totals(&report),
+            "output": out_stats,
             "peak_rss_kib": peak_rss_kib(),
         });
         let text = serde_json::to_vec_pretty(&result).map_err(|e| Failure::Runtime(e.into()))?;

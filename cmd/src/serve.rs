@@ -28,7 +28,7 @@ pub async fn serve(g: &Global, args: ServeArgs) -> Result<u8, Failure> {
     .map_err(Failure::Runtime)?
     .with_handshake_timeout(args.handshake_timeout);
     let mut signals = Signals::new()?;
-    let (butler, output, _) = start_butler(g)?;
+    let crate::Started { butler, output, .. } = start_butler(g)?;
     let address = server.address();
     butler
         .add_stream_server(server)

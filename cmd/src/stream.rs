@@ -30,7 +30,7 @@ pub async fn stream(g: &Global, args: StreamArgs) -> Result<u8, Failure> {
             .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot open {}: {e}", args.source)))?;
         Box::new(f)
     };
-    let (butler, output, _) = start_butler(g)?;
+    let crate::Started { butler, output, .. } = start_butler(g)?;
     butler
         .add_stream(StreamSource {
             reader,

@@ -7,7 +7,12 @@
 //! until it is acknowledged, and is sent again on the new connection. (The butler bounds the
 //! wait at the end of a run; see its flush timeout.) A bundle the collector refuses as invalid
 //! is not retried: it is counted as failed and logged.
+//!
+//! With a [`Spool`] ([`GrpcOutput::with_spool`]), each bundle is appended to the spool before
+//! it is sent and discarded once acknowledged, so a bundle survives the butler's own crash;
+//! [`GrpcOutput::recover`] uploads what an earlier butler left in the spool.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,9 +20,12 @@ use bytes::Bytes;
 use logdog_proto::Bundle;
 use logdog_proto::logdog::collector::WriteBundleRequest;
 use logdog_proto::logdog::collector::collector_client::CollectorClient;
+use prost::Message;
+use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::spool::{SYNC_INTERVAL, Spool, SpoolError};
 use crate::{Output, OutputError, OutputStats, StatsCounter};
 
 /// Largest bundle sent to the collector (the collector takes up to 16 MiB).
@@ -30,13 +38,41 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Deadline of one attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Spooled bundles uploaded at once (each is held in memory while in flight).
+pub const DEFAULT_UPLOAD_IN_FLIGHT: usize = 4;
+/// While the collector keeps up, `send` waits until no more than this many spooled bytes of
+/// this butler are unacknowledged: bundles then grow while the uploader is busy, as without a
+/// spool. While the collector fails (or leftovers are being uploaded), the spool absorbs
+/// everything.
+const HEALTHY_BACKLOG: u64 = (DEFAULT_UPLOAD_IN_FLIGHT * DEFAULT_MAX_BUNDLE_SIZE) as u64;
+/// How often an append waiting for disk space tries again.
+const FULL_RETRY: Duration = Duration::from_secs(1);
 
 /// Sends bundles to a collector.
 #[derive(Debug)]
 pub struct GrpcOutput {
+    shared: Arc<Shared>,
+    /// The spool's uploader and syncer; stopped when the output is closed or dropped.
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+/// What the output and its background tasks share.
+#[derive(Debug)]
+struct Shared {
     client: CollectorClient<Channel>,
     target: String,
     stats: StatsCounter,
+    spool: Option<Arc<Spool>>,
+    /// The last call to the collector succeeded (or none was made yet).
+    healthy: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for GrpcOutput {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 impl GrpcOutput {
@@ -57,10 +93,261 @@ impl GrpcOutput {
             .max_decoding_message_size(16 * 1024 * 1024)
             .max_encoding_message_size(16 * 1024 * 1024);
         Ok(Self {
-            client,
-            target: host_port.to_string(),
-            stats: StatsCounter::default(),
+            shared: Arc::new(Shared {
+                client,
+                target: host_port.to_string(),
+                stats: StatsCounter::default(),
+                spool: None,
+                healthy: true.into(),
+            }),
+            tasks: Vec::new(),
         })
+    }
+
+    /// Spools every bundle in `spool` (see [`crate::spool`]): [`Output::send`] returns once
+    /// the bundle is appended, and an uploader sends the spool's records in order,
+    /// `upload_in_flight` at a time, starting with what an earlier butler left there. Must be
+    /// called inside a Tokio runtime.
+    pub fn with_spool(self, spool: Spool, upload_in_flight: usize) -> Self {
+        let spool = Arc::new(spool);
+        let shared = Arc::new(Shared {
+            client: self.shared.client.clone(),
+            target: self.shared.target.clone(),
+            stats: StatsCounter::default(),
+            spool: Some(spool.clone()),
+            healthy: true.into(),
+        });
+        let weak = Arc::downgrade(&spool);
+        let syncer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SYNC_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(spool) = weak.upgrade() else { return };
+                match tokio::task::spawn_blocking(move || spool.sync_due()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot force the spool to disk"),
+                    Err(_) => return,
+                }
+            }
+        });
+        let uploader = tokio::spawn(upload(
+            Arc::downgrade(&shared),
+            spool,
+            upload_in_flight.max(1),
+        ));
+        Self {
+            shared,
+            tasks: vec![syncer.abort_handle(), uploader.abort_handle()],
+        }
+    }
+
+    /// The spool, if any.
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        self.shared.spool.as_ref()
+    }
+
+    /// No more bundles: waits until everything in the spool has been acknowledged (or
+    /// settled otherwise), or until `stop` resolves. Returns whether the spool is empty.
+    /// Without a spool, returns `true` at once (sends wait for acknowledgements themselves).
+    pub async fn drain(&self, stop: impl Future<Output = ()>) -> bool {
+        let Some(spool) = &self.shared.spool else {
+            return true;
+        };
+        spool.seal_active();
+        tokio::pin!(stop);
+        loop {
+            let changed = spool.changed();
+            if spool.is_drained() {
+                return true;
+            }
+            tokio::select! {
+                () = changed => {}
+                () = &mut stop => return spool.is_drained(),
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn set_healthy(&self, ok: bool) {
+        let was = self.healthy.swap(ok, std::sync::atomic::Ordering::Relaxed);
+        if was != ok
+            && let Some(spool) = &self.spool
+        {
+            // Sends held back while the collector kept up must now go on.
+            spool.wake();
+        }
+    }
+
+    /// Holds a send back while this butler's unacknowledged spooled bytes exceed
+    /// [`HEALTHY_BACKLOG`] and the collector is keeping up (see there).
+    async fn pace(&self, spool: &Spool) {
+        loop {
+            let changed = spool.changed();
+            let (own, leftovers) = spool.backlog();
+            if own <= HEALTHY_BACKLOG
+                || leftovers
+                || !self.healthy.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Appends `data` to the spool. Waits while the disk is full (backpressure); after any
+    /// other failure returns `false`: the caller sends the bundle unspooled.
+    async fn spool_append(&self, spool: &Arc<Spool>, data: &Bytes) -> bool {
+        let mut waiting = false;
+        loop {
+            let (sp, d) = (spool.clone(), data.clone());
+            let res = tokio::task::spawn_blocking(move || sp.append(&d))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(SpoolError::Io {
+                        context: "append task".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                });
+            match res {
+                Ok(()) => {
+                    if waiting {
+                        tracing::warn!(spool = %spool.dir().display(), "spool has room again; going on");
+                    }
+                    return true;
+                }
+                Err(e @ SpoolError::Full { .. }) => {
+                    if !waiting {
+                        tracing::error!(
+                            error = %e,
+                            "SPOOL DISK FULL: holding the command's output until there is room \
+                             (free space in the spool's file system)"
+                        );
+                        waiting = true;
+                    }
+                    spool.count_full_wait();
+                    tokio::time::sleep(FULL_RETRY).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot spool a bundle; sending it unspooled");
+                    spool.count_write_error();
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Sends encoded bundle `data` until the collector acknowledges it (retrying for as long
+    /// as it takes), or refuses it for good.
+    async fn deliver(&self, data: &Bytes) -> Result<(), Status> {
+        let mut attempt = 0u32;
+        loop {
+            let mut req = tonic::Request::new(WriteBundleRequest {
+                bundle: data.clone(),
+            });
+            req.set_timeout(ATTEMPT_TIMEOUT);
+            match self.client.clone().write_bundle(req).await {
+                Ok(_) => {
+                    self.set_healthy(true);
+                    if attempt > 0 {
+                        tracing::info!(collector = %self.target, attempts = attempt + 1, "bundle delivered after retries");
+                    }
+                    return Ok(());
+                }
+                Err(status) if retriable(&status) => {
+                    self.set_healthy(false);
+                    if attempt == 0 || attempt.is_power_of_two() {
+                        tracing::warn!(
+                            collector = %self.target,
+                            attempt = attempt + 1,
+                            error = %status.message(),
+                            code = ?status.code(),
+                            "collector unavailable; will retry"
+                        );
+                    }
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(status) => {
+                    tracing::error!(collector = %self.target, code = ?status.code(), error = %status.message(), "collector refused a bundle");
+                    return Err(status);
+                }
+            }
+        }
+    }
+}
+
+/// A finished upload: the record's segment, offset and spooled length, and the entries and
+/// bytes it carried (or why the collector refused it).
+type Upload = (u32, u64, u64, Result<(u64, u64), Status>);
+
+/// Uploads the spool's records in order, `in_flight` at a time, settling each once the
+/// collector has acknowledged (or refused) it. Runs until the output is dropped or closed.
+async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usize) {
+    let mut sends: JoinSet<Upload> = JoinSet::new();
+    loop {
+        let Some(up) = out.upgrade() else { return };
+        let changed = spool.changed();
+        // Fill the window.
+        let mut idle = false;
+        while sends.len() < in_flight {
+            let sp = spool.clone();
+            let next = tokio::task::spawn_blocking(move || sp.next_record()).await;
+            match next {
+                Ok(Ok(Some(rec))) => {
+                    let up2 = up.clone();
+                    sends.spawn(async move {
+                        let len = rec.spooled_len();
+                        let counts = bundle_counts(&rec.payload);
+                        let res = up2.deliver(&rec.payload).await.map(|()| counts);
+                        (rec.segment, rec.offset, len, res)
+                    });
+                }
+                Ok(Ok(None)) => {
+                    idle = true;
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot read the spool; skipping the segment");
+                }
+                Err(_) => return,
+            }
+        }
+        drop(up);
+        tokio::select! {
+            Some(done) = sends.join_next(), if !sends.is_empty() => {
+                let Some(up) = out.upgrade() else { return };
+                match done {
+                    Ok((seg, off, len, Ok((entries, payload)))) => {
+                        up.stats.sent_counts(entries, payload);
+                        spool.settle(seg, off, len, true);
+                    }
+                    Ok((seg, off, len, Err(_))) => {
+                        up.stats.failed(len);
+                        spool.settle(seg, off, len, false);
+                    }
+                    Err(e) => tracing::error!(error = %e, "an upload task failed"),
+                }
+            }
+            () = changed, if idle || sends.is_empty() => {}
+        }
+    }
+}
+
+/// Log entries and bytes of an encoded bundle, for the counters (the bytes are those of the
+/// encoded entries, a little more than their payload: the spool keeps only the encoding).
+fn bundle_counts(data: &Bytes) -> (u64, u64) {
+    match logdog_proto::logdog::collector::BundleView::decode(data.clone()) {
+        Ok(v) => (
+            v.entries.iter().map(|e| e.logs.len() as u64).sum(),
+            v.entries
+                .iter()
+                .flat_map(|e| e.logs.iter())
+                .map(|l| l.len() as u64)
+                .sum(),
+        ),
+        Err(_) => (0, data.len() as u64),
     }
 }
 
@@ -94,47 +381,31 @@ fn backoff(attempt: u32) -> Duration {
 #[async_trait]
 impl Output for GrpcOutput {
     async fn send(&self, bundle: Bundle) -> Result<(), OutputError> {
+        let sh = &self.shared;
         let data = Bytes::from(bundle.encode_to_vec());
         // Keep only the encoding while waiting for the acknowledgement: the bundle's slices
         // pin the butler's read buffers, which would double the memory in flight.
         let (entries, payload) = (bundle.log_count() as u64, bundle.payload_bytes() as u64);
         drop(bundle);
-        let mut attempt = 0u32;
-        loop {
-            let mut req = tonic::Request::new(WriteBundleRequest {
-                bundle: data.clone(),
-            });
-            req.set_timeout(ATTEMPT_TIMEOUT);
-            match self.client.clone().write_bundle(req).await {
-                Ok(_) => {
-                    if attempt > 0 {
-                        tracing::info!(collector = %self.target, attempts = attempt + 1, "bundle delivered after retries");
-                    }
-                    self.stats.sent_counts(entries, payload);
-                    return Ok(());
-                }
-                Err(status) if retriable(&status) => {
-                    if attempt == 0 || attempt.is_power_of_two() {
-                        tracing::warn!(
-                            collector = %self.target,
-                            attempt = attempt + 1,
-                            error = %status.message(),
-                            code = ?status.code(),
-                            "collector unavailable; will retry"
-                        );
-                    }
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt = attempt.saturating_add(1);
-                }
-                Err(status) => {
-                    tracing::error!(collector = %self.target, code = ?status.code(), error = %status.message(), "collector refused a bundle");
-                    self.stats.failed(payload);
-                    return Err(OutputError::Other(format!(
-                        "collector refused a bundle: {}: {}",
-                        status.code(),
-                        status.message()
-                    )));
-                }
+        if let Some(spool) = &sh.spool
+            && sh.spool_append(spool, &data).await
+        {
+            // The uploader takes it from here.
+            sh.pace(spool).await;
+            return Ok(());
+        }
+        match sh.deliver(&data).await {
+            Ok(()) => {
+                sh.stats.sent_counts(entries, payload);
+                Ok(())
+            }
+            Err(status) => {
+                sh.stats.failed(payload);
+                Err(OutputError::Other(format!(
+                    "collector refused a bundle: {}: {}",
+                    status.code(),
+                    status.message()
+                )))
             }
         }
     }
@@ -144,18 +415,35 @@ impl Output for GrpcOutput {
     }
 
     fn max_in_flight(&self) -> usize {
-        DEFAULT_MAX_IN_FLIGHT
+        // With a spool a send is an append (then a wait while the uploader is behind): one at
+        // a time lets bundles grow while it waits, as in-flight calls do without a spool.
+        if self.shared.spool.is_some() {
+            1
+        } else {
+            DEFAULT_MAX_IN_FLIGHT
+        }
     }
 
     fn stats(&self) -> OutputStats {
-        self.stats.snapshot()
+        let mut s = self.shared.stats.snapshot();
+        s.spool = self.shared.spool.as_ref().map(|sp| sp.stats());
+        s
     }
 
     fn coordinator_host(&self) -> Option<String> {
-        Some(format!("grpc://{}", self.target))
+        Some(format!("grpc://{}", self.shared.target))
     }
 
     async fn close(&self) -> Result<(), OutputError> {
-        Ok(())
+        for t in &self.tasks {
+            t.abort();
+        }
+        let Some(spool) = self.shared.spool.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || spool.close())
+            .await
+            .map_err(|e| OutputError::Other(e.to_string()))?
+            .map_err(|e| OutputError::Other(e.to_string()))
     }
 }

@@ -11,6 +11,7 @@
 //! - [`directory`]: writes every stream's bytes under a directory.
 //! - [`grpc`]: sends bundles to a collector, retrying until they are acknowledged.
 //! - [`null`]: discards bundles, counting them.
+//! - [`spool`]: the durable on-disk log of bundles not yet acknowledged by the collector.
 //! - [`spec`]: parses `--output` values such as `directory:PATH`.
 
 use std::fmt;
@@ -25,6 +26,7 @@ pub mod log;
 pub mod memory;
 pub mod null;
 pub mod spec;
+pub mod spool;
 
 pub use directory::DirectoryOutput;
 pub use grpc::GrpcOutput;
@@ -69,6 +71,8 @@ pub struct OutputStats {
     pub failed_bundles: u64,
     /// Payload bytes that could not be delivered.
     pub failed_bytes: u64,
+    /// The spool's counters, when the output has one.
+    pub spool: Option<spool::SpoolStats>,
 }
 
 impl fmt::Display for OutputStats {
@@ -81,7 +85,15 @@ impl fmt::Display for OutputStats {
             self.sent_bytes,
             self.failed_bundles,
             self.failed_bytes
-        )
+        )?;
+        if let Some(sp) = &self.spool {
+            write!(
+                f,
+                "; spooled {} bundles, {} bytes still in the spool",
+                sp.spooled_records, sp.pending_bytes
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -129,6 +141,7 @@ impl StatsCounter {
             sent_bytes: self.sent_bytes.load(Ordering::Relaxed),
             failed_bundles: self.failed_bundles.load(Ordering::Relaxed),
             failed_bytes: self.failed_bytes.load(Ordering::Relaxed),
+            spool: None,
         }
     }
 }

@@ -1,0 +1,66 @@
+//! `logdog_butler resume`: uploads what an earlier butler left in a spool.
+
+use logdog_outputs::OutputSpec;
+
+use crate::cli::{Global, ResumeArgs};
+use crate::{Failure, build_output};
+
+/// Runs the `resume` subcommand: 0 when everything was delivered, 1 otherwise (the report
+/// says what was damaged, refused, or is still in the spool).
+pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
+    let Some(dir) = &g.spool else {
+        return Err(Failure::Usage(
+            "resume needs --spool DIR (and --output grpc://HOST:PORT)".into(),
+        ));
+    };
+    if !matches!(g.output, OutputSpec::Grpc(_)) {
+        return Err(Failure::Usage(format!(
+            "resume uploads to a collector: expected --output grpc://HOST:PORT, not {}",
+            g.output
+        )));
+    }
+    // Two bundles at a time keep memory low whatever the spool's size.
+    let (output, grpc) = build_output(g, 2)?;
+    let Some(grpc) = grpc else {
+        return Err(Failure::Usage("resume needs the collector output".into()));
+    };
+    let before = output.stats().spool.unwrap_or_default();
+    if before.leftover_segments == 0 {
+        eprintln!("logdog_butler: spool {}: nothing to upload", dir.display());
+    } else {
+        eprintln!(
+            "logdog_butler: uploading {} in {} spool segment(s) from {} to {} (waiting at most {})",
+            crate::summary::human(before.leftover_bytes),
+            before.leftover_segments,
+            dir.display(),
+            g.output,
+            humantime::format_duration(g.flush_timeout)
+        );
+    }
+    let drained = grpc.drain(tokio::time::sleep(g.flush_timeout)).await;
+    if let Err(e) = output.close().await {
+        tracing::error!(error = %e, "closing the output failed");
+    }
+    let stats = output.stats();
+    let sp = stats.spool.unwrap_or_default();
+    eprintln!(
+        "logdog_butler: resume: {} bundles ({} entries, {} bytes) delivered",
+        stats.sent_bundles, stats.sent_entries, stats.sent_bytes
+    );
+    eprintln!("{}", crate::summary::spool_line(&sp));
+    if !drained {
+        eprintln!(
+            "logdog_butler: {} still in the spool (the collector did not acknowledge it within {}); run resume again",
+            crate::summary::human(sp.pending_bytes),
+            humantime::format_duration(g.flush_timeout)
+        );
+    }
+    if let Some(path) = &args.result_path {
+        let result = serde_json::json!({ "drained": drained, "output": stats });
+        let text = serde_json::to_vec_pretty(&result).map_err(|e| Failure::Runtime(e.into()))?;
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("logdog_butler: cannot write {}: {e}", path.display());
+        }
+    }
+    Ok(if drained && !sp.lost_anything() { 0 } else { 1 })
+}

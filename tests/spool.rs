@@ -1,0 +1,362 @@
+//! The durable spool end to end: a butler SIGKILLed with its collector down loses nothing it
+//! had spooled (`resume`, or the next `run` on the same spool, delivers it byte-identical and
+//! exactly once), a damaged spool is reported and the rest delivered, and misuse of `--spool`
+//! is refused clearly.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use logdog_outputs::spool::{Item, SpoolReader};
+use logdog_proto::logdog::collector::BundleView;
+use nix::sys::signal::{Signal, kill};
+use prost::Message;
+use serde_json::Value;
+
+/// The spool's segment files, oldest first.
+fn segment_files(spool: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(spool) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = rd
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "spool"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every valid record's bundle in the spool.
+fn spooled_bundles(spool: &Path) -> Vec<BundleView> {
+    let mut out = Vec::new();
+    for f in segment_files(spool) {
+        let Ok(mut r) = SpoolReader::open(&f) else {
+            continue;
+        };
+        while let Ok(Some(item)) = r.next_item() {
+            if let Item::Record { payload, .. } = item {
+                out.push(BundleView::decode(payload).expect("a spooled bundle"));
+            }
+        }
+    }
+    out
+}
+
+/// Names of the streams whose terminal entry is in the spool.
+fn ended_in_spool(spool: &Path) -> BTreeSet<String> {
+    spooled_bundles(spool)
+        .iter()
+        .flat_map(|b| b.entries.iter())
+        .filter(|e| e.terminal)
+        .filter_map(|e| e.desc.as_ref().map(|d| d.name.clone()))
+        .collect()
+}
+
+/// What a killed butler left in a spool.
+struct Leftover {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Runs a butler with `--spool spool` towards a collector that is down (`port`), lets its
+/// child write `stdout` (8 MiB of text) and `stderr` (1 MiB of arbitrary bytes) and close
+/// both, waits until both streams have ended in the spool, and SIGKILLs the butler.
+fn leave_spool(d: &Path, spool: &Path, port: u16, prefix: &str, seed: u64) -> Leftover {
+    let out_file = d.join(format!("{prefix}.out"));
+    let err_file = d.join(format!("{prefix}.err"));
+    let stop = d.join(format!("{prefix}.stop"));
+    write_text_file(&out_file, 8 << 20, seed);
+    let mut rng = Rng::new(seed + 1);
+    std::fs::write(&err_file, rng.bytes(1 << 20)).expect("write stderr file");
+    let mut cmd = butler(
+        d,
+        &[
+            "--output",
+            &format!("grpc://127.0.0.1:{port}"),
+            "--spool",
+            spool.to_str().expect("utf-8 path"),
+            "--prefix",
+            prefix,
+            "--max-buffer-age",
+            "100ms",
+            "run",
+            "--no-echo",
+            "--",
+            "sh",
+            "-c",
+            // The child pacing itself is not synchronisation: the test waits on the spool.
+            r#"cat "$1"; cat "$2" >&2; exec >&- 2>&-; while [ ! -e "$3" ]; do sleep 0.05; done"#,
+            "sh",
+            out_file.to_str().expect("utf-8 path"),
+            err_file.to_str().expect("utf-8 path"),
+            stop.to_str().expect("utf-8 path"),
+        ],
+    );
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut g = Guarded::spawn(&mut cmd);
+    let want: BTreeSet<String> = ["stdout", "stderr"].map(String::from).into();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while ended_in_spool(spool) != want {
+        assert!(
+            Instant::now() < deadline,
+            "the streams never ended in the spool; found {:?}",
+            ended_in_spool(spool)
+        );
+        assert!(!g.has_exited(), "the butler exited on its own");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(g.pid(), Signal::SIGKILL).expect("SIGKILL the butler");
+    let status = g.wait();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    // Let the orphaned child go.
+    std::fs::write(&stop, b"").expect("write stop file");
+    Leftover {
+        stdout: read(&out_file),
+        stderr: read(&err_file),
+    }
+}
+
+/// Runs `resume` on `spool` towards `collector`; returns how it ended and its result JSON.
+fn resume(d: &Path, spool: &Path, collector: &Collector) -> (Finished, Value) {
+    let result = d.join("resume.json");
+    let r = run_butler(
+        d,
+        &[
+            "--spool",
+            spool.to_str().expect("utf-8 path"),
+            "--output",
+            &collector.output(),
+            "resume",
+            "--result-path",
+            result.to_str().expect("utf-8 path"),
+        ],
+    );
+    let v = serde_json::from_slice(&read(&result)).expect("resume JSON");
+    (r, v)
+}
+
+/// Checks that `prefix`'s two streams are complete and byte-identical at the collector.
+fn assert_delivered(addr: &str, prefix: &str, want: &Leftover) {
+    for (name, bytes) in [("stdout", &want.stdout), ("stderr", &want.stderr)] {
+        let path = format!("default/{prefix}/+/{name}");
+        let r = logdog(addr, &["cat", &path]);
+        r.assert_code(0);
+        assert!(
+            r.stdout == *bytes,
+            "{path}: {} bytes at the collector, {} written",
+            r.stdout.len(),
+            bytes.len()
+        );
+    }
+    let r = logdog(addr, &["ls", &format!("default/{prefix}")]);
+    r.assert_code(0);
+    let listing = r.stdout_str();
+    assert_eq!(listing.lines().count(), 2, "{listing}");
+    for line in listing.lines() {
+        assert!(line.contains("\tcomplete\t"), "{listing}");
+    }
+}
+
+#[test]
+fn a_killed_butler_loses_nothing_it_spooled_and_resume_delivers_it_once() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let spool = d.join("spool");
+    let port = free_port();
+    let want = leave_spool(d, &spool, port, "killed", 0x5B00_0001);
+    let records = spooled_bundles(&spool).len();
+    assert!(
+        records > 1,
+        "expected several spooled bundles, got {records}"
+    );
+
+    let collector = Collector::start(&d.join("data"), &format!("127.0.0.1:{port}"));
+    let (r, v) = resume(d, &spool, &collector);
+    r.assert_code(0);
+    let err = r.stderr_str();
+    assert!(err.contains("delivered"), "{err}");
+    assert!(!err.contains("CORRUPT") && !err.contains("TORN"), "{err}");
+    assert_eq!(v["drained"], true, "{v:#}");
+    assert_eq!(v["output"]["sent_bundles"], records as u64, "{v:#}");
+    assert!(segment_files(&spool).is_empty(), "the spool is emptied");
+    assert_delivered(&collector.addr, "killed", &want);
+
+    // Resuming again finds nothing and changes nothing.
+    let (r, v) = resume(d, &spool, &collector);
+    r.assert_code(0);
+    assert_eq!(v["output"]["sent_bundles"], 0, "{v:#}");
+    assert!(
+        r.stderr_str().contains("nothing to upload"),
+        "{}",
+        r.stderr_str()
+    );
+    assert_delivered(&collector.addr, "killed", &want);
+    collector.stop();
+}
+
+#[test]
+fn the_next_run_on_the_spool_uploads_what_the_killed_butler_left() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let spool = d.join("spool");
+    let port = free_port();
+    let want = leave_spool(d, &spool, port, "first", 0x5B00_0002);
+
+    let collector = Collector::start(&d.join("data"), &format!("127.0.0.1:{port}"));
+    let r = run_butler(
+        d,
+        &[
+            "--spool",
+            spool.to_str().expect("utf-8 path"),
+            "--output",
+            &collector.output(),
+            "--prefix",
+            "second",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo second run; exit 4",
+        ],
+    );
+    r.assert_code(4);
+    let err = r.stderr_str();
+    assert!(err.contains("left by an earlier butler"), "{err}");
+    assert!(err.contains("nothing lost"), "{err}");
+    assert!(segment_files(&spool).is_empty(), "the spool is emptied");
+    assert_delivered(&collector.addr, "first", &want);
+    let r = logdog(&collector.addr, &["cat", "default/second/+/stdout"]);
+    assert_eq!(r.stdout_str(), "second run\n");
+    collector.stop();
+}
+
+#[test]
+fn a_torn_last_record_and_a_corrupt_middle_record_are_reported_and_the_rest_delivered() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let spool = d.join("spool");
+    let port = free_port();
+    leave_spool(d, &spool, port, "damaged", 0x5B00_0003);
+
+    // Damage the first segment: flip a byte inside a middle record's payload, and cut its last
+    // record short.
+    let seg = segment_files(&spool).remove(0);
+    let mut data = std::fs::read(&seg).expect("read segment");
+    let mut offsets = Vec::new();
+    let mut r = SpoolReader::new(data.clone(), data.len() as u64);
+    while let Some(item) = r.next_item().expect("read") {
+        if let Item::Record { offset, .. } = item {
+            offsets.push(offset as usize);
+        }
+    }
+    assert!(
+        offsets.len() >= 3,
+        "need 3 records, found {}",
+        offsets.len()
+    );
+    let total = spooled_bundles(&spool).len();
+    let middle = offsets[offsets.len() / 2];
+    data[middle + 20] ^= 0x5a;
+    let last = *offsets.last().expect("a last record");
+    data.truncate(last + (data.len() - last) / 2);
+    std::fs::write(&seg, &data).expect("write damaged segment");
+
+    let collector = Collector::start(&d.join("data"), &format!("127.0.0.1:{port}"));
+    let (r, v) = resume(d, &spool, &collector);
+    // Something was lost, and resume says so (exit 1), but it neither crashed nor stopped.
+    r.assert_code(1);
+    let err = r.stderr_str();
+    assert!(err.contains("1 CORRUPT"), "{err}");
+    assert!(err.contains("1 TORN"), "{err}");
+    assert_eq!(v["drained"], true, "{v:#}");
+    assert_eq!(v["output"]["spool"]["corrupt"], 1, "{v:#}");
+    assert_eq!(v["output"]["spool"]["torn"], 1, "{v:#}");
+    assert_eq!(
+        v["output"]["sent_bundles"],
+        (total - 2) as u64,
+        "every undamaged record is delivered: {v:#}"
+    );
+    assert!(segment_files(&spool).is_empty(), "the spool is emptied");
+    // The collector has the undamaged rest (the torn record may have held all of stderr).
+    let r = logdog(&collector.addr, &["ls", "default/damaged"]);
+    r.assert_code(0);
+    let listing = r.stdout_str();
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("default/damaged/+/stdout\t") && !l.contains("\t0 bytes")),
+        "{listing}"
+    );
+    collector.stop();
+}
+
+#[test]
+fn misuse_of_the_spool_is_refused_clearly() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let spool = d.join("spool");
+    let spool_arg = spool.to_str().expect("utf-8 path");
+
+    // Only the collector output has a spool.
+    let r = run_butler(
+        d,
+        &[
+            "--spool", spool_arg, "--output", "null", "run", "--", "true",
+        ],
+    );
+    r.assert_code(2);
+    assert!(
+        r.stderr_str()
+            .contains("--spool is for the collector output"),
+        "{}",
+        r.stderr_str()
+    );
+
+    // resume needs a spool and a collector.
+    let r = run_butler(d, &["--output", "null", "resume"]);
+    r.assert_code(2);
+    assert!(
+        r.stderr_str().contains("resume needs --spool"),
+        "{}",
+        r.stderr_str()
+    );
+
+    // One butler per spool: a second one is refused while the first holds it.
+    let output = format!("grpc://127.0.0.1:{}", free_port());
+    let mut first = butler(d, &["--spool", spool_arg, "--output", &output, "serve"]);
+    first
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut g = Guarded::spawn(&mut first);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(g.child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("serve prints its address");
+    assert!(line.starts_with("LOGDOG_STREAM_SERVER_PATH="), "{line}");
+    let r = run_butler(
+        d,
+        &[
+            "--spool", spool_arg, "--output", &output, "run", "--", "true",
+        ],
+    );
+    r.assert_code(250);
+    assert!(
+        r.stderr_str().contains("in use by another butler"),
+        "{}",
+        r.stderr_str()
+    );
+    kill(g.pid(), Signal::SIGTERM).expect("SIGTERM serve");
+    g.wait();
+}
