@@ -360,3 +360,98 @@ fn misuse_of_the_spool_is_refused_clearly() {
     kill(g.pid(), Signal::SIGTERM).expect("SIGTERM serve");
     g.wait();
 }
+
+#[test]
+fn a_full_spool_disk_holds_the_command_back_and_loses_nothing() {
+    // The spool gets a 16 MiB file system of its own: a tmpfs mounted in a user and mount
+    // namespace (no privileges needed where user namespaces are allowed).
+    let probe = std::process::Command::new("unshare")
+        .args(["-rm", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!(
+            "SKIPPED: `unshare -rm` is not available here, so no small file system can be made"
+        );
+        return;
+    }
+    let tmp = tempdir();
+    let d = tmp.path();
+    let spool = d.join("spool");
+    std::fs::create_dir(&spool).expect("spool dir");
+    let input = d.join("input.txt");
+    write_text_file(&input, 48 << 20, 0x5B00_0004);
+    let done = d.join("child-done");
+    let port = free_port();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.current_dir(d)
+        .args([
+            "-rm",
+            "sh",
+            "-c",
+            r#"mount -t tmpfs -o size=16m tmpfs "$0" && exec "$@""#,
+        ])
+        .arg(&spool)
+        .arg(env!("CARGO_BIN_EXE_logdog_butler"))
+        .args([
+            "--output",
+            &format!("grpc://127.0.0.1:{port}"),
+            "--spool",
+            spool.to_str().expect("utf-8 path"),
+            "--prefix",
+            "full",
+            "run",
+            "--no-echo",
+            "--",
+            "sh",
+            "-c",
+            r#"cat "$1"; touch "$2"; exit 3"#,
+            "sh",
+            input.to_str().expect("utf-8 path"),
+            done.to_str().expect("utf-8 path"),
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut g = Guarded::spawn(&mut cmd);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = g.child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+    // The butler says loudly that the spool's disk is full...
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(90))
+            .expect("the butler never said the spool's disk was full");
+        if line.contains("SPOOL DISK FULL") {
+            break;
+        }
+    }
+    // ...and holds the command back instead of dropping anything.
+    assert!(
+        !done.exists(),
+        "the command ran to its end past a full spool"
+    );
+    assert!(!g.has_exited(), "the butler gave up on a full spool");
+
+    let collector = Collector::start(&d.join("data"), &format!("127.0.0.1:{port}"));
+    let status = g.wait();
+    let err = reader.join().expect("stderr reader");
+    assert_eq!(status.code(), Some(3), "butler stderr:\n{err}");
+    assert!(done.exists());
+    assert!(err.contains("spool has room again"), "{err}");
+    assert!(err.contains("time(s) for disk space"), "{err}");
+    assert!(err.contains("nothing lost"), "{err}");
+    let r = logdog(&collector.addr, &["cat", "default/full/+/stdout"]);
+    r.assert_code(0);
+    assert!(r.stdout == read(&input), "stdout differs at the collector");
+    collector.stop();
+}

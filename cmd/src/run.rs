@@ -301,7 +301,7 @@ pub fn report_losses(report: &Report) {
 }
 
 /// The butler's own peak resident set size, from `/proc/self/status` (Linux only).
-fn peak_rss_kib() -> Option<u64> {
+pub fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()

@@ -377,7 +377,13 @@ impl Spool {
         if let Err(e) = res {
             // Leave no partial record behind.
             let _ = file.set_len(seg.len);
-            return Err(self.classify(segment_path(&self.dir, id).display(), e));
+            let err = self.classify(segment_path(&self.dir, id).display(), e);
+            if matches!(err, SpoolError::Full { .. }) {
+                // Seal the segment so that it is deleted once uploaded, freeing its space;
+                // the next attempt starts a new one.
+                self.seal(st);
+            }
+            return Err(err);
         }
         let offset = seg.len;
         let bytes = (HEADER_LEN + payload.len()) as u64;
