@@ -65,7 +65,10 @@ fn reference(input: &[u8]) -> (Vec<&[u8]>, End) {
             return (out, End::BadHeader);
         }
         let start = pos + n;
-        let Some(end) = start.checked_add(size as usize).filter(|&e| e <= input.len()) else {
+        let Some(end) = start
+            .checked_add(size as usize)
+            .filter(|&e| e <= input.len())
+        else {
             return (out, End::Torn);
         };
         out.push(&input[start..end]);
@@ -214,12 +217,9 @@ impl<'a> Run<'a> {
 
     /// Appends up to `n` bytes, first waiting for budget as the shell's reader would.
     fn append(&mut self, n: usize) {
-        let n = n
-            .min(self.cfg.read_size)
-            .min(self.input.len() - self.pos);
+        let n = n.min(self.cfg.read_size).min(self.input.len() - self.pos);
         let mut guard = 0;
-        while n > 0 && !self.done() && self.pos - self.released + n > self.cfg.max_buffered_bytes
-        {
+        while n > 0 && !self.done() && self.pos - self.released + n > self.cfg.max_buffered_bytes {
             guard += 1;
             assert!(guard < 100_000, "no progress");
             if !self.cut(false) {
@@ -258,10 +258,17 @@ fn reassemble(entries: &[Entry]) -> (Vec<Vec<u8>>, bool) {
         let Content::Datagram { data, partial } = &e.content else {
             panic!("a non-datagram entry in a datagram stream");
         };
-        assert_eq!(e.sequence, out.len() as u64, "sequence is the datagram number");
+        assert_eq!(
+            e.sequence,
+            out.len() as u64,
+            "sequence is the datagram number"
+        );
         match partial {
             None => {
-                assert!(current.is_none(), "a whole datagram inside a fragmented one");
+                assert!(
+                    current.is_none(),
+                    "a whole datagram inside a fragmented one"
+                );
                 out.push(data.to_vec());
             }
             Some(p) => {
@@ -273,7 +280,10 @@ fn reassemble(entries: &[Entry]) -> (Vec<Vec<u8>>, bool) {
                     assert_eq!(p.size, prev.size, "fragment sizes disagree");
                 }
                 buf.extend_from_slice(data);
-                assert!(buf.len() as u64 <= p.size, "fragments exceed the datagram size");
+                assert!(
+                    buf.len() as u64 <= p.size,
+                    "fragments exceed the datagram size"
+                );
                 if p.last {
                     assert_eq!(buf.len() as u64, p.size, "last fragment short");
                     out.push(buf);
@@ -386,7 +396,9 @@ fn run_case(cfg: Config, input: &[u8], ops: &[Op]) {
     for (k, e) in run.entries.iter().enumerate() {
         assert_eq!(e.stream_index, k as u64, "stream_index not contiguous");
     }
-    let last = (run.entries.len() as u64).checked_sub(1).unwrap_or(u64::MAX);
+    let last = (run.entries.len() as u64)
+        .checked_sub(1)
+        .unwrap_or(u64::MAX);
     assert_eq!(run.terminals, [last], "terminal entries");
 
     // The datagrams.
@@ -400,7 +412,10 @@ fn run_case(cfg: Config, input: &[u8], ops: &[Op]) {
         want.len(),
         want.iter().map(Vec::len).collect::<Vec<_>>()
     );
-    assert!(!torn || end != End::Clean, "an unfinished datagram in a clean stream");
+    assert!(
+        !torn || end != End::Clean,
+        "an unfinished datagram in a clean stream"
+    );
 
     // The report.
     let [f] = run.finished.as_slice() else {

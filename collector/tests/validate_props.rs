@@ -49,8 +49,14 @@ fn check_accepted(view: &pb::BundleView, checked: &[CheckedEntry]) {
         assert_eq!(Some(d), v.desc.as_ref(), "descriptor changed");
         assert!(names.insert(d.name.clone()), "{:?} twice", d.name);
         types::validate_stream_name(&d.name).expect("accepted an invalid name");
-        assert!(d.encoded_len() <= MAX_DESCRIPTOR_SIZE, "descriptor too large");
-        assert!(d.prefix.is_empty() || d.prefix == view.prefix, "prefix mismatch");
+        assert!(
+            d.encoded_len() <= MAX_DESCRIPTOR_SIZE,
+            "descriptor too large"
+        );
+        assert!(
+            d.prefix.is_empty() || d.prefix == view.prefix,
+            "prefix mismatch"
+        );
         let kind = StreamType::try_from(d.stream_type).expect("accepted an unknown type");
         assert!(!d.content_type.is_empty(), "accepted an empty content type");
         assert!(d.timestamp.is_some(), "accepted no timestamp");
@@ -66,7 +72,10 @@ fn check_accepted(view: &pb::BundleView, checked: &[CheckedEntry]) {
             }
             Some(t) => {
                 assert!(v.terminal);
-                assert!(t >= 0 && (t as u64) < MAX_STREAM_INDEX, "terminal index {t}");
+                assert!(
+                    t >= 0 && (t as u64) < MAX_STREAM_INDEX,
+                    "terminal index {t}"
+                );
                 assert_eq!(t as u64, v.terminal_index);
             }
         }
@@ -82,7 +91,10 @@ fn check_accepted(view: &pb::BundleView, checked: &[CheckedEntry]) {
                 assert_eq!(*index, c.logs[k - 1].0 + 1, "indices not contiguous");
             }
             if let Some(t) = c.terminal {
-                assert!(t >= 0 && *index <= t as u64, "index {index} past terminal {t}");
+                assert!(
+                    t >= 0 && *index <= t as u64,
+                    "index {index} past terminal {t}"
+                );
             }
             assert_eq!(
                 payload_of(kind, &e),
@@ -168,51 +180,49 @@ fn stream_entry(name: String) -> impl Strategy<Value = logpb::butler_log_bundle:
         StreamType::Binary,
         StreamType::Datagram,
     ]);
-    (kind, 0u64..1000, any::<bool>(), 0usize..4).prop_flat_map(
-        move |(kind, start, terminal, n)| {
-            let name = name.clone();
-            (
-                prop::collection::vec(content(kind), n),
-                prop::collection::btree_map("[a-z]{1,5}", "[ -~]{0,8}", 0..3),
-                (0i64..2_000_000_000, 0i32..1_000_000_000),
-            )
-                .prop_map(move |(contents, tags, (seconds, nanos))| {
-                    let count = contents.len() as u64;
-                    let logs = contents
-                        .into_iter()
-                        .enumerate()
-                        .map(|(k, c)| logpb::LogEntry {
-                            time_offset: Some(prost_types::Duration {
-                                seconds: k as i64,
-                                nanos: 5,
-                            }),
-                            prefix_index: start * 3 + k as u64,
-                            stream_index: start + k as u64,
-                            sequence: k as u64,
-                            content: Some(c),
-                        })
-                        .collect();
-                    logpb::butler_log_bundle::Entry {
-                        desc: Some(logpb::LogStreamDescriptor {
-                            name: name.clone(),
-                            stream_type: kind as i32,
-                            content_type: logdog_proto::default_content_type(kind).into(),
-                            timestamp: Some(prost_types::Timestamp { seconds, nanos }),
-                            tags,
-                            ..Default::default()
+    (kind, 0u64..1000, any::<bool>(), 0usize..4).prop_flat_map(move |(kind, start, terminal, n)| {
+        let name = name.clone();
+        (
+            prop::collection::vec(content(kind), n),
+            prop::collection::btree_map("[a-z]{1,5}", "[ -~]{0,8}", 0..3),
+            (0i64..2_000_000_000, 0i32..1_000_000_000),
+        )
+            .prop_map(move |(contents, tags, (seconds, nanos))| {
+                let count = contents.len() as u64;
+                let logs = contents
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, c)| logpb::LogEntry {
+                        time_offset: Some(prost_types::Duration {
+                            seconds: k as i64,
+                            nanos: 5,
                         }),
-                        terminal,
-                        terminal_index: match (terminal, count) {
-                            (false, _) => 0,
-                            (true, 0) if start == 0 => u64::MAX,
-                            (true, _) => start + count.max(1) - 1,
-                        },
-                        logs,
+                        prefix_index: start * 3 + k as u64,
+                        stream_index: start + k as u64,
+                        sequence: k as u64,
+                        content: Some(c),
+                    })
+                    .collect();
+                logpb::butler_log_bundle::Entry {
+                    desc: Some(logpb::LogStreamDescriptor {
+                        name: name.clone(),
+                        stream_type: kind as i32,
+                        content_type: logdog_proto::default_content_type(kind).into(),
+                        timestamp: Some(prost_types::Timestamp { seconds, nanos }),
+                        tags,
                         ..Default::default()
-                    }
-                })
-        },
-    )
+                    }),
+                    terminal,
+                    terminal_index: match (terminal, count) {
+                        (false, _) => 0,
+                        (true, 0) if start == 0 => u64::MAX,
+                        (true, _) => start + count.max(1) - 1,
+                    },
+                    logs,
+                    ..Default::default()
+                }
+            })
+    })
 }
 
 fn valid_bundle() -> impl Strategy<Value = logpb::ButlerLogBundle> {
@@ -413,7 +423,14 @@ fn entries_that_would_not_decode_on_the_way_out_are_refused() {
     let entry = |prefix: &[u8], text: &[u8]| {
         // LogEntry { ..., stream_index = 3: 0, text = 10: Text { lines = 1 } }.
         let mut e = prefix.to_vec();
-        e.extend([0x18, 0x00, 0x52, text.len() as u8 + 2, 0x0A, text.len() as u8]);
+        e.extend([
+            0x18,
+            0x00,
+            0x52,
+            text.len() as u8 + 2,
+            0x0A,
+            text.len() as u8,
+        ]);
         e.extend_from_slice(text);
         e
     };
@@ -423,7 +440,10 @@ fn entries_that_would_not_decode_on_the_way_out_are_refused() {
         // A delimiter that is not UTF-8 (the field is a string).
         ("delimiter", entry(&[], &line(b"ok", b"\xFF"))),
         // A time offset that is not a Duration.
-        ("time_offset", entry(&[0x0A, 0x02, 0xFF, 0xFF], &line(b"ok", b"\n"))),
+        (
+            "time_offset",
+            entry(&[0x0A, 0x02, 0xFF, 0xFF], &line(b"ok", b"\n")),
+        ),
         // A line value sent as a varint instead of bytes.
         ("wire type", entry(&[], &[0x08, 0x01])),
     ] {

@@ -81,7 +81,9 @@ impl Script {
 }
 
 /// The bundle's key: its (only) stream and first index, e.g. `s2@12`.
-fn key_of(b: &logpb::ButlerLogBundle) -> Result<(String, u64, &logpb::butler_log_bundle::Entry), Status> {
+fn key_of(
+    b: &logpb::ButlerLogBundle,
+) -> Result<(String, u64, &logpb::butler_log_bundle::Entry), Status> {
     let e = b
         .entries
         .first()
@@ -156,7 +158,11 @@ impl Collector for Script {
 }
 
 /// Serves `script` on `listener` until `stop` fires.
-fn serve(script: Script, listener: TcpListener, stop: oneshot::Receiver<()>) -> tokio::task::JoinHandle<()> {
+fn serve(
+    script: Script,
+    listener: TcpListener,
+    stop: oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(CollectorServer::new(script))
@@ -311,7 +317,13 @@ async fn finish(
         let storing = if k % 5 == 0 { calls } else { calls - k % 4 };
         resent += storing - 1;
     }
-    assert!(resent >= (0..BUNDLES).filter(|k| k % 5 == 0).map(|k| k % 4).sum::<u64>());
+    assert!(
+        resent
+            >= (0..BUNDLES)
+                .filter(|k| k % 5 == 0)
+                .map(|k| k % 4)
+                .sum::<u64>()
+    );
     assert_eq!(seen.duplicates, resent * PER_BUNDLE);
 
     let payload = |n: &str, i: u64| format!("{n} line {i}\n").len() as u64;

@@ -18,8 +18,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use logdog_proto::logpb::LogStreamDescriptor;
 use logdog_proto::handshake::encode_handshake;
+use logdog_proto::logpb::LogStreamDescriptor;
 use logdog_streamserver::read_handshake;
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -438,16 +438,16 @@ fn descriptor() -> impl Strategy<Value = LogStreamDescriptor> {
         name(),
         0i32..3,
         any_string(24),
-        prop::option::of((
-            -62_135_596_800i64 + 1..253_402_300_799,
-            0i32..1_000_000_000,
-        )),
+        prop::option::of((-62_135_596_800i64 + 1..253_402_300_799, 0i32..1_000_000_000)),
         prop::collection::btree_map(tag_key(), any_string(16), 0..4),
     )
         .prop_map(|(name, stream_type, content_type, ts, tags)| {
             let content_type = if content_type.is_empty() {
-                ["text/plain; charset=utf-8", "application/octet-stream", "application/x-logdog-datagram"]
-                    [stream_type as usize]
+                [
+                    "text/plain; charset=utf-8",
+                    "application/octet-stream",
+                    "application/x-logdog-datagram",
+                ][stream_type as usize]
                     .to_string()
             } else {
                 content_type

@@ -1019,7 +1019,10 @@ async fn connections_beyond_the_pending_handshake_limit_are_refused_and_counted(
 #[test]
 fn the_pending_handshake_limit_has_a_sane_default() {
     assert_eq!(logdog_streamserver::DEFAULT_MAX_PENDING_HANDSHAKES, 4096);
-    assert_eq!(logdog_streamserver::TOO_MANY_HANDSHAKES, "too_many_handshakes");
+    assert_eq!(
+        logdog_streamserver::TOO_MANY_HANDSHAKES,
+        "too_many_handshakes"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
