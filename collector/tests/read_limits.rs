@@ -29,7 +29,6 @@ fn bundle(first: u64, n: u64, terminal: Option<u64>) -> Vec<u8> {
             time_offset: Some(prost_types::Duration::default()),
             content: Some(Content::Binary(logpb::Binary {
                 data: Bytes::from(vec![i as u8; ENTRY]),
-                ..Default::default()
             })),
             ..Default::default()
         })

@@ -152,12 +152,7 @@ fn content(kind: StreamType) -> BoxedStrategy<Content> {
         })
         .boxed(),
         StreamType::Binary => prop::collection::vec(any::<u8>(), 1..40)
-            .prop_map(|d| {
-                Content::Binary(logpb::Binary {
-                    data: d.into(),
-                    ..Default::default()
-                })
-            })
+            .prop_map(|d| Content::Binary(logpb::Binary { data: d.into() }))
             .boxed(),
         StreamType::Datagram => (prop::collection::vec(any::<u8>(), 0..40), any::<bool>())
             .prop_map(|(d, partial)| {
@@ -263,13 +258,13 @@ enum Mutation {
 fn mutation() -> impl Strategy<Value = Mutation> {
     let at = any::<usize>();
     prop_oneof![
-        4 => (at.clone(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip { at, bit }),
-        3 => (at.clone(), prop_oneof![Just(0u8), Just(0x80), Just(0xFF), any::<u8>()])
+        4 => (at, 0u8..8).prop_map(|(at, bit)| Mutation::Flip { at, bit }),
+        3 => (at, prop_oneof![Just(0u8), Just(0x80), Just(0xFF), any::<u8>()])
             .prop_map(|(at, byte)| Mutation::Set { at, byte }),
-        2 => (at.clone(), prop::collection::vec(any::<u8>(), 1..6))
+        2 => (at, prop::collection::vec(any::<u8>(), 1..6))
             .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        2 => (at.clone(), 1usize..8).prop_map(|(at, len)| Mutation::Delete { at, len }),
-        1 => (at.clone(), 1usize..16).prop_map(|(at, len)| Mutation::Repeat { at, len }),
+        2 => (at, 1usize..8).prop_map(|(at, len)| Mutation::Delete { at, len }),
+        1 => (at, 1usize..16).prop_map(|(at, len)| Mutation::Repeat { at, len }),
         1 => at.prop_map(|at| Mutation::Truncate { at }),
     ]
 }
@@ -336,9 +331,17 @@ fn mutate_one_log(b: &logpb::ButlerLogBundle, which: usize, ms: &[Mutation]) -> 
 // ---------------------------------------------------------------------------------------------
 // Properties.
 
+/// 256 cases, or `PROPTEST_CASES` for a longer hunt.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 256,
+        cases: cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

@@ -117,13 +117,13 @@ impl Collector for Script {
         }
         let k = first / PER_BUNDLE;
         // Slow: every third bundle takes a while on every attempt.
-        if k % 3 == 0 {
+        if k.is_multiple_of(3) {
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
         // The first `k % 4` attempts fail, each with the next retriable code.
         let fail_first = (k % 4) as u32;
         // Every fifth bundle that fails is stored before the error: the answer was lost.
-        let store_anyway = k % 5 == 0;
+        let store_anyway = k.is_multiple_of(5);
         if attempt < fail_first && !store_anyway {
             let code = RETRIABLE[(k as usize + attempt as usize) % RETRIABLE.len()];
             *self.seen().codes.entry(format!("{code:?}")).or_default() += 1;
@@ -281,6 +281,8 @@ async fn finish(
         }
     }
     assert_eq!(refused, (0..FATAL.len()).collect(), "refused bundles");
+    let _ = stop.send(());
+    server.await.unwrap();
 
     let seen = script.seen();
     // Every normal bundle acknowledged exactly once, every poison one tried exactly once.
@@ -314,13 +316,17 @@ async fn finish(
     let mut resent = 0u64;
     for k in 0..BUNDLES {
         let calls = u64::from(seen.calls[&format!("s{}@{}", k % 4, k * PER_BUNDLE)]);
-        let storing = if k % 5 == 0 { calls } else { calls - k % 4 };
+        let storing = if k.is_multiple_of(5) {
+            calls
+        } else {
+            calls - k % 4
+        };
         resent += storing - 1;
     }
     assert!(
         resent
             >= (0..BUNDLES)
-                .filter(|k| k % 5 == 0)
+                .filter(|k| k.is_multiple_of(5))
                 .map(|k| k % 4)
                 .sum::<u64>()
     );
@@ -348,7 +354,4 @@ async fn finish(
             failed_bytes,
         }
     );
-    drop(seen);
-    let _ = stop.send(());
-    server.await.unwrap();
 }
