@@ -998,9 +998,10 @@ impl Core {
         let avail = front_len.min(remaining);
         if avail == 0 {
             if s.closed {
-                // The stream ended inside this datagram.
+                // The stream ended inside this datagram. Its fragments so far went out; the
+                // rest never arrived, so nothing is dropped (bytes in = out + framing +
+                // dropped).
                 s.datagram = None;
-                s.stats.dropped_bytes += remaining as u64;
                 let msg = format!(
                     "stream ended inside a datagram: {} of {} bytes missing",
                     remaining, pending.size

@@ -22,7 +22,7 @@ pub mod validate;
 
 use std::future::Future;
 
-pub use service::{CollectorService, LogsService, MAX_BUNDLE_SIZE};
+pub use service::{CollectorService, LogsService, MAX_BUNDLE_SIZE, MAX_GET_BYTES};
 pub use store::Store;
 use tokio::net::TcpListener;
 

@@ -23,6 +23,10 @@ pub const MAX_BUNDLE_SIZE: usize = 16 * 1024 * 1024;
 const MAX_QUERY_RESULTS: usize = 500;
 /// Default byte budget of a `Get` or of one `Follow` message.
 const DEFAULT_GET_BYTES: usize = 4 * 1024 * 1024;
+/// Largest byte budget a `Get` may ask for: a larger `byte_count` is lowered to this, so one
+/// request cannot make the collector read a whole huge stream into memory (and its answer
+/// always fits the 64 MiB response limit). Readers page with `index`.
+pub const MAX_GET_BYTES: usize = 32 * 1024 * 1024;
 
 /// Wakes followers of a stream when it changes.
 #[derive(Debug, Clone, Default)]
@@ -188,10 +192,9 @@ impl Logs for LogsService {
         let key = key_of(&r.project, &r.path)?;
         let store = self.store.clone();
         let k = key.clone();
-        let max_bytes = if r.byte_count == 0 {
-            DEFAULT_GET_BYTES
-        } else {
-            r.byte_count as usize
+        let max_bytes = match r.byte_count as usize {
+            0 => DEFAULT_GET_BYTES,
+            n => n.min(MAX_GET_BYTES),
         };
         let max_count = match r.log_count {
             n if n < 0 => 0,

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use logdog_proto::logdog::collector as pb;
 use logdog_proto::logpb;
+use logdog_proto::logpb::log_entry::Content;
 use logdog_proto::{StreamType, types};
 use prost::Message;
 
@@ -33,8 +34,8 @@ pub struct CheckedEntry {
 
 /// Checks a bundle: project and prefix, and for each stream entry its descriptor, its indices
 /// (contiguous, unique, not past the terminal index) and that each log's content matches the
-/// stream's type. Log entries are looked into only as far as that needs: their bytes are
-/// kept as they arrived.
+/// stream's type. Each log entry is decoded in full, as the read path will decode it, but
+/// kept as the bytes that arrived.
 ///
 /// # Errors
 /// The first problem found, naming the stream.
@@ -130,7 +131,11 @@ fn logs(
     let mut out = Vec::with_capacity(e.logs.len());
     let mut prev: Option<u64> = None;
     for raw in &e.logs {
-        let log = pb::LogEntryView::decode(raw.clone())
+        // Decoded in full, exactly as the read path will decode it: an entry that does not
+        // decode (a bad time offset, a delimiter that is not UTF-8, a field of the wrong wire
+        // type...) would make every read of its stream fail, so it is never stored. The bytes
+        // stored are still the ones that arrived.
+        let log = logpb::LogEntry::decode(raw.clone())
             .map_err(|err| invalid(format!("stream {name:?}: malformed log entry: {err}")))?;
         let i = log.stream_index;
         if i >= MAX_STREAM_INDEX {
@@ -153,13 +158,7 @@ fn logs(
             )));
         }
         prev = Some(i);
-        let payload = match (kind, &log.text, &log.binary, &log.datagram) {
-            (StreamType::Text, Some(t), None, None) if !t.is_empty() => wire::text_payload(t),
-            (StreamType::Binary, None, Some(b), None) => wire::field_len(b, 2).filter(|&n| n > 0),
-            (StreamType::Datagram, None, None, Some(d)) => wire::field_len(d, 1),
-            _ => None,
-        };
-        let Some(payload) = payload else {
+        let Some(payload) = payload(kind, log.content.as_ref()) else {
             return Err(invalid(format!(
                 "stream {name:?}: entry {i} has no content or content of the wrong type for a {} stream",
                 kind.as_str_name()
@@ -170,62 +169,26 @@ fn logs(
     Ok(out)
 }
 
-/// Just enough of the protobuf wire format to measure payloads without decoding them.
-mod wire {
-    use prost::encoding::{WireType, decode_key, decode_varint};
-
-    /// Calls `f(field, body)` for each length-delimited field of a message; `None` if the
-    /// message is malformed.
-    fn each_len_field(mut buf: &[u8], mut f: impl FnMut(u32, &[u8])) -> Option<()> {
-        while !buf.is_empty() {
-            let (tag, wt) = decode_key(&mut buf).ok()?;
-            match wt {
-                WireType::Varint => {
-                    decode_varint(&mut buf).ok()?;
-                }
-                WireType::SixtyFourBit => buf = buf.get(8..)?,
-                WireType::ThirtyTwoBit => buf = buf.get(4..)?,
-                WireType::LengthDelimited => {
-                    let n = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
-                    let body = buf.get(..n)?;
-                    f(tag, body);
-                    buf = &buf[n..];
-                }
-                _ => return None,
-            }
-        }
-        Some(())
-    }
-
-    /// Length of field `tag` (length-delimited) in a message; 0 if absent.
-    pub(super) fn field_len(msg: &[u8], tag: u32) -> Option<u64> {
-        let mut n = 0u64;
-        each_len_field(msg, |t, body| {
-            if t == tag {
-                n = body.len() as u64;
-            }
-        })?;
-        Some(n)
-    }
-
-    /// Payload bytes of a `Text` message: every line's value and delimiter. `None` if it is
-    /// malformed or has no line.
-    pub(super) fn text_payload(text: &[u8]) -> Option<u64> {
-        let (mut total, mut lines, mut ok) = (0u64, 0u64, true);
-        each_len_field(text, |t, line| {
-            if t == 1 {
-                lines += 1;
-                ok &= each_len_field(line, |_, body| total += body.len() as u64).is_some();
-            }
-        })?;
-        (ok && lines > 0).then_some(total)
-    }
+/// Payload bytes of an entry's content (text: every line's value and delimiter), if the
+/// content suits a stream of type `kind`: text with at least one line, binary with at least
+/// one byte, or a datagram (which may be empty).
+fn payload(kind: StreamType, content: Option<&Content>) -> Option<u64> {
+    let n = match (kind, content?) {
+        (StreamType::Text, Content::Text(t)) if !t.lines.is_empty() => t
+            .lines
+            .iter()
+            .map(|l| l.value.len() + l.delimiter.len())
+            .sum(),
+        (StreamType::Binary, Content::Binary(b)) if !b.data.is_empty() => b.data.len(),
+        (StreamType::Datagram, Content::Datagram(d)) => d.data.len(),
+        _ => return None,
+    };
+    Some(n as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use logdog_proto::logpb::log_entry::Content;
 
     fn view(b: &logpb::ButlerLogBundle) -> pb::BundleView {
         pb::BundleView::decode(b.encode_to_vec().as_slice()).unwrap()

@@ -9,6 +9,10 @@
 //!   local users cannot open streams, and removes it when the server stops.
 //! - A client that does not finish its handshake within a timeout is dropped, so it can never
 //!   hold up shutdown.
+//! - At most [`DEFAULT_MAX_PENDING_HANDSHAKES`] connections (configurable) may be in their
+//!   handshake at once; a connection beyond that is closed at once and counted as
+//!   `too_many_handshakes`, so a flood of idle connections costs a bounded amount of memory
+//!   and never delays streams that are already open.
 //! - On shutdown the server first accepts every connection already queued on the socket:
 //!   a client whose `connect` succeeded is never dropped.
 //! - Every rejection is logged with its reason and counted in [`ServerStats`]. The wire stays
@@ -25,11 +29,21 @@ use logdog_proto::handshake::{HandshakeError, MAGIC, MAX_HEADER_SIZE, parse_head
 use logdog_proto::logpb::LogStreamDescriptor;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 /// Default time a client has to complete its handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default number of connections that may be in their handshake at once. With the default
+/// handshake timeout, that is enough for thousands of streams opened in a burst, while a
+/// runaway process that connects without speaking holds at most this many sockets.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 4096;
+
+/// The rejection kind counted for a connection refused because
+/// [`max_pending_handshakes`](StreamServer::with_max_pending_handshakes) handshakes were
+/// already in progress.
+pub const TOO_MANY_HANDSHAKES: &str = "too_many_handshakes";
 
 /// A stream opened by a client: its descriptor and the rest of the connection.
 #[derive(Debug)]
@@ -89,6 +103,7 @@ pub struct StreamServer {
     /// The private directory holding the socket, removed on drop.
     dir: Option<tempfile::TempDir>,
     handshake_timeout: Duration,
+    max_pending: usize,
     stats: ServerStats,
 }
 
@@ -171,6 +186,7 @@ impl StreamServer {
             path,
             dir,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
             stats: ServerStats::default(),
         }
     }
@@ -178,6 +194,14 @@ impl StreamServer {
     /// Sets how long a client has to complete its handshake.
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets how many connections may be in their handshake at once (at least 1). A
+    /// connection accepted while that many are pending is closed without a word and counted
+    /// as [`TOO_MANY_HANDSHAKES`].
+    pub fn with_max_pending_handshakes(mut self, max: usize) -> Self {
+        self.max_pending = max.max(1);
         self
     }
 
@@ -205,8 +229,17 @@ impl StreamServer {
             path,
             dir,
             handshake_timeout,
+            max_pending,
             stats,
         } = self;
+        let slots = Arc::new(Semaphore::new(max_pending));
+        let handshakes = Handshakes {
+            streams,
+            timeout: handshake_timeout,
+            slots,
+            max_pending,
+            stats: stats.clone(),
+        };
         let mut pending = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -214,9 +247,7 @@ impl StreamServer {
                 biased;
                 () = &mut shutdown => break,
                 res = listener.accept() => match res {
-                    Ok((conn, _)) => {
-                        spawn_handshake(&mut pending, conn, streams.clone(), handshake_timeout, stats.clone());
-                    }
+                    Ok((conn, _)) => handshakes.spawn(&mut pending, conn),
                     Err(e) => {
                         // Out of file descriptors, most likely: back off instead of spinning.
                         tracing::error!(error = %e, "stream server: accept failed");
@@ -239,13 +270,7 @@ impl StreamServer {
                             .set_nonblocking(true)
                             .and_then(|()| UnixStream::from_std(conn))
                         {
-                            Ok(conn) => spawn_handshake(
-                                &mut pending,
-                                conn,
-                                streams.clone(),
-                                handshake_timeout,
-                                stats.clone(),
-                            ),
+                            Ok(conn) => handshakes.spawn(&mut pending, conn),
                             Err(e) => {
                                 tracing::error!(error = %e, "stream server: cannot register a queued connection")
                             }
@@ -277,35 +302,72 @@ impl StreamServer {
     }
 }
 
-fn spawn_handshake(
-    pending: &mut JoinSet<()>,
-    conn: UnixStream,
+/// What every handshake task needs, shared by the accept loop.
+struct Handshakes {
     streams: mpsc::Sender<NewStream>,
     timeout: Duration,
+    /// One permit per handshake in progress.
+    slots: Arc<Semaphore>,
+    max_pending: usize,
     stats: ServerStats,
-) {
-    stats.lock().accepted += 1;
-    pending.spawn(async move {
-        let mut reader = BufReader::new(conn);
-        let res = match tokio::time::timeout(timeout, read_handshake(&mut reader)).await {
-            Ok(r) => r,
-            Err(_) => Err(HandshakeError::Timeout(timeout.as_millis() as u64)),
+}
+
+impl Handshakes {
+    /// Starts reading the handshake of a connection just accepted, or refuses the connection
+    /// if too many handshakes are in progress.
+    fn spawn(&self, pending: &mut JoinSet<()>, conn: UnixStream) {
+        // Reap finished tasks here too: while connections keep arriving, the accept branch
+        // always wins the (biased) select and the join branch may not run.
+        while pending.try_join_next().is_some() {}
+        self.stats.lock().accepted += 1;
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            let refused = {
+                let mut s = self.stats.lock();
+                let n = s.rejected.entry(TOO_MANY_HANDSHAKES).or_default();
+                *n += 1;
+                *n
+            };
+            // One line for the first refusal, then one each time the count doubles: a flood
+            // of connections must not also flood the log.
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    reason = TOO_MANY_HANDSHAKES,
+                    limit = self.max_pending,
+                    refused,
+                    "stream server: refused a connection: {} handshakes already pending",
+                    self.max_pending
+                );
+            }
+            drop(conn);
+            return;
         };
-        match res {
-            Ok(desc) => {
-                stats.lock().streams += 1;
-                let name = desc.name.clone();
-                if streams.send(NewStream { desc, reader }).await.is_err() {
-                    tracing::error!(stream = %name, "stream server: butler gone; stream dropped");
-                    *stats.lock().rejected.entry("butler_gone").or_default() += 1;
+        let streams = self.streams.clone();
+        let timeout = self.timeout;
+        let stats = self.stats.clone();
+        pending.spawn(async move {
+            let mut reader = BufReader::new(conn);
+            let res = match tokio::time::timeout(timeout, read_handshake(&mut reader)).await {
+                Ok(r) => r,
+                Err(_) => Err(HandshakeError::Timeout(timeout.as_millis() as u64)),
+            };
+            // The handshake is over either way: free its slot before anything can block.
+            drop(slot);
+            match res {
+                Ok(desc) => {
+                    stats.lock().streams += 1;
+                    let name = desc.name.clone();
+                    if streams.send(NewStream { desc, reader }).await.is_err() {
+                        tracing::error!(stream = %name, "stream server: butler gone; stream dropped");
+                        *stats.lock().rejected.entry("butler_gone").or_default() += 1;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(reason = e.kind(), error = %e, "stream server: rejected a connection");
+                    *stats.lock().rejected.entry(e.kind()).or_default() += 1;
                 }
             }
-            Err(e) => {
-                tracing::warn!(reason = e.kind(), error = %e, "stream server: rejected a connection");
-                *stats.lock().rejected.entry(e.kind()).or_default() += 1;
-            }
-        }
-    });
+        });
+    }
 }
 
 /// Records a rejection decided after the handshake (a duplicate name, a closed namespace).

@@ -6,14 +6,23 @@
 //!   tags, types, timestamps, key case, key order, escapes and whitespace, decode to the right
 //!   descriptor and leave the payload after the frame unread.
 //! - Names from a wider alphabet are accepted exactly when the reference's rules say so.
+//! - A connection that delivers its bytes in arbitrary pieces (with reads that are not ready
+//!   in between) reads exactly as one that delivers them at once, for valid handshakes and
+//!   garbage alike.
+//! - What the crate's own encoder writes (as LogDog's Go client does) reads back as the same
+//!   descriptor.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use logdog_proto::handshake::encode_handshake;
 use logdog_proto::logpb::LogStreamDescriptor;
 use logdog_streamserver::read_handshake;
 use proptest::prelude::*;
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// ASCII `BTLR1` followed by the record separator 0x1E.
 const MAGIC: [u8; 6] = [0x42, 0x54, 0x4C, 0x52, 0x31, 0x1E];
@@ -371,6 +380,89 @@ impl Spec {
     }
 }
 
+/// A connection that hands out its bytes in the given piece sizes (cycled), and is not ready
+/// every other time it is polled, the way a socket fed by a slow client behaves.
+struct Trickle<'a> {
+    data: &'a [u8],
+    sizes: &'a [usize],
+    reads: usize,
+    ready: bool,
+}
+
+impl AsyncRead for Trickle<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.ready {
+            self.ready = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.ready = false;
+        let size = self.sizes[self.reads % self.sizes.len()];
+        self.reads += 1;
+        let n = size.min(self.data.len()).min(buf.remaining());
+        let (now, rest) = self.data.split_at(n);
+        buf.put_slice(now);
+        self.data = rest;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Like [`read`], through a [`Trickle`] of `sizes`.
+fn read_trickled<'a>(
+    input: &'a [u8],
+    sizes: &'a [usize],
+) -> (Result<LogStreamDescriptor, &'static str>, &'a [u8]) {
+    let mut conn = Trickle {
+        data: input,
+        sizes,
+        reads: 0,
+        ready: false,
+    };
+    let res = block_on(read_handshake(&mut conn));
+    (res.map_err(|e| e.kind()), conn.data)
+}
+
+/// Piece sizes for [`Trickle`]: mostly tiny, sometimes large.
+fn pieces() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(prop_oneof![4 => 1usize..4, 1 => 1usize..200], 1..16)
+}
+
+/// A descriptor as a butler would hand to the encoder: valid name and tags, any content type
+/// (empty means the type's default), a timestamp in years 1 to 9999 or none.
+fn descriptor() -> impl Strategy<Value = LogStreamDescriptor> {
+    (
+        name(),
+        0i32..3,
+        any_string(24),
+        prop::option::of((-62_135_596_800i64 + 1..253_402_300_799, 0i32..1_000_000_000)),
+        prop::collection::btree_map(tag_key(), any_string(16), 0..4),
+    )
+        .prop_map(|(name, stream_type, content_type, ts, tags)| {
+            let content_type = if content_type.is_empty() {
+                [
+                    "text/plain; charset=utf-8",
+                    "application/octet-stream",
+                    "application/x-logdog-datagram",
+                ][stream_type as usize]
+                    .to_string()
+            } else {
+                content_type
+            };
+            LogStreamDescriptor {
+                name,
+                stream_type,
+                content_type,
+                timestamp: ts.map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+                tags,
+                ..Default::default()
+            }
+        })
+}
+
 /// Headers that are JSON or nearly so: random keys (known ones in several cases, and others),
 /// values of every JSON type, strings that look like names, types or timestamps, missing
 /// commas, trailing commas. About half start with a plausible name, so many are accepted.
@@ -392,11 +484,19 @@ fn near_json() -> impl Strategy<Value = String> {
     ]
 }
 
+/// 256 cases, or `PROPTEST_CASES` for a longer hunt.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
     // Integration tests have no lib.rs next to them, so failures cannot be persisted there;
     // proptest prints the minimal failing input instead.
     #![proptest_config(ProptestConfig {
-        cases: 256,
+        cases: cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
@@ -514,5 +614,36 @@ proptest! {
         } else {
             prop_assert_eq!(res, Err("invalid_name_or_tag"), "key {:?}", key);
         }
+    }
+
+    #[test]
+    fn valid_handshakes_read_the_same_in_any_pieces(spec in spec(), sizes in pieces()) {
+        let mut input = frame(spec.header().as_bytes());
+        input.extend_from_slice(&spec.payload);
+        let (res, rest) = read_trickled(&input, &sizes);
+        prop_assert_eq!(res, Ok(spec.expected()));
+        prop_assert_eq!(rest, &spec.payload[..]);
+    }
+
+    #[test]
+    fn garbage_reads_the_same_in_any_pieces(
+        rest in prop::collection::vec(any::<u8>(), 0..512),
+        behind_magic in any::<bool>(),
+        sizes in pieces(),
+    ) {
+        let input = if behind_magic { [&MAGIC[..], &rest].concat() } else { rest };
+        let (whole, whole_rest) = read(&input);
+        let (trickled, trickled_rest) = read_trickled(&input, &sizes);
+        prop_assert_eq!(trickled, whole);
+        prop_assert_eq!(trickled_rest, whole_rest);
+    }
+
+    #[test]
+    fn the_encoder_round_trips(desc in descriptor(), payload in prop::collection::vec(any::<u8>(), 0..32)) {
+        let mut input = encode_handshake(&desc);
+        input.extend_from_slice(&payload);
+        let (res, rest) = read(&input);
+        prop_assert_eq!(res, Ok(desc));
+        prop_assert_eq!(rest, &payload[..]);
     }
 }

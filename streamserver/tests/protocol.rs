@@ -930,6 +930,102 @@ async fn a_silent_client_does_not_hold_shutdown() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Pending handshakes.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_pending_handshake_limit_are_refused_and_counted() {
+    const MAX: usize = 3;
+    const REFUSED: u64 = 5;
+    within(async {
+        // Silent clients must hold their slots for the whole test, never time out.
+        let server = StreamServer::bind_private()
+            .unwrap()
+            .with_handshake_timeout(Duration::from_secs(3600))
+            .with_max_pending_handshakes(MAX);
+        let path = server.path().to_owned();
+        let stats = server.stats();
+        // Take streams straight off the channel: a stream arrives here as soon as its
+        // handshake is over, and the server has freed its slot by then.
+        let (tx, mut rx) = mpsc::channel(8);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let run = tokio::spawn(server.run(tx, async move {
+            let _ = stopped.await;
+        }));
+
+        // A stream that is open before the flood and stays open through it.
+        let mut open = connect(&path).await;
+        open.write_all(&stream_bytes(r#"{"name":"established"}"#, b"before\n"))
+            .await
+            .unwrap();
+        let NewStream { desc, mut reader } = rx.recv().await.expect("the established stream");
+        assert_eq!(desc.name, "established");
+
+        // Fill every slot with clients that connect and never speak.
+        let mut silent = Vec::new();
+        for _ in 0..MAX {
+            silent.push(connect(&path).await);
+        }
+        // Connections are accepted in order, so each of these comes after all the silent ones
+        // and finds no free slot: closed without a byte, and counted.
+        for i in 0..REFUSED {
+            let json = format!(r#"{{"name":"refused-{i}"}}"#);
+            send_rejected(&path, &stream_bytes(&json, b"never read\n"), false).await;
+            assert_eq!(
+                stats.rejected(),
+                BTreeMap::from([("too_many_handshakes", i + 1)])
+            );
+        }
+
+        // The established stream never noticed.
+        open.write_all(b"after\n").await.unwrap();
+        open.shutdown().await.unwrap();
+        let mut payload = Vec::new();
+        reader.read_to_end(&mut payload).await.unwrap();
+        assert_eq!(payload, b"before\nafter\n");
+        drop(reader);
+        wait_closed(&mut open).await;
+
+        // A silent client that goes away frees its slot, and the next stream gets it.
+        silent[0].shutdown().await.unwrap();
+        wait_closed(&mut silent[0]).await;
+        let mut late = connect(&path).await;
+        late.write_all(&stream_bytes(r#"{"name":"late"}"#, b"late\n"))
+            .await
+            .unwrap();
+        late.shutdown().await.unwrap();
+        let NewStream { desc, mut reader } = rx.recv().await.expect("the late stream");
+        assert_eq!(desc.name, "late");
+        let mut payload = Vec::new();
+        reader.read_to_end(&mut payload).await.unwrap();
+        assert_eq!(payload, b"late\n");
+
+        for mut c in silent.drain(1..) {
+            c.shutdown().await.unwrap();
+            wait_closed(&mut c).await;
+        }
+        stop.send(()).unwrap();
+        run.await.unwrap();
+        assert!(rx.recv().await.is_none());
+        assert_eq!(stats.accepted(), 2 + MAX as u64 + REFUSED);
+        assert_eq!(stats.streams(), 2);
+        assert_eq!(
+            stats.rejected(),
+            BTreeMap::from([("too_many_handshakes", REFUSED), ("truncated", MAX as u64)])
+        );
+    })
+    .await;
+}
+
+#[test]
+fn the_pending_handshake_limit_has_a_sane_default() {
+    assert_eq!(logdog_streamserver::DEFAULT_MAX_PENDING_HANDSHAKES, 4096);
+    assert_eq!(
+        logdog_streamserver::TOO_MANY_HANDSHAKES,
+        "too_many_handshakes"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Shutdown.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

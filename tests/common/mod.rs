@@ -478,6 +478,12 @@ impl Collector {
     /// Starts `logdog_collector --listen LISTEN --data DATA` and waits until it prints the
     /// address it listens on.
     pub fn start(data: &Path, listen: &str) -> Self {
+        Self::start_within(data, listen, TIMEOUT)
+    }
+
+    /// Like [`Collector::start`], with a watchdog that fires after `limit` instead of
+    /// [`TIMEOUT`] (for a collector that must outlive a long test).
+    pub fn start_within(data: &Path, listen: &str, limit: Duration) -> Self {
         let mut name = data
             .file_name()
             .expect("a data directory name")
@@ -496,7 +502,7 @@ impl Collector {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file);
-        let mut guarded = Guarded::spawn(&mut cmd);
+        let mut guarded = Guarded::spawn_within(&mut cmd, limit);
         let mut out = std::io::BufReader::new(guarded.child.stdout.take().expect("stdout pipe"));
         let mut line = String::new();
         std::io::BufRead::read_line(&mut out, &mut line).expect("reading the collector's stdout");
