@@ -171,11 +171,21 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
     let code = exit_code(status);
     // After close: the spool's counters are final.
     let out_stats = output.stats();
+    let acked: Option<crate::summary::AckedByName> = grpc.as_ref().map(|o| {
+        o.acknowledged()
+            .into_iter()
+            .filter(|((prefix, _), _)| *prefix == cfg.prefix)
+            .map(|((_, name), a)| (name, a))
+            .collect()
+    });
     if args.no_summary {
         report_losses(&report);
     } else {
         let dest = format!("{}/{}/+/ via {}", cfg.project, cfg.prefix, g.output);
-        eprintln!("{}", crate::summary::render(&report, &out_stats, &dest));
+        eprintln!(
+            "{}",
+            crate::summary::render(&report, &out_stats, &dest, acked.as_ref())
+        );
         for (kind, n) in &report.rejected {
             eprintln!("logdog_butler: {n} stream(s) refused after the handshake: {kind}");
         }
@@ -201,7 +211,8 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
             "streams": report.streams,
             "bundles": report.bundles,
             "failed_bundles": report.failed_bundles,
-            "totals": crate::summary::totals(&report),
+            "totals": crate::summary::totals(&report, out_stats.spool.is_some(), acked.as_ref()),
+            "acknowledged": acked,
             "output": out_stats,
             "peak_rss_kib": peak_rss_kib(),
         });

@@ -4,7 +4,10 @@
 use std::fmt::Write as _;
 
 use logdog_butler::{Report, StreamReport};
+use std::collections::BTreeMap;
+
 use logdog_outputs::OutputStats;
+use logdog_outputs::grpc::StreamAck;
 use logdog_outputs::spool::SpoolStats;
 
 /// Streams listed one per row; beyond this, streams without losses are summed up.
@@ -25,23 +28,62 @@ pub fn human(bytes: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
-/// Bytes a stream lost, and why, or `None` when it lost nothing.
-fn losses(s: &StreamReport, spooled: bool) -> Option<String> {
-    let mut parts = Vec::new();
-    if s.bytes_dropped > 0 {
-        parts.push(format!("{} dropped", human(s.bytes_dropped)));
+/// What the output acknowledged of each stream, by name, when it reports it (the collector
+/// output does); otherwise what it accepted is taken as acknowledged.
+pub type AckedByName = BTreeMap<String, StreamAck>;
+
+/// Payload bytes of `s` the output acknowledged.
+fn acked_bytes(s: &StreamReport, acked: Option<&AckedByName>) -> u64 {
+    match acked {
+        Some(m) => m.get(&s.name).map_or(0, |a| a.bytes),
+        None => s.bytes_sent.saturating_sub(s.bytes_undelivered),
     }
-    if s.bytes_undelivered > 0 {
-        parts.push(format!(
-            "{} not acknowledged{}",
-            human(s.bytes_undelivered),
-            if spooled { " (kept in the spool)" } else { "" }
-        ));
+}
+
+/// What became of a stream's bytes beyond the happy path.
+struct Fate {
+    /// What was lost, and why.
+    lost: Option<String>,
+    /// Bytes not yet acknowledged but kept in the spool (not lost: `resume` sends them).
+    pending: u64,
+}
+
+impl Fate {
+    fn of(s: &StreamReport, spooled: bool, acked: Option<&AckedByName>) -> Self {
+        let mut parts = Vec::new();
+        if s.bytes_dropped > 0 {
+            parts.push(format!("{} dropped", human(s.bytes_dropped)));
+        }
+        let unacked = s
+            .bytes_sent
+            .saturating_sub(acked_bytes(s, acked))
+            .max(s.bytes_undelivered);
+        // With a spool, what the output took is on disk until acknowledged.
+        let pending = if spooled { unacked } else { 0 };
+        if unacked > 0 && !spooled {
+            parts.push(format!("{} not acknowledged", human(unacked)));
+        }
+        if let Some(e) = &s.error {
+            parts.push(e.clone());
+        }
+        Self {
+            lost: (!parts.is_empty()).then(|| parts.join("; ")),
+            pending,
+        }
     }
-    if let Some(e) = &s.error {
-        parts.push(e.clone());
+
+    fn ok(&self) -> bool {
+        self.lost.is_none() && self.pending == 0
     }
-    (!parts.is_empty()).then(|| parts.join("; "))
+
+    fn status(&self) -> String {
+        match (&self.lost, self.pending) {
+            (None, 0) => "ok".to_string(),
+            (None, p) => format!("IN SPOOL: {} not yet acknowledged", human(p)),
+            (Some(l), 0) => format!("LOST: {l}"),
+            (Some(l), p) => format!("LOST: {l}; IN SPOOL: {}", human(p)),
+        }
+    }
 }
 
 /// Totals over every stream.
@@ -63,30 +105,42 @@ pub struct Totals {
     pub bytes_undelivered: u64,
     /// Streams that lost anything.
     pub streams_with_losses: u64,
+    /// Streams with bytes still in the spool, not yet acknowledged.
+    pub streams_in_spool: u64,
 }
 
 /// Sums the streams of `report`.
-pub fn totals(report: &Report) -> Totals {
+pub fn totals(report: &Report, spooled: bool, acked: Option<&AckedByName>) -> Totals {
     let mut t = Totals::default();
     for s in report.streams.values() {
+        let a = acked_bytes(s, acked);
         t.streams += 1;
         t.bytes_read += s.bytes_read;
         t.entries += s.entries;
         t.bytes_sent += s.bytes_sent;
-        t.bytes_acknowledged += s.bytes_sent.saturating_sub(s.bytes_undelivered);
+        t.bytes_acknowledged += a;
         t.bytes_dropped += s.bytes_dropped;
-        t.bytes_undelivered += s.bytes_undelivered;
-        if losses(s, false).is_some() {
+        t.bytes_undelivered += s.bytes_sent.saturating_sub(a).max(s.bytes_undelivered);
+        let fate = Fate::of(s, spooled, acked);
+        if fate.lost.is_some() {
             t.streams_with_losses += 1;
+        }
+        if fate.pending > 0 {
+            t.streams_in_spool += 1;
         }
     }
     t
 }
 
 /// The summary as text (several lines, no trailing newline).
-pub fn render(report: &Report, output: &OutputStats, destination: &str) -> String {
+pub fn render(
+    report: &Report,
+    output: &OutputStats,
+    destination: &str,
+    acked: Option<&AckedByName>,
+) -> String {
     let spooled = output.spool.is_some();
-    let t = totals(report);
+    let t = totals(report, spooled, acked);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -96,18 +150,22 @@ pub fn render(report: &Report, output: &OutputStats, destination: &str) -> Strin
     let _ = writeln!(
         out,
         "  {:<28} {:>10} {:>9} {:>10} {:>10}  status",
-        "stream", "captured", "entries", "sent", "acked"
+        "stream",
+        "captured",
+        "entries",
+        if spooled { "spooled" } else { "sent" },
+        "acked"
     );
     // Streams that lost something first, then the rest by name.
     let mut rows: Vec<&StreamReport> = report.streams.values().collect();
-    rows.sort_by_key(|s| (losses(s, spooled).is_none(), s.name.clone()));
+    rows.sort_by_key(|s| (Fate::of(s, spooled, acked).ok(), s.name.clone()));
     let shown = if rows.len() > MAX_ROWS {
         MAX_ROWS - 1
     } else {
         rows.len()
     };
     for s in &rows[..shown] {
-        let status = losses(s, spooled).map_or_else(|| "ok".to_string(), |l| format!("LOST: {l}"));
+        let status = Fate::of(s, spooled, acked).status();
         let mut name = s.name.clone();
         if name.chars().count() > 28 {
             name = format!(
@@ -127,12 +185,15 @@ pub fn render(report: &Report, output: &OutputStats, destination: &str) -> Strin
             human(s.bytes_read),
             s.entries,
             human(s.bytes_sent),
-            human(s.bytes_sent.saturating_sub(s.bytes_undelivered)),
+            human(acked_bytes(s, acked)),
         );
     }
     if rows.len() > shown {
         let rest = &rows[shown..];
-        let lost = rest.iter().filter(|s| losses(s, spooled).is_some()).count();
+        let lost = rest
+            .iter()
+            .filter(|s| !Fate::of(s, spooled, acked).ok())
+            .count();
         let _ = writeln!(
             out,
             "  … and {} more stream(s), {}",
@@ -140,7 +201,7 @@ pub fn render(report: &Report, output: &OutputStats, destination: &str) -> Strin
             if lost == 0 {
                 "all ok".to_string()
             } else {
-                format!("{lost} with losses (see --result-path)")
+                format!("{lost} not ok (see --result-path)")
             }
         );
     }
@@ -152,10 +213,11 @@ pub fn render(report: &Report, output: &OutputStats, destination: &str) -> Strin
         t.entries,
         human(t.bytes_sent),
         human(t.bytes_acknowledged),
-        if t.streams_with_losses == 0 {
-            "nothing lost".to_string()
-        } else {
-            format!("{} stream(s) LOST data", t.streams_with_losses)
+        match (t.streams_with_losses, t.streams_in_spool) {
+            (0, 0) => "nothing lost".to_string(),
+            (0, n) => format!("nothing lost; {n} stream(s) IN SPOOL, not yet acknowledged"),
+            (l, 0) => format!("{l} stream(s) LOST data"),
+            (l, n) => format!("{l} stream(s) LOST data; {n} IN SPOOL"),
         }
     );
     if let Some(sp) = &output.spool {
@@ -214,4 +276,113 @@ pub fn spool_line(sp: &SpoolStats) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(name: &str, read: u64, undelivered: u64, dropped: u64) -> StreamReport {
+        StreamReport {
+            name: name.into(),
+            bytes_read: read,
+            bytes_sent: read - dropped,
+            entries: 3,
+            bytes_dropped: dropped,
+            bytes_undelivered: undelivered,
+            error: (dropped > 0).then(|| "bad datagram header".to_string()),
+        }
+    }
+
+    fn report(streams: Vec<StreamReport>) -> Report {
+        Report {
+            streams: streams.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_stream_says_whether_it_lost_anything() {
+        let r = report(vec![
+            stream("fine", 2048, 0, 0),
+            stream("late", 100, 40, 0),
+            stream("torn", 10, 0, 4),
+        ]);
+        let text = render(&r, &OutputStats::default(), "p/x/+/ via null", None);
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("no row for {name}:\n{text}"))
+                .to_string()
+        };
+        assert!(line("fine").ends_with("ok"), "{text}");
+        assert!(line("fine").contains("2.0 KiB"), "{text}");
+        assert!(
+            line("late").contains("LOST: 40 B not acknowledged"),
+            "{text}"
+        );
+        assert!(
+            line("torn").contains("LOST: 4 B dropped; bad datagram header"),
+            "{text}"
+        );
+        assert!(line("total").ends_with("2 stream(s) LOST data"), "{text}");
+        // Streams that lost something are listed first.
+        let first = text.lines().nth(2).unwrap_or_default();
+        assert!(first.trim_start().starts_with("late"), "{text}");
+    }
+
+    #[test]
+    fn bytes_waiting_in_the_spool_are_not_called_lost() {
+        let r = report(vec![stream("out", 100, 0, 0)]);
+        let out = OutputStats {
+            spool: Some(SpoolStats {
+                spooled_records: 2,
+                pending_bytes: 130,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let acked: AckedByName = [(
+            "out".to_string(),
+            StreamAck {
+                entries: 1,
+                bytes: 60,
+            },
+        )]
+        .into();
+        let text = render(&r, &out, "p/x/+/ via grpc://c:1", Some(&acked));
+        assert!(
+            text.contains("IN SPOOL: 40 B not yet acknowledged"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nothing lost; 1 stream(s) IN SPOOL"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spool: 2 bundle(s) spooled, 0 acknowledged, 130 B still in the spool"),
+            "{text}"
+        );
+        let t = totals(&r, true, Some(&acked));
+        assert_eq!(
+            (
+                t.bytes_acknowledged,
+                t.streams_with_losses,
+                t.streams_in_spool
+            ),
+            (60, 0, 1)
+        );
+    }
+
+    #[test]
+    fn a_thousand_streams_still_fit_on_one_screen() {
+        let r = report(
+            (0..1000)
+                .map(|i| stream(&format!("s{i:04}"), 10, 0, 0))
+                .collect(),
+        );
+        let text = render(&r, &OutputStats::default(), "p/x/+/ via null", None);
+        assert!(text.lines().count() <= MAX_ROWS + 4, "{text}");
+        assert!(text.contains("… and 981 more stream(s), all ok"), "{text}");
+    }
 }

@@ -173,17 +173,14 @@ fn logs(
 /// content suits a stream of type `kind`: text with at least one line, binary with at least
 /// one byte, or a datagram (which may be empty).
 fn payload(kind: StreamType, content: Option<&Content>) -> Option<u64> {
-    let n = match (kind, content?) {
-        (StreamType::Text, Content::Text(t)) if !t.lines.is_empty() => t
-            .lines
-            .iter()
-            .map(|l| l.value.len() + l.delimiter.len())
-            .sum(),
-        (StreamType::Binary, Content::Binary(b)) if !b.data.is_empty() => b.data.len(),
-        (StreamType::Datagram, Content::Datagram(d)) => d.data.len(),
-        _ => return None,
+    let content = content?;
+    let suits = match (kind, content) {
+        (StreamType::Text, Content::Text(t)) => !t.lines.is_empty(),
+        (StreamType::Binary, Content::Binary(b)) => !b.data.is_empty(),
+        (StreamType::Datagram, Content::Datagram(_)) => true,
+        _ => false,
     };
-    Some(n as u64)
+    suits.then(|| logdog_proto::bundle::content_len(content) as u64)
 }
 
 #[cfg(test)]

@@ -65,6 +65,83 @@ struct Shared {
     spool: Option<Arc<Spool>>,
     /// The last call to the collector succeeded (or none was made yet).
     healthy: std::sync::atomic::AtomicBool,
+    /// What the collector acknowledged, per stream.
+    acked: std::sync::Mutex<Acked>,
+}
+
+/// Entries and payload bytes acknowledged, by (prefix, stream name).
+pub type Acked = std::collections::BTreeMap<(String, String), StreamAck>;
+
+/// What the collector acknowledged of one stream.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StreamAck {
+    /// Log entries.
+    pub entries: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+}
+
+/// Per-stream (entries, payload bytes) of a bundle, for the acknowledgement counters.
+#[derive(Debug, Default)]
+struct Tally {
+    prefix: String,
+    streams: Vec<(String, StreamAck)>,
+}
+
+impl Tally {
+    fn of(bundle: &Bundle) -> Self {
+        Self {
+            prefix: bundle.prefix.clone(),
+            streams: bundle
+                .entries
+                .iter()
+                .map(|e| {
+                    let ack = StreamAck {
+                        entries: e.logs.len() as u64,
+                        bytes: e.logs.iter().map(|l| l.content.data().len() as u64).sum(),
+                    };
+                    (e.desc.name().to_string(), ack)
+                })
+                .collect(),
+        }
+    }
+
+    /// The same for an encoded bundle read back from the spool.
+    fn of_encoded(data: &Bytes) -> Self {
+        let Ok(b) = logdog_proto::logdog::collector::BundleView::decode(data.clone()) else {
+            return Self::default();
+        };
+        Self {
+            prefix: b.prefix,
+            streams: b
+                .entries
+                .iter()
+                .map(|e| {
+                    let bytes = e
+                        .logs
+                        .iter()
+                        .filter_map(|l| logdog_proto::logpb::LogEntry::decode(l.clone()).ok())
+                        .filter_map(|l| l.content.as_ref().map(logdog_proto::bundle::content_len))
+                        .map(|n| n as u64)
+                        .sum();
+                    let ack = StreamAck {
+                        entries: e.logs.len() as u64,
+                        bytes,
+                    };
+                    (
+                        e.desc.as_ref().map(|d| d.name.clone()).unwrap_or_default(),
+                        ack,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn totals(&self) -> (u64, u64) {
+        self.streams
+            .iter()
+            .fold((0, 0), |(e, b), (_, a)| (e + a.entries, b + a.bytes))
+    }
 }
 
 impl Drop for GrpcOutput {
@@ -99,6 +176,7 @@ impl GrpcOutput {
                 stats: StatsCounter::default(),
                 spool: None,
                 healthy: true.into(),
+                acked: Default::default(),
             }),
             tasks: Vec::new(),
         })
@@ -116,6 +194,7 @@ impl GrpcOutput {
             stats: StatsCounter::default(),
             spool: Some(spool.clone()),
             healthy: true.into(),
+            acked: Default::default(),
         });
         let weak = Arc::downgrade(&spool);
         let syncer = tokio::spawn(async move {
@@ -140,6 +219,15 @@ impl GrpcOutput {
             shared,
             tasks: vec![syncer.abort_handle(), uploader.abort_handle()],
         }
+    }
+
+    /// What the collector acknowledged so far, per stream.
+    pub fn acknowledged(&self) -> Acked {
+        self.shared
+            .acked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The spool, if any.
@@ -170,6 +258,20 @@ impl GrpcOutput {
 }
 
 impl Shared {
+    /// Counts a delivered bundle.
+    fn acknowledged(&self, tally: &Tally) {
+        let (entries, bytes) = tally.totals();
+        self.stats.sent_counts(entries, bytes);
+        let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, a) in &tally.streams {
+            let s = acked
+                .entry((tally.prefix.clone(), name.clone()))
+                .or_default();
+            s.entries += a.entries;
+            s.bytes += a.bytes;
+        }
+    }
+
     fn set_healthy(&self, ok: bool) {
         let was = self.healthy.swap(ok, std::sync::atomic::Ordering::Relaxed);
         if was != ok
@@ -278,9 +380,9 @@ impl Shared {
     }
 }
 
-/// A finished upload: the record's segment, offset and spooled length, and the entries and
-/// bytes it carried (or why the collector refused it).
-type Upload = (u32, u64, u64, Result<(u64, u64), Status>);
+/// A finished upload: the record's segment, offset and spooled length, and what it carried
+/// (or why the collector refused it).
+type Upload = (u32, u64, u64, Result<Tally, Status>);
 
 /// Uploads the spool's records in order, `in_flight` at a time, settling each once the
 /// collector has acknowledged (or refused) it. Runs until the output is dropped or closed.
@@ -299,8 +401,8 @@ async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usiz
                     let up2 = up.clone();
                     sends.spawn(async move {
                         let len = rec.spooled_len();
-                        let counts = bundle_counts(&rec.payload);
-                        let res = up2.deliver(&rec.payload).await.map(|()| counts);
+                        let res = up2.deliver(&rec.payload).await;
+                        let res = res.map(|()| Tally::of_encoded(&rec.payload));
                         (rec.segment, rec.offset, len, res)
                     });
                 }
@@ -319,8 +421,8 @@ async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usiz
             Some(done) = sends.join_next(), if !sends.is_empty() => {
                 let Some(up) = out.upgrade() else { return };
                 match done {
-                    Ok((seg, off, len, Ok((entries, payload)))) => {
-                        up.stats.sent_counts(entries, payload);
+                    Ok((seg, off, len, Ok(tally))) => {
+                        up.acknowledged(&tally);
                         spool.settle(seg, off, len, true);
                     }
                     Ok((seg, off, len, Err(_))) => {
@@ -332,22 +434,6 @@ async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usiz
             }
             () = changed, if idle || sends.is_empty() => {}
         }
-    }
-}
-
-/// Log entries and bytes of an encoded bundle, for the counters (the bytes are those of the
-/// encoded entries, a little more than their payload: the spool keeps only the encoding).
-fn bundle_counts(data: &Bytes) -> (u64, u64) {
-    match logdog_proto::logdog::collector::BundleView::decode(data.clone()) {
-        Ok(v) => (
-            v.entries.iter().map(|e| e.logs.len() as u64).sum(),
-            v.entries
-                .iter()
-                .flat_map(|e| e.logs.iter())
-                .map(|l| l.len() as u64)
-                .sum(),
-        ),
-        Err(_) => (0, data.len() as u64),
     }
 }
 
@@ -385,7 +471,8 @@ impl Output for GrpcOutput {
         let data = Bytes::from(bundle.encode_to_vec());
         // Keep only the encoding while waiting for the acknowledgement: the bundle's slices
         // pin the butler's read buffers, which would double the memory in flight.
-        let (entries, payload) = (bundle.log_count() as u64, bundle.payload_bytes() as u64);
+        let tally = Tally::of(&bundle);
+        let payload = bundle.payload_bytes() as u64;
         drop(bundle);
         if let Some(spool) = &sh.spool
             && sh.spool_append(spool, &data).await
@@ -396,7 +483,7 @@ impl Output for GrpcOutput {
         }
         match sh.deliver(&data).await {
             Ok(()) => {
-                sh.stats.sent_counts(entries, payload);
+                sh.acknowledged(&tally);
                 Ok(())
             }
             Err(status) => {
