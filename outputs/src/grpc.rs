@@ -67,6 +67,9 @@ struct Shared {
     healthy: std::sync::atomic::AtomicBool,
     /// What the collector acknowledged, per stream.
     acked: std::sync::Mutex<Acked>,
+    /// What each record this butler spooled carries, by (segment, offset): counted when the
+    /// record is acknowledged, without decoding it again.
+    tallies: std::sync::Mutex<std::collections::HashMap<(u32, u64), Tally>>,
 }
 
 /// Entries and payload bytes acknowledged, by (prefix, stream name).
@@ -82,7 +85,7 @@ pub struct StreamAck {
 }
 
 /// Per-stream (entries, payload bytes) of a bundle, for the acknowledgement counters.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Tally {
     prefix: String,
     streams: Vec<(String, StreamAck)>,
@@ -177,6 +180,7 @@ impl GrpcOutput {
                 spool: None,
                 healthy: true.into(),
                 acked: Default::default(),
+                tallies: Default::default(),
             }),
             tasks: Vec::new(),
         })
@@ -195,6 +199,7 @@ impl GrpcOutput {
             spool: Some(spool.clone()),
             healthy: true.into(),
             acked: Default::default(),
+            tallies: Default::default(),
         });
         let weak = Arc::downgrade(&spool);
         let syncer = tokio::spawn(async move {
@@ -298,26 +303,39 @@ impl Shared {
         }
     }
 
-    /// Appends `data` to the spool. Waits while the disk is full (backpressure); after any
-    /// other failure returns `false`: the caller sends the bundle unspooled.
-    async fn spool_append(&self, spool: &Arc<Spool>, data: &Bytes) -> bool {
+    /// Appends `data` to the spool and returns where it went. Waits while the disk is full
+    /// (backpressure); after any other failure returns `None`: the caller sends the bundle
+    /// unspooled.
+    async fn spool_append(
+        self: &Arc<Self>,
+        spool: &Arc<Spool>,
+        data: &Bytes,
+        tally: Tally,
+    ) -> Option<(u32, u64)> {
         let mut waiting = false;
         loop {
-            let (sp, d) = (spool.clone(), data.clone());
-            let res = tokio::task::spawn_blocking(move || sp.append(&d))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(SpoolError::Io {
-                        context: "append task".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    })
-                });
+            let (sp, d, me, t) = (spool.clone(), data.clone(), self.clone(), tally.clone());
+            let res = tokio::task::spawn_blocking(move || {
+                sp.append(&d, |seg, off| {
+                    me.tallies
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert((seg, off), t);
+                })
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(SpoolError::Io {
+                    context: "append task".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
             match res {
-                Ok(()) => {
+                Ok(at) => {
                     if waiting {
                         tracing::warn!(spool = %spool.dir().display(), "spool has room again; going on");
                     }
-                    return true;
+                    return Some(at);
                 }
                 Err(e @ SpoolError::Full { .. }) => {
                     if !waiting {
@@ -334,7 +352,7 @@ impl Shared {
                 Err(e) => {
                     tracing::error!(error = %e, "cannot spool a bundle; sending it unspooled");
                     spool.count_write_error();
-                    return false;
+                    return None;
                 }
             }
         }
@@ -402,7 +420,14 @@ async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usiz
                     sends.spawn(async move {
                         let len = rec.spooled_len();
                         let res = up2.deliver(&rec.payload).await;
-                        let res = res.map(|()| Tally::of_encoded(&rec.payload));
+                        let known = up2
+                            .tallies
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&(rec.segment, rec.offset));
+                        // Leftovers of an earlier butler are counted from their encoding.
+                        let res =
+                            res.map(|()| known.unwrap_or_else(|| Tally::of_encoded(&rec.payload)));
                         (rec.segment, rec.offset, len, res)
                     });
                 }
@@ -475,7 +500,7 @@ impl Output for GrpcOutput {
         let payload = bundle.payload_bytes() as u64;
         drop(bundle);
         if let Some(spool) = &sh.spool
-            && sh.spool_append(spool, &data).await
+            && sh.spool_append(spool, &data, tally.clone()).await.is_some()
         {
             // The uploader takes it from here.
             sh.pace(spool).await;

@@ -315,12 +315,18 @@ impl Spool {
         self.changed.notified()
     }
 
-    /// Appends one record (blocking I/O: call it off the async threads). On failure nothing
-    /// of the record stays in the spool.
+    /// Appends one record (blocking I/O: call it off the async threads) and returns where it
+    /// went: the `(segment, offset)` that [`Spool::next_record`] will report for it.
+    /// `appended` is called with the same before any reader can see the record. On failure
+    /// nothing of the record stays in the spool.
     ///
     /// # Errors
     /// [`SpoolError::Full`] when the disk is full; [`SpoolError::Io`] otherwise.
-    pub fn append(&self, payload: &[u8]) -> Result<(), SpoolError> {
+    pub fn append(
+        &self,
+        payload: &[u8],
+        appended: impl FnOnce(u32, u64),
+    ) -> Result<(u32, u64), SpoolError> {
         let mut guard = self.lock();
         let st = &mut *guard;
         if let Some(id) = st.active
@@ -393,9 +399,10 @@ impl Spool {
         st.stats.spooled_records += 1;
         st.stats.spooled_bytes += bytes;
         st.stats.pending_bytes += bytes;
+        appended(id, offset);
         drop(guard);
         self.changed.notify_waiters();
-        Ok(())
+        Ok((id, offset))
     }
 
     fn classify(&self, what: impl std::fmt::Display, e: std::io::Error) -> SpoolError {

@@ -40,7 +40,7 @@ fn records_come_back_in_order_and_settled_segments_are_deleted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = Spool::open(dir.path()).expect("open");
     for i in 0..5u8 {
-        spool.append(&[i; 100]).expect("append");
+        spool.append(&[i; 100], |_, _| {}).expect("append");
     }
     let mut got = Vec::new();
     while let Some(rec) = spool.next_record().expect("next") {
@@ -71,8 +71,8 @@ fn what_is_not_settled_is_found_by_the_next_butler() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let spool = Spool::open(dir.path()).expect("open");
-        spool.append(b"first").expect("append");
-        spool.append(b"second").expect("append");
+        spool.append(b"first", |_, _| {}).expect("append");
+        spool.append(b"second", |_, _| {}).expect("append");
         let rec = spool.next_record().expect("next").expect("a record");
         spool.settle(rec.segment, rec.offset, rec.spooled_len(), true);
         spool.close().expect("close");
@@ -96,7 +96,7 @@ fn what_is_not_settled_is_found_by_the_next_butler() {
         "a settled leftover is deleted"
     );
     // New appends go to a new segment after the leftovers'.
-    spool.append(b"third").expect("append");
+    spool.append(b"third", |_, _| {}).expect("append");
     assert_eq!(segments(dir.path()), ["00000002.spool"]);
 }
 
@@ -171,7 +171,7 @@ fn damage_on_disk_is_counted_by_the_spool_and_the_rest_is_delivered() {
     {
         let spool = Spool::open(dir.path()).expect("open");
         for p in [&b"a"[..], b"b", b"c"] {
-            spool.append(&p.repeat(100)).expect("append");
+            spool.append(&p.repeat(100), |_, _| {}).expect("append");
         }
         spool.close().expect("close");
     }
