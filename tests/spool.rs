@@ -173,11 +173,18 @@ fn a_killed_butler_loses_nothing_it_spooled_and_resume_delivers_it_once() {
     let spool = d.join("spool");
     let port = free_port();
     let want = leave_spool(d, &spool, port, "killed", 0x5B00_0001);
-    let records = spooled_bundles(&spool).len();
+    let bundles = spooled_bundles(&spool);
+    let records = bundles.len();
     assert!(
         records > 1,
         "expected several spooled bundles, got {records}"
     );
+    // Entries per stream in the spool: the collector must end up with exactly these.
+    let mut spooled_entries = std::collections::BTreeMap::<String, usize>::new();
+    for e in bundles.iter().flat_map(|b| b.entries.iter()) {
+        let name = e.desc.as_ref().map(|d| d.name.clone()).unwrap_or_default();
+        *spooled_entries.entry(name).or_default() += e.logs.len();
+    }
 
     let collector = Collector::start(&d.join("data"), &format!("127.0.0.1:{port}"));
     let (r, v) = resume(d, &spool, &collector);
@@ -189,6 +196,17 @@ fn a_killed_butler_loses_nothing_it_spooled_and_resume_delivers_it_once() {
     assert_eq!(v["output"]["sent_bundles"], records as u64, "{v:#}");
     assert!(segment_files(&spool).is_empty(), "the spool is emptied");
     assert_delivered(&collector.addr, "killed", &want);
+    // The collector's index holds each spooled entry once.
+    let r = logdog(&collector.addr, &["ls", "default/killed"]);
+    for (name, n) in &spooled_entries {
+        let line = r
+            .stdout_str()
+            .lines()
+            .find(|l| l.starts_with(&format!("default/killed/+/{name}\t")))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("{name} not listed:\n{}", r.stdout_str()));
+        assert!(line.contains(&format!("\t{n} entries\t")), "{name}: {line}");
+    }
 
     // Resuming again finds nothing and changes nothing.
     let (r, v) = resume(d, &spool, &collector);
