@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`path`]: stream paths and query patterns.
 //! - [`validate`]: what a bundle must satisfy before anything of it is stored.
+//! - [`wire`]: an allocation-free check of an encoded log entry.
 //! - [`segments`]: append-only files holding the entries' bytes.
 //! - [`store`]: the embedded, durable store (entries keyed by stream and index; de-duplication;
 //!   terminal indices and completeness).
@@ -19,6 +20,7 @@ pub mod segments;
 pub mod service;
 pub mod store;
 pub mod validate;
+pub mod wire;
 
 use std::future::Future;
 

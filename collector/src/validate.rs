@@ -3,9 +3,7 @@
 use bytes::Bytes;
 use logdog_proto::logdog::collector as pb;
 use logdog_proto::logpb;
-use logdog_proto::logpb::log_entry::Content;
 use logdog_proto::{StreamType, types};
-use prost::Message;
 
 /// Largest encoded descriptor accepted.
 pub const MAX_DESCRIPTOR_SIZE: usize = 64 * 1024;
@@ -131,11 +129,11 @@ fn logs(
     let mut out = Vec::with_capacity(e.logs.len());
     let mut prev: Option<u64> = None;
     for raw in &e.logs {
-        // Decoded in full, exactly as the read path will decode it: an entry that does not
-        // decode (a bad time offset, a delimiter that is not UTF-8, a field of the wrong wire
-        // type...) would make every read of its stream fail, so it is never stored. The bytes
-        // stored are still the ones that arrived.
-        let log = logpb::LogEntry::decode(raw.clone())
+        // Checked as strictly as the read path decodes it: an entry that does not decode (a
+        // bad time offset, a delimiter that is not UTF-8, a field of the wrong wire type...)
+        // would make every read of its stream fail, so it is never stored. The bytes stored
+        // are still the ones that arrived.
+        let log = crate::wire::log_entry(raw)
             .map_err(|err| invalid(format!("stream {name:?}: malformed log entry: {err}")))?;
         let i = log.stream_index;
         if i >= MAX_STREAM_INDEX {
@@ -158,7 +156,7 @@ fn logs(
             )));
         }
         prev = Some(i);
-        let Some(payload) = payload(kind, log.content.as_ref()) else {
+        let Some(payload) = payload(kind, log.content) else {
             return Err(invalid(format!(
                 "stream {name:?}: entry {i} has no content or content of the wrong type for a {} stream",
                 kind.as_str_name()
@@ -172,20 +170,22 @@ fn logs(
 /// Payload bytes of an entry's content (text: every line's value and delimiter), if the
 /// content suits a stream of type `kind`: text with at least one line, binary with at least
 /// one byte, or a datagram (which may be empty).
-fn payload(kind: StreamType, content: Option<&Content>) -> Option<u64> {
-    let content = content?;
-    let suits = match (kind, content) {
-        (StreamType::Text, Content::Text(t)) => !t.lines.is_empty(),
-        (StreamType::Binary, Content::Binary(b)) => !b.data.is_empty(),
-        (StreamType::Datagram, Content::Datagram(_)) => true,
+fn payload(kind: StreamType, content: Option<crate::wire::ContentFacts>) -> Option<u64> {
+    let c = content?;
+    let suits = match (kind, c.field) {
+        (StreamType::Text, 10) => c.parts > 0,
+        (StreamType::Binary, 11) => c.payload > 0,
+        (StreamType::Datagram, 12) => true,
         _ => false,
     };
-    suits.then(|| logdog_proto::bundle::content_len(content) as u64)
+    suits.then_some(c.payload)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use logdog_proto::logpb::log_entry::Content;
+    use prost::Message;
 
     fn view(b: &logpb::ButlerLogBundle) -> pb::BundleView {
         pb::BundleView::decode(b.encode_to_vec().as_slice()).unwrap()
