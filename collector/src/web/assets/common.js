@@ -18,9 +18,12 @@ const logdog = (() => {
     return a;
   }
 
-  /** Encodes each segment of a path for a URL. */
+  /** Encodes each segment of a path for a URL (keeping `+` and `:`, which are fine there). */
   function encodePath(path) {
-    return path.split('/').map(encodeURIComponent).join('/');
+    return path
+      .split('/')
+      .map((s) => encodeURIComponent(s).replace(/%2B/g, '+').replace(/%3A/gi, ':'))
+      .join('/');
   }
 
   /** `1.5 MiB`. */

@@ -113,6 +113,8 @@
   }
 
   function showCount() {
+    // Line numbers get as wide as the largest one needs.
+    document.documentElement.style.setProperty('--ln', `${String(total).length + 1}ch`);
     const shown = hi > lo ? `; showing ${lo + 1}–${hi}` : '';
     document.getElementById('count').textContent = `${total} ${unit}${shown}`;
   }
