@@ -16,10 +16,12 @@
 //!   terminal indices and completeness).
 //! - [`watchers`]: the hub that wakes followers when a stream changes.
 //! - [`service`]: the gRPC services.
+//! - [`chunks`]: store reads shared by the followers of a stream.
 //! - [`reader`]: reading streams as bytes from an offset or as rows (lines, datagrams).
 //! - [`web`]: the web viewer (pages, JSON API, live event streams, raw bytes).
 //! - [`tailsrv`]: the tail server (a stream's bytes over plain TCP, then new ones).
 
+pub mod chunks;
 pub mod path;
 pub mod reader;
 pub mod service;

@@ -16,8 +16,9 @@
 //!
 //! A bad request, an unknown stream or a store failure gets one line, `error: MESSAGE`, and
 //! the connection is closed. Each connection is its own task with its own position in the
-//! store; it reads a bounded amount at a time and holds no lock while it writes to its
-//! socket, so a slow reader only ever slows itself.
+//! stream; it holds one chunk of entries at a time (shared with the other connections at the
+//! same place, see [`crate::chunks`]) and no lock while it writes to its socket, so a slow
+//! reader only ever slows itself.
 
 use std::future::Future;
 use std::io;
@@ -31,7 +32,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::reader::{self, ByteCursor, ByteStart, ReadError};
+use crate::chunks::ChunkCache;
+use crate::reader::{self, ByteStart, ReadError};
 use crate::store::{Store, StreamKey};
 use crate::watchers::Watchers;
 
@@ -41,8 +43,7 @@ pub const MAX_REQUEST_LINE: usize = 4096;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 4096;
-/// Byte budget of one read from the store (what a connection holds at most, besides one
-/// entry larger than that).
+/// About what a connection buffers at most (one chunk's bytes; see [`crate::chunks`]).
 const READ_BUDGET: usize = 256 * 1024;
 /// A follower re-reads the store this often even without a wake-up.
 const SAFETY_NET: Duration = Duration::from_secs(5);
@@ -67,6 +68,8 @@ pub struct TailStats {
 pub struct TailServer {
     store: Store,
     watchers: Watchers,
+    /// Reads shared by the connections following the same stream.
+    chunks: ChunkCache,
     stats: Arc<TailStats>,
 }
 
@@ -102,6 +105,7 @@ impl TailServer {
         Self {
             store,
             watchers,
+            chunks: ChunkCache::new(),
             stats: Arc::default(),
         }
     }
@@ -271,33 +275,29 @@ impl TailServer {
         let mut buf = Vec::new();
         loop {
             changes.mark_unchanged();
-            let (store, k, from) = (self.store.clone(), key.clone(), cursor.next);
-            let (info, entries) = reader::blocking(move || {
-                let info = store.stream(&k)?;
-                let entries = store.entries(&k, from, usize::MAX, READ_BUDGET)?;
-                Ok((info, entries))
-            })
-            .await?;
-            buf.clear();
-            let more = !entries.is_empty();
-            ByteCursor::take(&mut cursor, &entries, &mut buf);
-            drop(entries);
-            if !buf.is_empty() {
-                tokio::select! {
-                    r = wr.write_all(&buf) => r?,
-                    () = stopped(stop) => return Err(ConnError::Stopping),
+            let chunk = self.chunks.read(&self.store, &key, cursor.next).await?;
+            if !chunk.entries.is_empty() {
+                buf.clear();
+                cursor.take(&chunk.entries, &mut buf);
+                drop(chunk);
+                if !buf.is_empty() {
+                    tokio::select! {
+                        r = wr.write_all(&buf) => r?,
+                        () = stopped(stop) => return Err(ConnError::Stopping),
+                    }
+                    self.stats
+                        .bytes_sent
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
                 }
-                self.stats
-                    .bytes_sent
-                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            }
-            if buf.capacity() > 4 * READ_BUDGET {
-                buf = Vec::new(); // after one huge entry, do not keep its buffer
-            }
-            if more {
+                if buf.capacity() > 4 * READ_BUDGET {
+                    buf = Vec::new(); // after one huge entry, do not keep its buffer
+                }
                 continue;
             }
-            if let Some(info) = info {
+            drop(chunk);
+            // Caught up: done if the stream is complete and everything was sent.
+            let (store, k) = (self.store.clone(), key.clone());
+            if let Some(info) = reader::blocking(move || store.stream(&k)).await? {
                 let t = info.state.terminal_index;
                 if info.state.complete && (t < 0 || cursor.next > t as u64) {
                     return Ok(());

@@ -57,6 +57,9 @@ impl Style {
     /// `u` underline, `s` strike, `h` hidden, `fN`/`gN` palette foreground/background, `fr`
     /// and `gr` the default colours swapped by inverse.
     pub fn classes(&self) -> String {
+        if *self == Style::default() {
+            return String::new();
+        }
         let mut c: Vec<String> = Vec::new();
         for (on, name) in [
             (self.bold, "b"),
@@ -242,89 +245,134 @@ fn rgb_of(v: &[Option<u32>]) -> Option<Color> {
     }
 }
 
-/// Splits a line into styled spans (see the module docs). Invalid UTF-8 shows as U+FFFD.
-pub fn parse(line: &[u8]) -> Vec<Span> {
-    let text = String::from_utf8_lossy(line);
-    let mut spans: Vec<Span> = Vec::new();
-    let mut style = Style::default();
-    let mut cr = false;
-    let mut chars = text.char_indices().peekable();
-    let push = |spans: &mut Vec<Span>, style: Style, c: char, cr: &mut bool| {
-        if *cr {
-            spans.clear();
-            *cr = false;
+/// Whether the byte at `i` starts something other than plain text: a C0 control (tab
+/// aside), DEL, or a C1 control (U+0080–U+009F, `C2 80`–`C2 9F` in UTF-8).
+fn special(b: &[u8], i: usize) -> bool {
+    match b[i] {
+        b'\t' => false,
+        0x00..=0x1f | 0x7f => true,
+        0xc2 => b.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)),
+        _ => false,
+    }
+}
+
+/// Collects spans; a carriage return makes the next text start the line over.
+struct Spans {
+    spans: Vec<Span>,
+    cr: bool,
+}
+
+impl Spans {
+    fn push(&mut self, style: Style, text: &str) {
+        if text.is_empty() {
+            return;
         }
-        match spans.last_mut() {
-            Some(last) if last.style == style => last.text.push(c),
-            _ => spans.push(Span {
-                text: c.to_string(),
+        if self.cr {
+            self.spans.clear();
+            self.cr = false;
+        }
+        match self.spans.last_mut() {
+            Some(last) if last.style == style => last.text.push_str(text),
+            _ => self.spans.push(Span {
+                text: text.to_string(),
                 style,
             }),
         }
+    }
+}
+
+/// Splits a line into styled spans (see the module docs). Invalid UTF-8 shows as U+FFFD.
+pub fn parse(line: &[u8]) -> Vec<Span> {
+    let text = String::from_utf8_lossy(line);
+    let b = text.as_bytes();
+    let mut out = Spans {
+        spans: Vec::new(),
+        cr: false,
     };
-    while let Some((_, c)) = chars.next() {
-        match c {
-            '\x1b' | '\u{9b}' => {
-                let kind = if c == '\u{9b}' {
-                    Some('[')
-                } else {
-                    chars.next().map(|(_, k)| k)
-                };
-                match kind {
-                    Some('[') => {
-                        // CSI: parameters 0x30–0x3F, intermediates 0x20–0x2F, final 0x40–0x7E.
-                        let start = chars.peek().map_or(text.len(), |&(i, _)| i);
-                        let mut end = None;
-                        let mut plain = true;
-                        for (i, k) in chars.by_ref() {
-                            match k {
-                                '0'..='9' | ';' | ':' => {}
-                                '\x20'..='\x3f' => plain = false,
-                                '\x40'..='\x7e' => {
-                                    end = Some((i, k));
-                                    break;
-                                }
-                                _ => break, // malformed: drop what was read
-                            }
-                        }
-                        if let Some((i, 'm')) = end
-                            && plain
-                        {
-                            apply_sgr(&mut style, &text[start..i]);
-                        }
+    let mut style = Style::default();
+    let mut i = 0;
+    while i < b.len() {
+        // A run of plain text.
+        let start = i;
+        while i < b.len() && !special(b, i) {
+            i += 1;
+        }
+        // Runs end only before ASCII bytes or `C2`, so they are whole characters.
+        out.push(style, &text[start..i]);
+        if i >= b.len() {
+            break;
+        }
+        // ESC, or a C1 control (two bytes).
+        let (kind, next) = match b[i] {
+            0x1b => (b.get(i + 1).copied(), i + 2),
+            0xc2 => match b[i + 1] {
+                0x9b => (Some(b'['), i + 2),
+                0x9d => (Some(b']'), i + 2),
+                _ => (None, i + 2), // other C1 controls are dropped
+            },
+            b'\r' => {
+                out.cr = true;
+                (None, i + 1)
+            }
+            _ => (None, i + 1), // other C0 controls and DEL are dropped
+        };
+        i = next;
+        match kind {
+            Some(b'[') => {
+                // CSI: parameters 0x30–0x3F, intermediates 0x20–0x2F, final 0x40–0x7E.
+                let params = i;
+                let mut plain = true;
+                while i < b.len() && matches!(b[i], 0x20..=0x3f) {
+                    plain &= b[i].is_ascii_digit() || b[i] == b';' || b[i] == b':';
+                    i += 1;
+                }
+                if i < b.len() && matches!(b[i], 0x40..=0x7e) {
+                    if b[i] == b'm' && plain {
+                        apply_sgr(&mut style, &text[params..i]);
                     }
-                    Some(']' | 'P' | 'X' | '^' | '_') => {
-                        // String sequences end with BEL or ST (`ESC \`).
-                        while let Some((_, k)) = chars.next() {
-                            if k == '\x07' || k == '\u{9c}' {
-                                break;
-                            }
-                            if k == '\x1b' {
-                                if chars.peek().is_some_and(|&(_, n)| n == '\\') {
-                                    chars.next();
-                                }
-                                break;
-                            }
+                    i += 1;
+                }
+                // Otherwise malformed: what was read is dropped.
+            }
+            Some(b']' | b'P' | b'X' | b'^' | b'_') => {
+                // String sequences end with BEL or ST (`ESC \` or U+009C).
+                while i < b.len() {
+                    match b[i] {
+                        0x07 => {
+                            i += 1;
+                            break;
                         }
-                    }
-                    Some('\x20'..='\x2f') => {
-                        // nF sequences (charset selection, …): intermediates, then a final byte.
-                        for (_, k) in chars.by_ref() {
-                            if !('\x20'..='\x2f').contains(&k) {
-                                break;
-                            }
+                        0x1b => {
+                            i += if b.get(i + 1) == Some(&b'\\') { 2 } else { 1 };
+                            break;
                         }
+                        0xc2 if b.get(i + 1) == Some(&0x9c) => {
+                            i += 2;
+                            break;
+                        }
+                        _ => i += 1,
                     }
-                    _ => {} // two-character sequences, or a lone ESC at the end
                 }
             }
-            '\r' => cr = true,
-            '\t' => push(&mut spans, style, c, &mut cr),
-            c if c.is_control() => {}
-            c => push(&mut spans, style, c, &mut cr),
+            Some(0x20..=0x2f) => {
+                // nF sequences (charset selection, …): intermediates, then a final byte.
+                while i < b.len() && matches!(b[i], 0x20..=0x2f) {
+                    i += 1;
+                }
+                if i < b.len() && b[i].is_ascii() {
+                    i += 1;
+                }
+            }
+            // Two-character sequences: the second byte goes too (if it is ASCII).
+            Some(k) if b[i - 2] == 0x1b && !k.is_ascii() => i -= 1,
+            _ => {}
+        }
+        // Never stop inside a character.
+        while i < b.len() && !text.is_char_boundary(i) {
+            i += 1;
         }
     }
-    spans
+    out.spans
 }
 
 #[cfg(test)]
@@ -413,5 +461,27 @@ mod tests {
         assert_eq!(show(b"\x1b[32m10%\r20%\r100%"), [plain("100%", "f2")]);
         assert_eq!(show(b"done\r"), [plain("done", "")]);
         assert_eq!(show(b"\xff<b>&"), [plain("\u{fffd}<b>&", "")]);
+    }
+
+    #[test]
+    fn c1_controls_and_odd_bytes() {
+        assert_eq!(
+            show("\u{9b}31mred\u{9d}0;t\u{9c}x\u{85}y\x1b\u{e9}z".as_bytes()),
+            [plain("redxy\u{e9}z", "f1")]
+        );
+        // Nothing panics, whatever the bytes.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..2000 {
+            let line: Vec<u8> = (0..64)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    [0x1b, b'[', b';', b'm', b'3', b'8', b'5', b'2', 0xc2, 0x9b, 0xe9, b'\r', b'a']
+                        [(x % 13) as usize]
+                })
+                .collect();
+            let _ = parse(&line);
+        }
     }
 }

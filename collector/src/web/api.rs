@@ -25,7 +25,7 @@ const DEFAULT_ROWS: usize = 500;
 const MAX_ROWS: usize = 5000;
 /// Most streams listed at once.
 const MAX_LISTED: usize = 10_000;
-/// Byte budget of one read of a follower or a raw download.
+/// Byte budget of one read of a raw download.
 const READ_BUDGET: usize = 256 * 1024;
 /// Bytes of a binary datagram shown (as hex).
 const HEX_PREVIEW: usize = 256;
@@ -370,6 +370,13 @@ pub(super) async fn events(
         .into_response())
 }
 
+/// The data of a `rows` event.
+#[derive(Debug, Serialize)]
+struct RowsEvent<'a> {
+    rows: &'a [RowJson],
+    next: u64,
+}
+
 /// Feeds one event stream.
 struct Follower {
     st: AppState,
@@ -395,28 +402,25 @@ impl Follower {
         let mut last_state: Option<&'static str> = None;
         loop {
             self.changes.mark_unchanged();
-            let (store, k, from) = (self.st.store.clone(), self.key.clone(), self.next_entry);
-            let read = reader::blocking(move || {
-                let info = store.stream(&k)?;
-                let entries = store.entries(&k, from, usize::MAX, READ_BUDGET)?;
-                Ok((info, entries))
-            })
-            .await;
-            let (info, entries) = match read {
-                Ok(r) => r,
+            let chunk = match self
+                .st
+                .chunks
+                .read(&self.st.store, &self.key, self.next_entry)
+                .await
+            {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, stream = %self.key.name, "web follower: store read failed");
                     return; // the browser reconnects and resumes
                 }
             };
-            let Some(info) = info else { return };
-            let more = !entries.is_empty();
-            if more {
+            if !chunk.entries.is_empty() {
                 let mut rows = Vec::new();
-                for e in &entries {
+                for e in &chunk.entries {
                     self.asm.push(e, &mut rows);
                     self.next_entry = e.stream_index + 1;
                 }
+                drop(chunk);
                 if let Some(last) = rows.last() {
                     self.next_row = last.n + 1;
                 }
@@ -424,20 +428,24 @@ impl Follower {
                     self.next_row = p.n;
                     rows.push(p.clone());
                 }
-                if !rows.is_empty() {
-                    let json: Vec<RowJson> = rows.iter().map(|r| row_json(self.kind, r)).collect();
-                    let data = serde_json::json!({ "rows": json, "next": self.next_row });
-                    let event = Event::default()
-                        .event("rows")
-                        .id(self.next_row.to_string())
-                        .data(data.to_string());
-                    if !self.send(event, &mut stop).await {
-                        return;
-                    }
+                if !rows.is_empty() && !self.send(self.rows_event(&rows), &mut stop).await {
+                    return;
                 }
+                continue;
             }
+            drop(chunk);
+            // Caught up: report the state when it changes; end once the stream is complete.
+            let (store, k) = (self.st.store.clone(), self.key.clone());
+            let info = match reader::blocking(move || store.stream(&k)).await {
+                Ok(Some(info)) => info,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, stream = %self.key.name, "web follower: store read failed");
+                    return;
+                }
+            };
             let s = stream_json(&self.key, &info);
-            if last_state != Some(s.state) || (!more && last_state.is_none()) {
+            if last_state != Some(s.state) {
                 last_state = Some(s.state);
                 let data = serde_json::to_string(&s).unwrap_or_default();
                 if !self
@@ -447,23 +455,12 @@ impl Follower {
                     return;
                 }
             }
-            if more {
-                continue;
-            }
             let t = info.state.terminal_index;
             if info.state.complete && (t < 0 || self.next_entry > t as u64) {
                 if let Some(row) = self.asm.finish() {
                     // The stream ended in the middle of a line: that piece is the whole line.
                     self.next_row = row.n + 1;
-                    let data = serde_json::json!({
-                        "rows": [row_json(self.kind, &row)],
-                        "next": self.next_row,
-                    });
-                    let event = Event::default()
-                        .event("rows")
-                        .id(self.next_row.to_string())
-                        .data(data.to_string());
-                    if !self.send(event, &mut stop).await {
+                    if !self.send(self.rows_event(&[row]), &mut stop).await {
                         return;
                     }
                 }
@@ -479,6 +476,20 @@ impl Follower {
                 () = tokio::time::sleep(SAFETY_NET) => {}
             }
         }
+    }
+
+    /// A `rows` event: the rows, and the row to resume from as its id.
+    fn rows_event(&self, rows: &[Row]) -> Event {
+        let json: Vec<RowJson> = rows.iter().map(|r| row_json(self.kind, r)).collect();
+        let data = serde_json::to_string(&RowsEvent {
+            rows: &json,
+            next: self.next_row,
+        })
+        .unwrap_or_default();
+        Event::default()
+            .event("rows")
+            .id(self.next_row.to_string())
+            .data(data)
     }
 
     /// Sends an event; false once the browser is gone or the server is stopping.

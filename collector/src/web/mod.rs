@@ -40,6 +40,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::chunks::ChunkCache;
 use crate::store::Store;
 use crate::watchers::Watchers;
 
@@ -56,6 +57,8 @@ struct AppState {
     stop: watch::Receiver<bool>,
     /// Permits for live followers.
     followers: Arc<Semaphore>,
+    /// Reads shared by the live followers of a stream.
+    chunks: ChunkCache,
 }
 
 /// Serves the web viewer on `listener` until `shutdown` resolves; then ends the live event
@@ -86,6 +89,7 @@ fn router(store: Store, watchers: Watchers, stop: watch::Receiver<bool>) -> Rout
         watchers,
         stop,
         followers: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
+        chunks: ChunkCache::new(),
     };
     Router::new()
         .route("/", get(|| async { page(INDEX_HTML) }))
