@@ -115,8 +115,16 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let addr = listener.local_addr()?;
-    let http = cli.http.as_deref().map(|a| bind("web viewer", a)).transpose()?;
-    let tail = cli.tail.as_deref().map(|a| bind("tail server", a)).transpose()?;
+    let http = cli
+        .http
+        .as_deref()
+        .map(|a| bind("web viewer", a))
+        .transpose()?;
+    let tail = cli
+        .tail
+        .as_deref()
+        .map(|a| bind("tail server", a))
+        .transpose()?;
     // Scripts and tests read these lines to find the servers.
     println!("LOGDOG_COLLECTOR={addr}");
     if let Some((_, a)) = &http {

@@ -477,8 +477,10 @@ mod tests {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    [0x1b, b'[', b';', b'm', b'3', b'8', b'5', b'2', 0xc2, 0x9b, 0xe9, b'\r', b'a']
-                        [(x % 13) as usize]
+                    [
+                        0x1b, b'[', b';', b'm', b'3', b'8', b'5', b'2', 0xc2, 0x9b, 0xe9, b'\r',
+                        b'a',
+                    ][(x % 13) as usize]
                 })
                 .collect();
             let _ = parse(&line);

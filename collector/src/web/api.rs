@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{AppState, ansi};
+use super::ansi;
+use super::server::AppState;
 use crate::reader::{self, ReadError, Row, RowAssembler, RowStart};
 use crate::store::{StreamInfo, StreamKey};
 
