@@ -348,7 +348,12 @@ pub(super) async fn events(
         let Some(info) = store.stream(&k)? else {
             return Ok(None);
         };
-        let entry = reader::find_row(&store, &k, info.state.contiguous, from)?;
+        // Binary streams have no rows: only their state is followed, from their end.
+        let entry = if reader::stream_type(&info.desc) == StreamType::Binary {
+            info.state.contiguous
+        } else {
+            reader::find_row(&store, &k, info.state.contiguous, from)?
+        };
         Ok(Some((info, entry)))
     })
     .await?;
