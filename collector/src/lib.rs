@@ -4,7 +4,10 @@
 //! collector validates the bundle, stores every entry it does not have yet, and answers only
 //! once the store has made the write durable. Readers use the `Logs` service: `Get`, `Tail`,
 //! `Query` and `Follow` (entries from an index, then new ones as they arrive, until the stream
-//! is complete).
+//! is complete). People read streams in a browser through the [`web`] viewer, live while
+//! they are written, and anyone can follow a stream with netcat through the [`tailsrv`] tail
+//! server. Every reader that follows a stream is woken by the one [`Watchers`] hub that the
+//! write path notifies.
 //!
 //! # Layout
 //! - [`path`]: stream paths and query patterns.
@@ -13,20 +16,32 @@
 //! - [`segments`]: append-only files holding the entries' bytes.
 //! - [`store`]: the embedded, durable store (entries keyed by stream and index; de-duplication;
 //!   terminal indices and completeness).
+//! - [`watchers`]: the hub that wakes followers when a stream changes.
 //! - [`service`]: the gRPC services.
+//! - [`chunks`]: store reads shared by the followers of a stream.
+//! - [`reader`]: reading streams as bytes from an offset or as rows (lines, datagrams).
+//! - [`web`]: the web viewer (pages, JSON API, live event streams, raw bytes).
+//! - [`tailsrv`]: the tail server (a stream's bytes over plain TCP, then new ones).
 
+pub mod chunks;
 pub mod path;
+pub mod reader;
 pub mod segments;
 pub mod service;
 pub mod store;
+pub mod tailsrv;
 pub mod validate;
+pub mod watchers;
+pub mod web;
 pub mod wire;
 
 use std::future::Future;
 
 pub use service::{CollectorService, LogsService, MAX_BUNDLE_SIZE, MAX_GET_BYTES};
 pub use store::Store;
+pub use tailsrv::TailServer;
 use tokio::net::TcpListener;
+pub use watchers::Watchers;
 
 /// Serves both services on `listener` until `shutdown` resolves, then finishes the calls in
 /// progress (a bundle being stored is stored and acknowledged) and returns.
@@ -38,7 +53,21 @@ pub async fn serve(
     store: Store,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let (collector, logs) = service::services(store);
+    serve_with(listener, store, Watchers::new(), shutdown).await
+}
+
+/// Like [`serve`], notifying `watchers` of every write, so that readers sharing the hub (the
+/// [`web`] viewer, the [`tailsrv`] tail server) follow streams live.
+///
+/// # Errors
+/// The server failed.
+pub async fn serve_with(
+    listener: TcpListener,
+    store: Store,
+    watchers: Watchers,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (collector, logs) = service::services_with(store, watchers);
     tonic::transport::Server::builder()
         .add_service(collector)
         .add_service(logs)

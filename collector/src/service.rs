@@ -1,8 +1,6 @@
 //! The gRPC services: `Collector` (writes) and `Logs` (reads).
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use logdog_proto::logdog::collector as pb;
@@ -16,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::path::{Pattern, StreamPath};
 use crate::store::{Store, StoreError, StreamKey};
 use crate::validate;
+use crate::watchers::Watchers;
 
 /// Largest bundle accepted, encoded.
 pub const MAX_BUNDLE_SIZE: usize = 16 * 1024 * 1024;
@@ -27,34 +26,6 @@ const DEFAULT_GET_BYTES: usize = 4 * 1024 * 1024;
 /// request cannot make the collector read a whole huge stream into memory (and its answer
 /// always fits the 64 MiB response limit). Readers page with `index`.
 pub const MAX_GET_BYTES: usize = 32 * 1024 * 1024;
-
-/// Wakes followers of a stream when it changes.
-#[derive(Debug, Clone, Default)]
-struct Watchers {
-    inner: Arc<Mutex<HashMap<StreamKey, watch::Sender<u64>>>>,
-}
-
-impl Watchers {
-    fn subscribe(&self, key: &StreamKey) -> watch::Receiver<u64> {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(key.clone())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
-    }
-
-    fn notify(&self, keys: &[StreamKey]) {
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        for k in keys {
-            if let Some(tx) = map.get(k) {
-                if tx.receiver_count() == 0 {
-                    map.remove(k);
-                } else {
-                    tx.send_modify(|v| *v += 1);
-                }
-            }
-        }
-    }
-}
 
 /// The write service.
 #[derive(Debug, Clone)]
@@ -72,7 +43,15 @@ pub struct LogsService {
 
 /// Both services over one store, ready to add to a tonic server.
 pub fn services(store: Store) -> (CollectorServer<CollectorService>, LogsServer<LogsService>) {
-    let watchers = Watchers::default();
+    services_with(store, Watchers::new())
+}
+
+/// Both services over one store, notifying `watchers` of every write (share the hub with the
+/// web viewer and the tail server so that their followers are woken too).
+pub fn services_with(
+    store: Store,
+    watchers: Watchers,
+) -> (CollectorServer<CollectorService>, LogsServer<LogsService>) {
     let collector = CollectorServer::new(CollectorService {
         store: store.clone(),
         watchers: watchers.clone(),

@@ -470,6 +470,10 @@ pub struct Collector {
     pub guarded: Guarded,
     /// Where it listens, as `127.0.0.1:PORT`.
     pub addr: String,
+    /// Where its web viewer listens, if started with `--http`.
+    pub http: Option<String>,
+    /// Where its tail server listens, if started with `--tail`.
+    pub tail: Option<String>,
     log: PathBuf,
     rest: Option<JoinHandle<Vec<u8>>>,
 }
@@ -478,12 +482,22 @@ impl Collector {
     /// Starts `logdog_collector --listen LISTEN --data DATA` and waits until it prints the
     /// address it listens on.
     pub fn start(data: &Path, listen: &str) -> Self {
-        Self::start_within(data, listen, TIMEOUT)
+        Self::start_full(data, listen, &[], TIMEOUT)
     }
 
     /// Like [`Collector::start`], with a watchdog that fires after `limit` instead of
     /// [`TIMEOUT`] (for a collector that must outlive a long test).
     pub fn start_within(data: &Path, listen: &str, limit: Duration) -> Self {
+        Self::start_full(data, listen, &[], limit)
+    }
+
+    /// Like [`Collector::start`] with more flags (such as `--http 127.0.0.1:0` or `--tail
+    /// 127.0.0.1:0`); waits for the addresses of the servers they start, too.
+    pub fn start_with(data: &Path, listen: &str, extra: &[&str]) -> Self {
+        Self::start_full(data, listen, extra, TIMEOUT)
+    }
+
+    fn start_full(data: &Path, listen: &str, extra: &[&str], limit: Duration) -> Self {
         let mut name = data
             .file_name()
             .expect("a data directory name")
@@ -498,6 +512,7 @@ impl Collector {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_logdog_collector"));
         cmd.args(["--listen", listen, "--data"])
             .arg(data)
+            .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -514,9 +529,29 @@ impl Collector {
             );
         };
         let addr = addr.to_string();
+        let (mut http, mut tail) = (None, None);
+        let wanted = extra
+            .iter()
+            .filter(|a| **a == "--http" || **a == "--tail")
+            .count();
+        for _ in 0..wanted {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut out, &mut line)
+                .expect("reading the collector's stdout");
+            let line = line.trim_end();
+            if let Some(a) = line.strip_prefix("LOGDOG_HTTP=") {
+                http = Some(a.to_string());
+            } else if let Some(a) = line.strip_prefix("LOGDOG_TAIL=") {
+                tail = Some(a.to_string());
+            } else {
+                panic!("unexpected line from logdog_collector: {line:?}");
+            }
+        }
         Self {
             guarded,
             addr,
+            http,
+            tail,
             log,
             rest: Some(drain(out)),
         }
@@ -560,6 +595,15 @@ impl Collector {
         if let Some(r) = self.rest.take() {
             r.join().expect("stdout reader");
         }
+    }
+}
+
+impl Collector {
+    /// Stops it like [`Collector::stop`] and returns its whole log.
+    pub fn stop_with_log(self) -> String {
+        let log = self.log.clone();
+        self.stop();
+        String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned()
     }
 }
 

@@ -1,14 +1,18 @@
 //! `logdog_collector`: stores bundles from butlers and serves streams back.
 //!
-//! `logdog_collector --listen 127.0.0.1:7431 --data ./collector-data`
+//! `logdog_collector --listen 127.0.0.1:7431 --data ./collector-data [--http 127.0.0.1:7432]
+//! [--tail 127.0.0.1:7433]`
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use logdog_collector::Store;
+use logdog_collector::{Store, TailServer, Watchers, web};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 /// Stores bundles from butlers durably and serves streams back, finished or live.
 #[derive(Debug, Parser)]
@@ -17,6 +21,18 @@ struct Cli {
     /// Address to listen on (port 0 picks a free port; the address is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:7431")]
     listen: String,
+    /// Serve the web viewer on this address (off unless given; port 0 picks a free port; the
+    /// address is printed on stdout as LOGDOG_HTTP=ADDR).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Serve the tail server on this address (off unless given; port 0 picks a free port; the
+    /// address is printed on stdout as LOGDOG_TAIL=ADDR).
+    #[arg(long, value_name = "ADDR")]
+    tail: Option<String>,
+    /// Niceness (0-19) of the threads serving the web viewer and the tail server: storing
+    /// bundles comes first, and readers are served with the CPU it leaves.
+    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
+    reader_nice: i32,
     /// Directory of the embedded store (created if missing).
     #[arg(long, default_value = "./collector-data")]
     data: PathBuf,
@@ -46,7 +62,35 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli)) {
+    // The web viewer and the tail server run on their own runtime, whose threads have a lower
+    // priority, so that followers (a hundred of them reading as fast as they can) never take
+    // CPU from storing bundles.
+    let readers = if cli.http.is_some() || cli.tail.is_some() {
+        let nice = cli.reader_nice;
+        let built = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(16)
+            .thread_name("logdog-readers")
+            .on_thread_start(move || {
+                // Linux: the niceness of this thread only.
+                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
+            })
+            .enable_all()
+            .build();
+        match built {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                eprintln!("logdog_collector: cannot start the readers' runtime: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        None
+    };
+    let handle = readers.as_ref().map(|r| r.handle().clone());
+    let result = rt.block_on(run(cli, handle));
+    drop(readers);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("logdog_collector: {e:#}");
@@ -55,25 +99,88 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Binds `addr` for the server called `what`, ready to hand to any runtime.
+fn bind(what: &str, addr: &str) -> anyhow::Result<(std::net::TcpListener, SocketAddr)> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on {addr} ({what})"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Result<()> {
     let store = Store::open(&cli.data)
         .with_context(|| format!("cannot open the store in {}", cli.data.display()))?;
-    let listener = tokio::net::TcpListener::bind(&cli.listen)
+    let listener = TcpListener::bind(&cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let addr = listener.local_addr()?;
-    // Scripts and tests read this line to find the collector.
+    let http = cli
+        .http
+        .as_deref()
+        .map(|a| bind("web viewer", a))
+        .transpose()?;
+    let tail = cli
+        .tail
+        .as_deref()
+        .map(|a| bind("tail server", a))
+        .transpose()?;
+    // Scripts and tests read these lines to find the servers.
     println!("LOGDOG_COLLECTOR={addr}");
+    if let Some((_, a)) = &http {
+        println!("LOGDOG_HTTP={a}");
+    }
+    if let Some((_, a)) = &tail {
+        println!("LOGDOG_TAIL={a}");
+    }
     tracing::info!(%addr, data = %cli.data.display(), "collector listening");
+
+    // One stop signal for every server: SIGTERM or SIGINT.
+    let (stop_tx, stop_rx) = watch::channel(false);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let shutdown = async move {
+    tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
         tracing::info!("stopping: finishing the calls in progress");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
     };
-    logdog_collector::serve(listener, store, shutdown).await?;
+
+    let watchers = Watchers::new();
+    let readers = readers.unwrap_or_else(tokio::runtime::Handle::current);
+    let web = http.map(|(listener, a)| {
+        tracing::info!(addr = %a, "web viewer listening");
+        let (store, watchers, stop) = (store.clone(), watchers.clone(), stopped());
+        readers.spawn(async move {
+            let listener = TcpListener::from_std(listener)?;
+            web::serve(listener, store, watchers, stop).await
+        })
+    });
+    let tail = tail.map(|(listener, a)| {
+        tracing::info!(addr = %a, "tail server listening");
+        let server = TailServer::new(store.clone(), watchers.clone());
+        let stop = stopped();
+        readers.spawn(async move {
+            let listener = TcpListener::from_std(listener)?;
+            server.run(listener, stop).await
+        })
+    });
+    let grpc = logdog_collector::serve_with(listener, store, watchers, stopped()).await;
+    for (what, task) in [("web viewer", web), ("tail server", tail)] {
+        if let Some(task) = task {
+            task.await
+                .with_context(|| format!("the {what} failed"))?
+                .with_context(|| format!("the {what} failed"))?;
+        }
+    }
+    grpc?;
     Ok(())
 }

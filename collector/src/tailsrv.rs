@@ -1,0 +1,444 @@
+//! The tail server: any stream followed with nothing but netcat, in the spirit of tailsrv.
+//!
+//! A client connects over TCP and sends one request line (at most [`MAX_REQUEST_LINE`]
+//! bytes, ending in `\n`; a `\r` before it is ignored):
+//!
+//! - `stream PROJECT/PREFIX/+/NAME` — the stream's bytes from the start, then new bytes as
+//!   they arrive; the server closes the connection once the stream is complete and every
+//!   byte has been sent. Bytes are as `logdog cat` writes them (datagrams framed as a uvarint
+//!   length and the bytes).
+//! - `stream PATH from byte N` — the same from byte offset `N` (past the end: nothing until
+//!   the stream gets there).
+//! - `stream PATH from byte -N` — the last `N` bytes stored when the request arrives, then
+//!   new bytes as above.
+//! - `list [PROJECT[/PREFIX]]` — stream paths, one per line (without an argument: the
+//!   `default` project and every project written to since the collector started).
+//!
+//! A bad request, an unknown stream or a store failure gets one line, `error: MESSAGE`, and
+//! the connection is closed. Each connection is its own task with its own position in the
+//! stream; it holds one chunk of entries at a time (shared with the other connections at the
+//! same place, see [`crate::chunks`]) and no lock while it writes to its socket, so a slow
+//! reader only ever slows itself.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::chunks::ChunkCache;
+use crate::reader::{self, ByteStart, ReadError};
+use crate::store::{Store, StreamKey};
+use crate::watchers::Watchers;
+
+/// Longest request line accepted, without its `\n`.
+pub const MAX_REQUEST_LINE: usize = 4096;
+/// How long a client has to send its request line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 4096;
+/// About what a connection buffers at most (one chunk's bytes; see [`crate::chunks`]).
+const READ_BUDGET: usize = 256 * 1024;
+/// A follower re-reads the store this often even without a wake-up.
+const SAFETY_NET: Duration = Duration::from_secs(5);
+
+/// Counters of a tail server, for logs and tests.
+#[derive(Debug, Default)]
+pub struct TailStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections open now.
+    pub active: AtomicU64,
+    /// Requests answered with an error line (bad request, unknown stream).
+    pub refused: AtomicU64,
+    /// Failures: store reads, I/O errors other than a client going away, accept errors.
+    pub errors: AtomicU64,
+    /// Stream bytes sent.
+    pub bytes_sent: AtomicU64,
+}
+
+/// The tail server. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TailServer {
+    store: Store,
+    watchers: Watchers,
+    /// Reads shared by the connections following the same stream.
+    chunks: ChunkCache,
+    stats: Arc<TailStats>,
+}
+
+/// A parsed request line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Request {
+    /// `list [PROJECT[/PREFIX]]`.
+    List(Option<(String, String)>),
+    /// `stream PATH [from byte [-]N]`.
+    Stream(StreamKey, ByteStart),
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    /// The request was refused; the message goes to the client.
+    #[error("{0}")]
+    Refused(String),
+    /// The store failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The server is stopping.
+    #[error("the server is stopping")]
+    Stopping,
+}
+
+impl TailServer {
+    /// A tail server over `store`, woken by `watchers` (the hub the write service notifies).
+    pub fn new(store: Store, watchers: Watchers) -> Self {
+        Self {
+            store,
+            watchers,
+            chunks: ChunkCache::new(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<TailStats> {
+        self.stats.clone()
+    }
+
+    /// Serves connections from `listener` until `shutdown` resolves; then stops accepting,
+    /// closes every connection and returns once their tasks have ended.
+    ///
+    /// # Errors
+    /// None so far: accept failures are logged, counted and retried.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                () = &mut shutdown => break,
+            };
+            let (socket, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    let n = self.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(error = %e, errors = n, "tail server: accept failed");
+                    // Out of file descriptors, most likely: give connections time to close.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            self.stats.connections.fetch_add(1, Ordering::Relaxed);
+            let server = self.clone();
+            let stop = stop_rx.clone();
+            tasks.spawn(
+                async move {
+                    server.stats.active.fetch_add(1, Ordering::Relaxed);
+                    server.connection(socket, stop).await;
+                    server.stats.active.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                }
+                .instrument(tracing::info_span!("tail", peer = %peer)),
+            );
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        while tasks.join_next().await.is_some() {}
+        tracing::info!(
+            connections = self.stats.connections.load(Ordering::Relaxed),
+            refused = self.stats.refused.load(Ordering::Relaxed),
+            errors = self.stats.errors.load(Ordering::Relaxed),
+            "tail server stopped"
+        );
+        Ok(())
+    }
+
+    /// Serves one connection to its end, logging and counting what went wrong.
+    async fn connection(&self, socket: TcpStream, mut stop: watch::Receiver<bool>) {
+        let _ = socket.set_nodelay(true);
+        let (mut rd, mut wr) = socket.into_split();
+        let result = async {
+            let line = tokio::select! {
+                r = tokio::time::timeout(REQUEST_TIMEOUT, read_request_line(&mut rd)) => match r {
+                    Ok(line) => line?,
+                    Err(_) => return Err(ConnError::Refused(format!(
+                        "no request line within {}s", REQUEST_TIMEOUT.as_secs()
+                    ))),
+                },
+                () = stopped(&mut stop) => return Err(ConnError::Stopping),
+            };
+            match parse_request(&line).map_err(ConnError::Refused)? {
+                Request::List(under) => self.list(under, &mut wr).await,
+                Request::Stream(key, start) => self.follow(key, start, &mut wr, &mut stop).await,
+            }
+        }
+        .await;
+        match result {
+            Ok(()) | Err(ConnError::Stopping) => {}
+            Err(ConnError::Refused(msg)) => {
+                let n = self.stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(reason = %msg, refused = n, "tail request refused");
+                let _ = wr.write_all(format!("error: {msg}\n").as_bytes()).await;
+            }
+            Err(ConnError::Io(e)) if gone(&e) => {
+                tracing::debug!(error = %e, "tail client went away");
+            }
+            Err(e) => {
+                let n = self.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(error = %e, errors = n, "tail connection failed");
+                if matches!(e, ConnError::Read(_)) {
+                    let _ = wr.write_all(format!("error: {e}\n").as_bytes()).await;
+                }
+            }
+        }
+        let _ = wr.shutdown().await;
+    }
+
+    /// Answers `list`.
+    async fn list(
+        &self,
+        under: Option<(String, String)>,
+        wr: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<(), ConnError> {
+        let scopes = match under {
+            Some(scope) => vec![scope],
+            None => {
+                let mut projects = self.watchers.projects();
+                if !projects.iter().any(|p| p == "default") {
+                    projects.insert(0, "default".to_string());
+                }
+                projects.into_iter().map(|p| (p, String::new())).collect()
+            }
+        };
+        for (project, prefix) in scopes {
+            let store = self.store.clone();
+            let listed = reader::blocking(move || store.list(&project, &prefix)).await?;
+            let mut out = String::new();
+            for (k, _) in listed {
+                out.push_str(&format!("{}/{}/+/{}\n", k.project, k.prefix, k.name));
+            }
+            wr.write_all(out.as_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    /// Answers `stream`: bytes from `start`, then new bytes, until the stream is complete.
+    async fn follow(
+        &self,
+        key: StreamKey,
+        start: ByteStart,
+        wr: &mut (impl AsyncWrite + Unpin),
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), ConnError> {
+        // Subscribe before the first read, so no write between them is missed.
+        let mut changes = self.watchers.subscribe(&key);
+        let (store, k) = (self.store.clone(), key.clone());
+        let cursor = reader::blocking(move || {
+            let Some(info) = store.stream(&k)? else {
+                return Ok(None);
+            };
+            let kind = reader::stream_type(&info.desc);
+            reader::seek(&store, &k, kind, info.state.contiguous, start).map(Some)
+        })
+        .await?;
+        let Some(mut cursor) = cursor else {
+            return Err(ConnError::Refused(format!(
+                "stream {}/{}/+/{} not found",
+                key.project, key.prefix, key.name
+            )));
+        };
+        tracing::debug!(stream = %key.name, ?start, next = cursor.next, skip = cursor.skip, "following");
+        let mut buf = Vec::new();
+        loop {
+            changes.mark_unchanged();
+            let chunk = self.chunks.read(&self.store, &key, cursor.next).await?;
+            if !chunk.entries.is_empty() {
+                buf.clear();
+                cursor.take(&chunk.entries, &mut buf);
+                drop(chunk);
+                if !buf.is_empty() {
+                    tokio::select! {
+                        r = wr.write_all(&buf) => r?,
+                        () = stopped(stop) => return Err(ConnError::Stopping),
+                    }
+                    self.stats
+                        .bytes_sent
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                }
+                if buf.capacity() > 4 * READ_BUDGET {
+                    buf = Vec::new(); // after one huge entry, do not keep its buffer
+                }
+                continue;
+            }
+            drop(chunk);
+            // Caught up: done if the stream is complete and everything was sent.
+            let (store, k) = (self.store.clone(), key.clone());
+            if let Some(info) = reader::blocking(move || store.stream(&k)).await? {
+                let t = info.state.terminal_index;
+                if info.state.complete && (t < 0 || cursor.next > t as u64) {
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return Ok(()) },
+                () = stopped(stop) => return Err(ConnError::Stopping),
+                () = tokio::time::sleep(SAFETY_NET) => {}
+            }
+        }
+    }
+}
+
+/// Resolves once the server is stopping.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Whether an I/O error just means the client went away.
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// Reads the request line (without `\n`, and a `\r` before it); at end of input, what came
+/// so far is the line.
+async fn read_request_line(rd: &mut (impl AsyncRead + Unpin)) -> Result<String, ConnError> {
+    let mut line = Vec::with_capacity(128);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = rd.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = chunk[..n].iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(&chunk[..i]);
+            break;
+        }
+        line.extend_from_slice(&chunk[..n]);
+        if line.len() > MAX_REQUEST_LINE {
+            break;
+        }
+    }
+    if line.len() > MAX_REQUEST_LINE {
+        return Err(ConnError::Refused(format!(
+            "request line longer than {MAX_REQUEST_LINE} bytes"
+        )));
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    String::from_utf8(line).map_err(|_| ConnError::Refused("request line is not UTF-8".into()))
+}
+
+const USAGE: &str = "expected `stream PROJECT/PREFIX/+/NAME [from byte N | from byte -N]` or `list [PROJECT[/PREFIX]]`";
+
+/// Parses a request line.
+fn parse_request(line: &str) -> Result<Request, String> {
+    let words: Vec<&str> = line.split_ascii_whitespace().collect();
+    match words.as_slice() {
+        ["list"] => Ok(Request::List(None)),
+        ["list", scope] => Ok(Request::List(Some(reader::parse_scope(scope)?))),
+        ["stream", path, rest @ ..] => {
+            let key = reader::parse_stream_path(path)?;
+            let start = match rest {
+                [] => ByteStart::From(0),
+                ["from", "byte", n] => parse_offset(n)?,
+                _ => return Err(USAGE.to_string()),
+            };
+            Ok(Request::Stream(key, start))
+        }
+        [] => Err(format!("empty request; {USAGE}")),
+        _ => Err(USAGE.to_string()),
+    }
+}
+
+/// Parses `N` or `-N`.
+fn parse_offset(s: &str) -> Result<ByteStart, String> {
+    let bad = || format!("{s:?} is not a byte offset (N or -N)");
+    match s.strip_prefix('-') {
+        Some(n) => n.parse().map(ByteStart::Last).map_err(|_| bad()),
+        None => s.parse().map(ByteStart::From).map_err(|_| bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(project: &str, prefix: &str, name: &str) -> StreamKey {
+        StreamKey {
+            project: project.into(),
+            prefix: prefix.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn requests() {
+        // Projects are lowercase.
+        assert!(parse_request("stream P/X/+/stdout from byte 1000").is_err());
+        assert_eq!(
+            parse_request("stream p/x/y/+/std/out from byte 1000"),
+            Ok(Request::Stream(
+                key("p", "x/y", "std/out"),
+                ByteStart::From(1000)
+            ))
+        );
+        assert_eq!(
+            parse_request("  stream  p/x/+/a   from byte -200 "),
+            Ok(Request::Stream(key("p", "x", "a"), ByteStart::Last(200)))
+        );
+        assert_eq!(
+            parse_request("stream p/x/+/a"),
+            Ok(Request::Stream(key("p", "x", "a"), ByteStart::From(0)))
+        );
+        assert_eq!(parse_request("list"), Ok(Request::List(None)));
+        assert_eq!(
+            parse_request("list p/a/b"),
+            Ok(Request::List(Some(("p".into(), "a/b".into()))))
+        );
+        for bad in [
+            "",
+            "get p/x/+/a",
+            "stream",
+            "stream p/x/a",
+            "stream p/x/+/a from 10",
+            "stream p/x/+/a from byte ten",
+            "stream p/x/+/a from byte --1",
+            "stream p/x/+/a from byte 1 extra",
+            "stream p/x/+/_a",
+            "list a b",
+            "list Bad",
+        ] {
+            assert!(parse_request(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}
