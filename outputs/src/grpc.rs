@@ -31,7 +31,7 @@ use crate::{Output, OutputError, OutputStats, StatsCounter};
 /// Largest bundle sent to the collector (the collector takes up to 16 MiB).
 pub const DEFAULT_MAX_BUNDLE_SIZE: usize = 8 * 1024 * 1024;
 /// Bundles in flight at once.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
 /// First retry delay.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Longest retry delay.
