@@ -286,3 +286,87 @@ fn web_viewer_follows_a_running_stream_in_headless_chromium() {
     );
     collector.stop();
 }
+
+/// The `id:` and `data:` lines of the `rows` events in a server-sent event stream.
+fn rows_events(body: &[u8]) -> Vec<(u64, serde_json::Value)> {
+    let text = String::from_utf8_lossy(body);
+    let mut out = Vec::new();
+    for event in text.split("\n\n") {
+        let mut kind = "";
+        let (mut id, mut data) = (None, None);
+        for line in event.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                kind = v.trim();
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse::<u64>().ok();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data = serde_json::from_str::<serde_json::Value>(v.trim()).ok();
+            }
+        }
+        if kind == "rows"
+            && let (Some(id), Some(data)) = (id, data)
+        {
+            out.push((id, data));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_reconnecting_event_stream_resumes_after_the_last_row_it_had() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let collector =
+        Collector::start_with(&d.join("data"), "127.0.0.1:0", &["--http", "127.0.0.1:0"]);
+    let http = collector.http.clone().expect("the web viewer's address");
+    let r = common::run_butler(
+        d,
+        &[
+            "--output",
+            &collector.output(),
+            "--prefix",
+            "sse",
+            "run",
+            "--no-echo",
+            "--",
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 50 ]; do echo row $i; i=$((i + 1)); done",
+        ],
+    );
+    r.assert_code(0);
+    let path = "default/sse/+/stdout";
+
+    // A first connection reads everything; the stream is complete, so the events end.
+    let (status, _, body) = http_get(&http, &format!("/api/events/{path}"));
+    assert_eq!(status, 200);
+    let events = rows_events(&body);
+    let rows: Vec<u64> = events
+        .iter()
+        .flat_map(|(_, d)| d["rows"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["n"].as_u64())
+        .collect();
+    assert_eq!(rows, (0..50).collect::<Vec<u64>>());
+    let (last_id, _) = events.last().cloned().expect("rows events");
+    assert_eq!(last_id, 50, "the id is the next row to send");
+
+    // A browser that reconnects sends the last id it saw: it gets only what came after.
+    let mut s = TcpStream::connect(&http).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    write!(
+        s,
+        "GET /api/events/{path} HTTP/1.0\r\nHost: {http}\r\nLast-Event-ID: 42\r\n\r\n"
+    )
+    .expect("request");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("response");
+    let rows: Vec<u64> = rows_events(&resp)
+        .iter()
+        .flat_map(|(_, d)| d["rows"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["n"].as_u64())
+        .collect();
+    assert_eq!(rows, (42..50).collect::<Vec<u64>>());
+    let r = http_get(&http, &format!("/api/rows/{path}?from=48&count=5"));
+    assert_eq!(r.0, 200);
+    collector.stop();
+}
