@@ -516,6 +516,20 @@ impl Store {
         })
     }
 
+    /// Every project with at least one stream, sorted.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn projects(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut q =
+                c.prepare_cached("SELECT DISTINCT project FROM streams ORDER BY project")?;
+            let rows = q.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::from)
+        })
+    }
+
     /// Every stream of `project` whose prefix is `prefix` or lies under it (`""`: all), sorted
     /// by path.
     ///

@@ -25,7 +25,7 @@ struct Shared {
     /// One change counter per followed stream. Entries whose receivers are all gone are
     /// dropped on the next notification. Locked only for map lookups, never across an await.
     streams: Mutex<HashMap<StreamKey, watch::Sender<u64>>>,
-    /// Projects written to since the start (the store has no list of projects).
+    /// Projects in the store when the hub was made, and those written to since.
     projects: Mutex<BTreeSet<String>>,
 }
 
@@ -33,6 +33,17 @@ impl Watchers {
     /// A fresh hub.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A hub that already knows `projects` (those in the store at start).
+    pub fn knowing(projects: impl IntoIterator<Item = String>) -> Self {
+        let w = Self::default();
+        w.inner
+            .projects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(projects);
+        w
     }
 
     /// A receiver that sees a change each time `key` is written to from now on.
@@ -69,7 +80,7 @@ impl Watchers {
         }
     }
 
-    /// Projects written to since this hub was created, sorted.
+    /// Projects known to this hub (see [`Watchers::knowing`]) or written to since, sorted.
     pub fn projects(&self) -> Vec<String> {
         self.inner
             .projects

@@ -210,3 +210,19 @@ fn a_data_directory_of_the_older_layout_is_refused_clearly() {
     let err = Store::open(dir.path()).expect_err("older layout");
     assert!(err.to_string().contains("older collector"), "{err}");
 }
+
+#[test]
+fn projects_are_listed_from_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        assert!(store.projects().expect("projects").is_empty());
+        for project in ["zeta", "alpha", "zeta"] {
+            store
+                .write(project, "pre", &[checked("a", 0, &["x"], Some(0))])
+                .expect("write");
+        }
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    assert_eq!(store.projects().expect("projects"), ["alpha", "zeta"]);
+}

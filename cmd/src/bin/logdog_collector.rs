@@ -154,7 +154,11 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
         }
     };
 
-    let watchers = Watchers::new();
+    // The viewer's and the tail server's project lists start from what the store holds.
+    let watchers = Watchers::knowing(store.projects().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot list the stored projects");
+        Vec::new()
+    }));
     let readers = readers.unwrap_or_else(tokio::runtime::Handle::current);
     let web = http.map(|(listener, a)| {
         tracing::info!(addr = %a, "web viewer listening");
