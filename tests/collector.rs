@@ -709,3 +709,67 @@ fn unknown_streams_and_unreachable_collectors_are_errors() {
     );
     assert_eq!(r.stdout_str(), "");
 }
+
+#[test]
+fn sigterm_stops_the_collector_even_while_a_follower_waits_on_an_open_stream() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let collector = Collector::start(&d.join("data"), "127.0.0.1:0");
+    let stop = d.join("stop");
+    // An open stream: its writer wrote one line and waits.
+    let mut cmd = butler(
+        d,
+        &[
+            "--output",
+            &collector.output(),
+            "--prefix",
+            "open",
+            "--max-buffer-age",
+            "50ms",
+            "run",
+            "--no-echo",
+            "--",
+            "sh",
+            "-c",
+            r#"echo first; while [ ! -e "$1" ]; do sleep 0.05; done"#,
+            "sh",
+            stop.to_str().unwrap(),
+        ],
+    );
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut writer = Guarded::spawn(&mut cmd);
+
+    // A follower that has seen the line and waits for more, holding a call open.
+    let mut tail_cmd = Command::new(env!("CARGO_BIN_EXE_logdog"));
+    tail_cmd
+        .args([
+            "--collector",
+            &collector.addr,
+            "tail",
+            "-f",
+            "default/open/+/stdout",
+        ])
+        .env_remove("LOGDOG_COLLECTOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut tail = Guarded::spawn(&mut tail_cmd);
+    let mut out = BufReader::new(tail.child.stdout.take().unwrap());
+    assert_eq!(next_line(&mut out, "logdog tail -f"), "first\n");
+
+    let asked = Instant::now();
+    collector.stop(); // asserts a clean exit
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(60),
+        "the collector took {took:?} to stop"
+    );
+    // The follower is told, and ends.
+    tail.wait();
+
+    std::fs::write(&stop, b"").unwrap();
+    let _ = nix::sys::signal::kill(writer.pid(), nix::sys::signal::Signal::SIGKILL);
+    writer.wait();
+}

@@ -177,14 +177,29 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
             server.run(listener, stop).await
         })
     });
-    let grpc = logdog_collector::serve_with(listener, store, watchers, stopped()).await;
-    for (what, task) in [("web viewer", web), ("tail server", tail)] {
-        if let Some(task) = task {
-            task.await
-                .with_context(|| format!("the {what} failed"))?
-                .with_context(|| format!("the {what} failed"))?;
+    let grace = stopped();
+    let servers = async move {
+        let grpc = logdog_collector::serve_with(listener, store, watchers, stopped()).await;
+        for (what, task) in [("web viewer", web), ("tail server", tail)] {
+            if let Some(task) = task {
+                task.await
+                    .with_context(|| format!("the {what} failed"))?
+                    .with_context(|| format!("the {what} failed"))?;
+            }
+        }
+        grpc?;
+        anyhow::Ok(())
+    };
+    // A client that never lets go must not keep the collector from stopping. Whatever was
+    // cut short was not acknowledged, so its butler sends it again.
+    tokio::select! {
+        r = servers => r,
+        () = async { grace.await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "stopping: connections still open after the grace period; exiting anyway");
+            Ok(())
         }
     }
-    grpc?;
-    Ok(())
 }
+
+/// How long a stop waits for calls and connections in progress.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
