@@ -279,7 +279,7 @@ fn collector_killed_restarted_and_frozen_during_a_long_run_loses_and_duplicates_
         "not acknowledged",
         "could not be delivered",
         "bytes dropped",
-        "refused after the handshake",
+        "to the stream server refused",
     ] {
         assert!(!err.contains(loss), "butler reports {loss:?}:\n{err}");
     }

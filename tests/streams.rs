@@ -929,6 +929,15 @@ fn serve_refuses_duplicates_and_garbage_and_says_so() {
     assert!(err.contains("duplicate"), "stderr:\n{err}");
     assert!(err.contains("\"dup\""), "stderr:\n{err}");
     assert!(err.contains("bad_magic"), "stderr:\n{err}");
+    // The end-of-run account names every refusal, at the handshake or after it.
+    assert!(
+        err.contains("connection(s) to the stream server refused: bad_magic"),
+        "stderr:\n{err}"
+    );
+    assert!(
+        err.contains("connection(s) to the stream server refused: duplicate"),
+        "stderr:\n{err}"
+    );
     let mut files: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -162,6 +162,9 @@ pub struct Report {
     pub failed_bundles: u64,
     /// Streams refused after a stream server accepted them, by kind.
     pub rejected: BTreeMap<String, u64>,
+    /// Every connection the stream servers refused, at the handshake or after it, by kind
+    /// (`bad_magic`, `handshake_timeout`, `duplicate`...).
+    pub refused_connections: BTreeMap<String, u64>,
 }
 
 enum Command {
@@ -210,6 +213,7 @@ impl Butler {
             drains: Vec::new(),
             servers: Vec::new(),
             live_servers: 0,
+            server_stats: Vec::new(),
             servers_closing: false,
             cancel: watch::channel(false).0,
             callbacks: Vec::new(),
@@ -348,6 +352,8 @@ struct Actor {
     servers: Vec<oneshot::Sender<()>>,
     /// Stream servers whose streams may still arrive.
     live_servers: usize,
+    /// Counters of every stream server added.
+    server_stats: Vec<ServerStats>,
     servers_closing: bool,
     /// Tells every reader to stop (shutdown).
     cancel: watch::Sender<bool>,
@@ -479,6 +485,7 @@ impl Actor {
         let (tx, mut rx) = mpsc::channel(64);
         let (stop, stopped) = oneshot::channel::<()>();
         let stats = server.stats();
+        self.server_stats.push(stats.clone());
         tracing::info!(address = %server.address(), "stream server started");
         tokio::spawn(server.run(tx, async move {
             let _ = stopped.await;
@@ -532,6 +539,13 @@ impl Actor {
             }
         }
         self.report.output = self.output.stats();
+        let mut refused = BTreeMap::new();
+        for stats in &self.server_stats {
+            for (kind, n) in stats.rejected() {
+                *refused.entry(kind.to_string()).or_default() += n;
+            }
+        }
+        self.report.refused_connections = refused;
         let report = self.report.clone();
         for w in self.waiters.drain(..) {
             let _ = w.send(report.clone());

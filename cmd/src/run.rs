@@ -186,9 +186,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
             "{}",
             crate::summary::render(&report, &out_stats, &dest, acked.as_ref())
         );
-        for (kind, n) in &report.rejected {
-            eprintln!("logdog_butler: {n} stream(s) refused after the handshake: {kind}");
-        }
+        report_refusals(&report);
     }
     if let (Some(sp), Some(dir)) = (&out_stats.spool, &g.spool)
         && sp.pending_bytes > 0
@@ -279,6 +277,13 @@ fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
+/// Names the connections the stream server refused (each was also logged when it happened).
+fn report_refusals(report: &Report) {
+    for (kind, n) in &report.refused_connections {
+        eprintln!("logdog_butler: {n} connection(s) to the stream server refused: {kind}");
+    }
+}
+
 /// Tells the user about anything that did not make it (never silently).
 pub fn report_losses(report: &Report) {
     for s in report.streams.values() {
@@ -300,9 +305,7 @@ pub fn report_losses(report: &Report) {
             );
         }
     }
-    for (kind, n) in &report.rejected {
-        eprintln!("logdog_butler: {n} stream(s) refused after the handshake: {kind}");
-    }
+    report_refusals(report);
     if report.failed_bundles > 0 {
         eprintln!(
             "logdog_butler: {} bundles ({} bytes) could not be delivered",
