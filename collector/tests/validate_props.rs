@@ -331,17 +331,9 @@ fn mutate_one_log(b: &logpb::ButlerLogBundle, which: usize, ms: &[Mutation]) -> 
 // ---------------------------------------------------------------------------------------------
 // Properties.
 
-/// 256 cases, or `PROPTEST_CASES` for a longer hunt.
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
-}
-
+// 256 cases (proptest's default), or `PROPTEST_CASES` for a longer hunt.
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

@@ -88,17 +88,9 @@ fn agree(bytes: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// 512 cases, or `PROPTEST_CASES` for a longer hunt.
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(512)
-}
-
+// 256 cases (proptest's default), or `PROPTEST_CASES` for a longer hunt.
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

@@ -227,17 +227,9 @@ fn check_tiling(data: &[u8]) -> Vec<Bytes> {
     payloads
 }
 
-/// 256 cases, or `PROPTEST_CASES` for a longer hunt.
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
-}
-
+// 256 cases (proptest's default), or `PROPTEST_CASES` for a longer hunt.
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

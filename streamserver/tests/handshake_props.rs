@@ -484,19 +484,11 @@ fn near_json() -> impl Strategy<Value = String> {
     ]
 }
 
-/// 256 cases, or `PROPTEST_CASES` for a longer hunt.
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
-}
-
+// 256 cases (proptest's default), or `PROPTEST_CASES` for a longer hunt.
 proptest! {
     // Integration tests have no lib.rs next to them, so failures cannot be persisted there;
     // proptest prints the minimal failing input instead.
     #![proptest_config(ProptestConfig {
-        cases: cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
