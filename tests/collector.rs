@@ -323,6 +323,17 @@ fn every_kind_of_stream_arrives_identical_listed_and_queryable() {
 
 /// Reads one line from `r`; fails the test at end of file.
 #[track_caller]
+/// `logdog tail -f PATH` against the collector at `addr`, stdout piped.
+fn tail_follow(addr: &str, path: &str, stderr: Stdio) -> Guarded {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_logdog"));
+    cmd.args(["--collector", addr, "tail", "-f", path])
+        .env_remove("LOGDOG_COLLECTOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    Guarded::spawn(&mut cmd)
+}
+
 fn next_line(r: &mut impl BufRead, what: &str) -> String {
     let mut line = String::new();
     let n = r.read_line(&mut line).expect("reading a line");
@@ -338,20 +349,7 @@ fn tail_follow_shows_lines_live_and_exits_when_the_stream_completes() {
     let go = d.join("go");
 
     // Follow a stream that does not exist yet.
-    let mut tail_cmd = Command::new(env!("CARGO_BIN_EXE_logdog"));
-    tail_cmd
-        .args([
-            "--collector",
-            &collector.addr,
-            "tail",
-            "-f",
-            "default/live/+/stdout",
-        ])
-        .env_remove("LOGDOG_COLLECTOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut tail = Guarded::spawn(&mut tail_cmd);
+    let mut tail = tail_follow(&collector.addr, "default/live/+/stdout", Stdio::piped());
     let tail_err = drain(tail.child.stderr.take().unwrap());
     let mut tail_out = BufReader::new(tail.child.stdout.take().unwrap());
 
@@ -558,20 +556,7 @@ fn collector_killed_and_restarted_on_the_same_port_loses_and_duplicates_nothing(
     let port = first.port();
 
     // Watch what the first collector stores, to kill it once part of the run is durable.
-    let mut tail_cmd = Command::new(env!("CARGO_BIN_EXE_logdog"));
-    tail_cmd
-        .args([
-            "--collector",
-            &first.addr,
-            "tail",
-            "-f",
-            "default/restart/+/stdout",
-        ])
-        .env_remove("LOGDOG_COLLECTOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut tail = Guarded::spawn(&mut tail_cmd);
+    let mut tail = tail_follow(&first.addr, "default/restart/+/stdout", Stdio::null());
     let mut tail_out = BufReader::new(tail.child.stdout.take().unwrap());
 
     let (butler_proc, butler_err) =
@@ -742,20 +727,7 @@ fn sigterm_stops_the_collector_even_while_a_follower_waits_on_an_open_stream() {
     let mut writer = Guarded::spawn(&mut cmd);
 
     // A follower that has seen the line and waits for more, holding a call open.
-    let mut tail_cmd = Command::new(env!("CARGO_BIN_EXE_logdog"));
-    tail_cmd
-        .args([
-            "--collector",
-            &collector.addr,
-            "tail",
-            "-f",
-            "default/open/+/stdout",
-        ])
-        .env_remove("LOGDOG_COLLECTOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut tail = Guarded::spawn(&mut tail_cmd);
+    let mut tail = tail_follow(&collector.addr, "default/open/+/stdout", Stdio::null());
     let mut out = BufReader::new(tail.child.stdout.take().unwrap());
     assert_eq!(next_line(&mut out, "logdog tail -f"), "first\n");
 
