@@ -54,6 +54,11 @@ pub struct ChunkCache {
     inner: Arc<Mutex<Cells>>,
 }
 
+/// A follower reads once no bundle has been written for this long...
+const QUIET_GAP: std::time::Duration = std::time::Duration::from_millis(20);
+/// ...or once it has waited this long, whatever the writes.
+const YIELD_AT_MOST: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl ChunkCache {
     /// A fresh cache.
     pub fn new() -> Self {
@@ -71,6 +76,8 @@ impl ChunkCache {
         stream: &StreamKey,
         start: u64,
     ) -> Result<Arc<Chunk>, ReadError> {
+        // Writes first: a follower waits (a little) while bundles are being stored.
+        store.quiet(QUIET_GAP, YIELD_AT_MOST).await;
         let key = ChunkKey {
             stream: stream.clone(),
             start,

@@ -87,6 +87,7 @@ impl Collector for CollectorService {
         &self,
         req: Request<pb::WriteBundleRequest>,
     ) -> Result<Response<pb::WriteBundleResponse>, Status> {
+        let _writing = self.store.writing();
         let data = req.into_inner().bundle;
         if data.len() > MAX_BUNDLE_SIZE {
             return Err(Status::invalid_argument(format!(

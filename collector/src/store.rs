@@ -149,6 +149,28 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// The entries' bytes.
     segments: Segments,
+    /// Bundles being written now (see [`Store::writing`]).
+    activity: tokio::sync::watch::Sender<usize>,
+    /// When the last bundle write ended, in milliseconds since `epoch` plus one (0: never).
+    last_write_ms: std::sync::atomic::AtomicU64,
+    epoch: tokio::time::Instant,
+}
+
+/// Marks a bundle write in progress, from its arrival to its answer; see [`Store::writing`].
+#[derive(Debug)]
+pub struct Writing {
+    store: Store,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        let inner = &self.store.inner;
+        inner.last_write_ms.store(
+            inner.epoch.elapsed().as_millis() as u64 + 1,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        inner.activity.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 #[derive(Debug)]
@@ -259,8 +281,53 @@ impl Store {
                 writer: Mutex::new(Writer { conn, appender }),
                 readers: Mutex::new(Vec::new()),
                 segments: Segments::new(&seg_dir),
+                activity: tokio::sync::watch::channel(0).0,
+                last_write_ms: 0.into(),
+                epoch: tokio::time::Instant::now(),
             }),
         })
+    }
+
+    /// Marks a bundle write as in progress until the guard is dropped. Readers that can wait
+    /// (followers) use [`Store::quiet`] to let writes go first.
+    pub fn writing(&self) -> Writing {
+        self.inner.activity.send_modify(|n| *n += 1);
+        Writing {
+            store: self.clone(),
+        }
+    }
+
+    /// Waits until no bundle has been written for `gap` (none in progress, none ended within
+    /// `gap`), or `at_most`: followers yield to writers, so that on a busy collector they lag
+    /// behind rather than slow the writes down.
+    pub async fn quiet(&self, gap: std::time::Duration, at_most: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + at_most;
+        let mut rx = self.inner.activity.subscribe();
+        loop {
+            if tokio::time::timeout_at(deadline, rx.wait_for(|n| *n == 0))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let last = self
+                .inner
+                .last_write_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if last == 0 {
+                return; // nothing was ever written
+            }
+            let now = self.inner.epoch.elapsed().as_millis() as u64 + 1;
+            let since = std::time::Duration::from_millis(now.saturating_sub(last));
+            if since >= gap {
+                return;
+            }
+            let wake = (tokio::time::Instant::now() + (gap - since)).min(deadline);
+            tokio::time::sleep_until(wake).await;
+            if wake == deadline {
+                return;
+            }
+        }
     }
 
     /// Runs `f` on an idle read connection (opening one if none is idle).

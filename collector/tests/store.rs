@@ -226,3 +226,39 @@ fn projects_are_listed_from_the_store() {
     let store = Store::open(dir.path()).expect("reopen");
     assert_eq!(store.projects().expect("projects"), ["alpha", "zeta"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn followers_wait_for_a_quiet_gap_in_the_writes_or_at_most_their_limit() {
+    use std::time::Duration;
+    use tokio::time::Instant;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let gap = Duration::from_millis(20);
+    let limit = Duration::from_millis(500);
+
+    // Nothing written lately: no wait.
+    let t = Instant::now();
+    store.quiet(gap, limit).await;
+    assert_eq!(t.elapsed(), Duration::ZERO);
+
+    // A write in progress that never ends: the follower reads anyway after its limit.
+    let w = store.writing();
+    let t = Instant::now();
+    store.quiet(gap, limit).await;
+    assert_eq!(t.elapsed(), limit);
+
+    // A write that ends after 100 ms: the follower waits for it, then for the gap.
+    let t = Instant::now();
+    let ender = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(w);
+    });
+    store.quiet(gap, limit).await;
+    let waited = t.elapsed();
+    ender.await.expect("ender");
+    assert!(
+        waited >= Duration::from_millis(100)
+            && waited <= Duration::from_millis(100) + gap + Duration::from_millis(5),
+        "waited {waited:?}"
+    );
+}
