@@ -473,3 +473,38 @@ fn a_full_spool_disk_holds_the_command_back_and_loses_nothing() {
     assert!(r.stdout == read(&input), "stdout differs at the collector");
     collector.stop();
 }
+
+#[test]
+fn stream_with_a_spool_uploads_everything_before_it_exits() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let spool = d.join("spool");
+    let file = d.join("file.txt");
+    write_text_file(&file, 4 << 20, 0x5B00_0005);
+    let collector = Collector::start(&d.join("data"), "127.0.0.1:0");
+    let r = run_butler(
+        d,
+        &[
+            "--spool",
+            spool.to_str().expect("utf-8 path"),
+            "--output",
+            &collector.output(),
+            "--prefix",
+            "streamed",
+            "stream",
+            "--source",
+            file.to_str().expect("utf-8 path"),
+            "--stream",
+            "name=file",
+        ],
+    );
+    r.assert_code(0);
+    assert!(segment_files(&spool).is_empty(), "the spool is emptied");
+    let r = logdog(&collector.addr, &["cat", "default/streamed/+/file"]);
+    r.assert_code(0);
+    assert!(
+        r.stdout == read(&file),
+        "the stream differs at the collector"
+    );
+    collector.stop();
+}

@@ -151,6 +151,17 @@ pub fn build_output(g: &Global, upload_in_flight: usize) -> Result<Outputs, Fail
     }
 }
 
+impl Started {
+    /// Once the butler is done: with a spool, waits up to `--flush-timeout` for the collector
+    /// to acknowledge what is spooled (sends return before that), then closes the output.
+    pub async fn finish_output(&self, g: &Global) -> Result<(), logdog_outputs::OutputError> {
+        if let Some(grpc) = &self.grpc {
+            grpc.drain(tokio::time::sleep(g.flush_timeout)).await;
+        }
+        self.output.close().await
+    }
+}
+
 /// Builds the output and starts a butler from the global flags.
 pub fn start_butler(g: &Global) -> Result<Started, Failure> {
     let prefix = g

@@ -53,12 +53,13 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
         )));
     }
     let mut signals = Signals::new()?;
+    let started = start_butler(g)?;
     let crate::Started {
         butler,
         output,
         cfg,
         grpc,
-    } = start_butler(g)?;
+    } = &started;
     // Children open their own streams here; the socket lives in a private directory.
     let server = StreamServer::bind_private()
         .context("cannot create the stream server socket")
@@ -161,11 +162,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
             return Ok(exit_code(status));
         }
     };
-    // With a spool, bundles are acknowledged after `send` returns: wait for them too.
-    if let Some(grpc) = &grpc {
-        grpc.drain(tokio::time::sleep(g.flush_timeout)).await;
-    }
-    if let Err(e) = output.close().await {
+    if let Err(e) = started.finish_output(g).await {
         tracing::error!(error = %e, "closing the output failed");
     }
     let code = exit_code(status);

@@ -28,7 +28,8 @@ pub async fn serve(g: &Global, args: ServeArgs) -> Result<u8, Failure> {
     .map_err(Failure::Runtime)?
     .with_handshake_timeout(args.handshake_timeout);
     let mut signals = Signals::new()?;
-    let crate::Started { butler, output, .. } = start_butler(g)?;
+    let started = start_butler(g)?;
+    let butler = &started.butler;
     let address = server.address();
     butler
         .add_stream_server(server)
@@ -44,8 +45,8 @@ pub async fn serve(g: &Global, args: ServeArgs) -> Result<u8, Failure> {
         r = butler.wait() => r.map_err(|e| Failure::Runtime(e.into()))?,
         sig = signals.recv() => return Err(Failure::Runtime(anyhow!("second {sig}: exiting without flushing"))),
     };
-    output
-        .close()
+    started
+        .finish_output(g)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
     report_losses(&report);

@@ -30,7 +30,8 @@ pub async fn stream(g: &Global, args: StreamArgs) -> Result<u8, Failure> {
             .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot open {}: {e}", args.source)))?;
         Box::new(f)
     };
-    let crate::Started { butler, output, .. } = start_butler(g)?;
+    let started = start_butler(g)?;
+    let butler = &started.butler;
     butler
         .add_stream(StreamSource {
             reader,
@@ -44,8 +45,8 @@ pub async fn stream(g: &Global, args: StreamArgs) -> Result<u8, Failure> {
         .wait()
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
-    output
-        .close()
+    started
+        .finish_output(g)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
     if report.failed_bundles > 0 {
