@@ -473,11 +473,17 @@ impl Spool {
             let mut reader = SpoolReader::new(&*file, len);
             reader.pos = from;
             let item = reader.next_item().map_err(|e| {
-                // Unreadable: give up on the rest of this segment, but keep its file.
-                let mut st = self.lock();
+                // Unreadable: give up on the rest of this segment (counted as corrupt), but
+                // keep its file for a later look.
+                let mut guard = self.lock();
+                let st = &mut *guard;
                 if let Some(seg) = st.segments.get_mut(&id) {
+                    let rest = seg.len - seg.read_to;
+                    st.stats.corrupt += 1;
+                    st.stats.corrupt_bytes += rest;
+                    st.stats.pending_bytes = st.stats.pending_bytes.saturating_sub(rest);
                     seg.read_to = seg.len;
-                    seg.settled = seg.len;
+                    seg.settled += rest;
                 }
                 io_err(segment_path(&self.dir, id).display(), e)
             })?;
@@ -565,15 +571,6 @@ impl Spool {
     /// Wakes whoever waits on [`Spool::changed`].
     pub fn wake(&self) {
         self.changed.notify_waiters();
-    }
-
-    /// Records read and not yet settled.
-    pub fn inflight(&self) -> u64 {
-        self.lock()
-            .segments
-            .values()
-            .map(|s| u64::from(s.inflight))
-            .sum()
     }
 
     /// Forces to disk every segment holding a record that has waited [`SYNC_INTERVAL`]
