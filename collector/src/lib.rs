@@ -12,7 +12,6 @@
 //! # Layout
 //! - [`path`]: stream paths and query patterns.
 //! - [`validate`]: what a bundle must satisfy before anything of it is stored.
-//! - [`wire`]: an allocation-free check of an encoded log entry.
 //! - [`segments`]: append-only files holding the entries' bytes.
 //! - [`store`]: the embedded, durable store (entries keyed by stream and index; de-duplication;
 //!   terminal indices and completeness).
@@ -33,7 +32,6 @@ pub mod tailsrv;
 pub mod validate;
 pub mod watchers;
 pub mod web;
-pub mod wire;
 
 use std::future::Future;
 

@@ -133,7 +133,7 @@ fn logs(
         // bad time offset, a delimiter that is not UTF-8, a field of the wrong wire type...)
         // would make every read of its stream fail, so it is never stored. The bytes stored
         // are still the ones that arrived.
-        let log = crate::wire::log_entry(raw)
+        let log = logdog_proto::wire::log_entry(raw)
             .map_err(|err| invalid(format!("stream {name:?}: malformed log entry: {err}")))?;
         let i = log.stream_index;
         if i >= MAX_STREAM_INDEX {
@@ -170,7 +170,7 @@ fn logs(
 /// Payload bytes of an entry's content (text: every line's value and delimiter), if the
 /// content suits a stream of type `kind`: text with at least one line, binary with at least
 /// one byte, or a datagram (which may be empty).
-fn payload(kind: StreamType, content: Option<crate::wire::ContentFacts>) -> Option<u64> {
+fn payload(kind: StreamType, content: Option<logdog_proto::wire::ContentFacts>) -> Option<u64> {
     let c = content?;
     let suits = match (kind, c.field) {
         (StreamType::Text, 10) => c.parts > 0,

@@ -123,9 +123,8 @@ impl Tally {
                     let bytes = e
                         .logs
                         .iter()
-                        .filter_map(|l| logdog_proto::logpb::LogEntry::decode(l.clone()).ok())
-                        .filter_map(|l| l.content.as_ref().map(logdog_proto::bundle::content_len))
-                        .map(|n| n as u64)
+                        .filter_map(|l| logdog_proto::wire::log_entry(l).ok())
+                        .filter_map(|f| f.content.map(|c| c.payload))
                         .sum();
                     let ack = StreamAck {
                         entries: e.logs.len() as u64,

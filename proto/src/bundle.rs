@@ -118,21 +118,6 @@ impl Content {
     }
 }
 
-/// Payload bytes of a decoded entry's content, as the stream wrote them (text: every line's
-/// value and delimiter).
-pub fn content_len(content: &logpb::log_entry::Content) -> usize {
-    use logpb::log_entry::Content as C;
-    match content {
-        C::Text(t) => t
-            .lines
-            .iter()
-            .map(|l| l.value.len() + l.delimiter.len())
-            .sum(),
-        C::Binary(b) => b.data.len(),
-        C::Datagram(d) => d.data.len(),
-    }
-}
-
 /// Splits text entry bytes into `(value, delimiter)` lines.
 pub fn text_lines(data: &[u8]) -> impl Iterator<Item = (&[u8], &'static str)> + '_ {
     let mut rest = data;

@@ -15,6 +15,7 @@
 pub mod bundle;
 pub mod handshake;
 pub mod types;
+pub mod wire;
 
 /// LogDog's `logpb` messages.
 #[allow(missing_docs, clippy::all, rust_2018_idioms)]

@@ -1,12 +1,13 @@
 //! A strict, allocation-free check of an encoded `logpb.LogEntry`.
 //!
 //! The collector stores entries as they arrive but must never store one that the read path
-//! cannot decode. Decoding every entry with prost to find out costs an allocation per text
-//! line (each delimiter is a `String`), which dominated the collector's CPU time. This walker
-//! reads the wire format in place instead.
+//! cannot decode, and the spool's uploader counts the payload of bundles it reads back.
+//! Decoding every entry with prost to find out costs an allocation per text line (each
+//! delimiter is a `String`), which dominated the collector's CPU time. This walker reads the
+//! wire format in place instead.
 //!
 //! It is at least as strict as prost: whatever it accepts, prost decodes, to the same stream
-//! index and payload (`collector/tests/wire_props.rs` checks this). It is stricter in two ways
+//! index and payload (`proto/tests/wire_props.rs` checks this). It is stricter in two ways
 //! no LogDog encoder runs into: a content field (text, binary, datagram) or a field inside one
 //! may appear only once, and deprecated groups are refused.
 

@@ -2,22 +2,29 @@
 //! decodes to the same stream index and payload; and every entry prost encodes (one content,
 //! as every LogDog encoder writes) is accepted.
 
-use logdog_collector::wire::{self, ContentFacts};
 use logdog_proto::logpb::{self, log_entry::Content};
+use logdog_proto::wire::{self, ContentFacts};
 use proptest::prelude::*;
 use prost::Message;
 
 /// Prost's view of the same facts.
 fn prost_facts(content: &Option<Content>) -> Option<ContentFacts> {
     content.as_ref().map(|c| {
-        let (field, parts) = match c {
-            Content::Text(t) => (10, t.lines.len() as u64),
-            Content::Binary(_) => (11, 0),
-            Content::Datagram(_) => (12, 0),
+        let (field, parts, payload) = match c {
+            Content::Text(t) => (
+                10,
+                t.lines.len() as u64,
+                t.lines
+                    .iter()
+                    .map(|l| l.value.len() + l.delimiter.len())
+                    .sum::<usize>(),
+            ),
+            Content::Binary(b) => (11, 0, b.data.len()),
+            Content::Datagram(d) => (12, 0, d.data.len()),
         };
         ContentFacts {
             field,
-            payload: logdog_proto::bundle::content_len(c) as u64,
+            payload: payload as u64,
             parts,
         }
     })
