@@ -125,20 +125,32 @@ fn leave_spool(d: &Path, spool: &Path, port: u16, prefix: &str, seed: u64) -> Le
     }
 }
 
+/// `--spool SPOOL --output grpc://COLLECTOR` followed by `rest`.
+fn spooled(spool: &Path, collector: &Collector, rest: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--spool".to_string(),
+        spool.to_str().expect("utf-8 path").to_string(),
+        "--output".to_string(),
+        collector.output(),
+    ];
+    args.extend(rest.iter().map(|a| a.to_string()));
+    args
+}
+
 /// Runs `resume` on `spool` towards `collector`; returns how it ended and its result JSON.
 fn resume(d: &Path, spool: &Path, collector: &Collector) -> (Finished, Value) {
     let result = d.join("resume.json");
     let r = run_butler(
         d,
-        &[
-            "--spool",
-            spool.to_str().expect("utf-8 path"),
-            "--output",
-            &collector.output(),
-            "resume",
-            "--result-path",
-            result.to_str().expect("utf-8 path"),
-        ],
+        &spooled(
+            spool,
+            collector,
+            &[
+                "resume",
+                "--result-path",
+                result.to_str().expect("utf-8 path"),
+            ],
+        ),
     );
     let v = serde_json::from_slice(&read(&result)).expect("resume JSON");
     (r, v)
@@ -232,19 +244,19 @@ fn the_next_run_on_the_spool_uploads_what_the_killed_butler_left() {
     let collector = Collector::start(&d.join("data"), &format!("127.0.0.1:{port}"));
     let r = run_butler(
         d,
-        &[
-            "--spool",
-            spool.to_str().expect("utf-8 path"),
-            "--output",
-            &collector.output(),
-            "--prefix",
-            "second",
-            "run",
-            "--",
-            "sh",
-            "-c",
-            "echo second run; exit 4",
-        ],
+        &spooled(
+            &spool,
+            &collector,
+            &[
+                "--prefix",
+                "second",
+                "run",
+                "--",
+                "sh",
+                "-c",
+                "echo second run; exit 4",
+            ],
+        ),
     );
     r.assert_code(4);
     let err = r.stderr_str();
@@ -484,19 +496,19 @@ fn stream_with_a_spool_uploads_everything_before_it_exits() {
     let collector = Collector::start(&d.join("data"), "127.0.0.1:0");
     let r = run_butler(
         d,
-        &[
-            "--spool",
-            spool.to_str().expect("utf-8 path"),
-            "--output",
-            &collector.output(),
-            "--prefix",
-            "streamed",
-            "stream",
-            "--source",
-            file.to_str().expect("utf-8 path"),
-            "--stream",
-            "name=file",
-        ],
+        &spooled(
+            &spool,
+            &collector,
+            &[
+                "--prefix",
+                "streamed",
+                "stream",
+                "--source",
+                file.to_str().expect("utf-8 path"),
+                "--stream",
+                "name=file",
+            ],
+        ),
     );
     r.assert_code(0);
     assert!(segment_files(&spool).is_empty(), "the spool is emptied");
