@@ -8,6 +8,16 @@ pub const MAX_STREAM_NAME_LEN: usize = 4096;
 pub const MAX_TAG_KEY_LEN: usize = 64;
 /// Longest tag value, in bytes.
 pub const MAX_TAG_VALUE_LEN: usize = 4096;
+/// Longest content type, in bytes.
+pub const MAX_CONTENT_TYPE_LEN: usize = 1024;
+/// Most tags on one stream (global tags included).
+pub const MAX_TAGS: usize = 64;
+/// Most bytes of all of a stream's tag keys and values together.
+pub const MAX_TAGS_TOTAL: usize = 32 * 1024;
+/// Largest encoded descriptor the collector stores. A descriptor within the limits above
+/// always encodes well under it (name and prefix 4 KiB each, content type 1 KiB, tags 32 KiB
+/// plus a few bytes of framing per tag), so the butler's checks imply the collector's.
+pub const MAX_DESCRIPTOR_SIZE: usize = 64 * 1024;
 
 /// Why a name, tag or project was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +102,44 @@ pub fn validate_tag(key: &str, value: &str) -> Result<(), InvalidName> {
     Ok(())
 }
 
+/// Validates what a descriptor carries beyond its name: the content type's length, the number
+/// of tags, each tag, and the tags' total size. The butler checks this at the handshake (after
+/// merging global tags) and the collector on every bundle, with the same limits, so a stream
+/// the collector would refuse never gets past the butler.
+pub fn validate_descriptor_fields<'a>(
+    content_type: &str,
+    tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), InvalidName> {
+    if content_type.len() > MAX_CONTENT_TYPE_LEN {
+        return Err(invalid(
+            "content type",
+            content_type,
+            format!("longer than {MAX_CONTENT_TYPE_LEN} bytes"),
+        ));
+    }
+    let (mut count, mut total) = (0usize, 0usize);
+    for (k, v) in tags {
+        validate_tag(k, v)?;
+        count += 1;
+        total += k.len() + v.len();
+    }
+    if count > MAX_TAGS {
+        return Err(invalid(
+            "tags",
+            &format!("{count} tags"),
+            format!("more than {MAX_TAGS} tags"),
+        ));
+    }
+    if total > MAX_TAGS_TOTAL {
+        return Err(invalid(
+            "tags",
+            &format!("{total} bytes of keys and values"),
+            format!("more than {MAX_TAGS_TOTAL} bytes in all"),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates a project name: non-empty, `[a-z0-9_-]`, starting with `[a-z]`.
 pub fn validate_project(project: &str) -> Result<(), InvalidName> {
     let Some(first) = project.chars().next() else {
@@ -171,6 +219,20 @@ mod tests {
         for bad in ["", "Chromium", "1abc", "a.b"] {
             assert!(validate_project(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn descriptor_fields_have_a_total() {
+        validate_descriptor_fields("text/plain", [("a", "b")]).unwrap();
+        assert!(validate_descriptor_fields(&"c".repeat(1025), []).is_err());
+        let keys: Vec<String> = (0..65).map(|i| format!("k{i}")).collect();
+        assert!(validate_descriptor_fields("t", keys.iter().map(|k| (k.as_str(), ""))).is_err());
+        let big = "v".repeat(4000);
+        let eight: Vec<(String, &str)> = (0..9).map(|i| (format!("k{i}"), big.as_str())).collect();
+        assert!(
+            validate_descriptor_fields("t", eight.iter().map(|(k, v)| (k.as_str(), *v))).is_err()
+        );
+        validate_descriptor_fields("t", eight[..8].iter().map(|(k, v)| (k.as_str(), *v))).unwrap();
     }
 
     #[test]
