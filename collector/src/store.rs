@@ -240,7 +240,7 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn decode_record(blob: &[u8]) -> Result<StreamRecord, StoreError> {
+pub(crate) fn decode_record(blob: &[u8]) -> Result<StreamRecord, StoreError> {
     StreamRecord::decode(blob).map_err(|e| StoreError::Db(format!("corrupt stream record: {e}")))
 }
 
@@ -271,9 +271,9 @@ pub struct StoredEntry {
 }
 
 /// Columns of `entries` that make a [`StoredEntry`], in order.
-const ENTRY_COLUMNS: &str = "idx, seg, off, len, crc, seq, span";
+pub(crate) const ENTRY_COLUMNS: &str = "idx, seg, off, len, crc, seq, span";
 
-fn stored_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEntry> {
+pub(crate) fn stored_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEntry> {
     let seq: Option<i64> = row.get(5)?;
     let span: Option<i64> = row.get(6)?;
     Ok(StoredEntry {
@@ -288,12 +288,12 @@ fn stored_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEntry> {
 }
 
 /// Names a stream in messages.
-fn path_of(key: &StreamKey) -> String {
+pub(crate) fn path_of(key: &StreamKey) -> String {
     format!("{}/{}/+/{}", key.project, key.prefix, key.name)
 }
 
 /// Reads a stored entry's bytes and checks them against its checksum.
-fn read_checked(
+pub(crate) fn read_checked(
     segments: &Segments,
     key: &StreamKey,
     e: &StoredEntry,
@@ -557,8 +557,16 @@ impl Store {
                 "INSERT INTO entries (stream_id, idx, seg, off, len, crc, seq, span)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            let mut around = tx.prepare_cached(&format!(
+            let mut within = tx.prepare_cached(&format!(
                 "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 AND idx BETWEEN ?2 AND ?3"
+            ))?;
+            let mut before = tx.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 AND idx < ?2
+                 ORDER BY idx DESC LIMIT 1"
+            ))?;
+            let mut after = tx.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 AND idx > ?2
+                 ORDER BY idx LIMIT 1"
             ))?;
             let mut has =
                 tx.prepare_cached("SELECT 1 FROM entries WHERE stream_id = ?1 AND idx = ?2")?;
@@ -578,16 +586,20 @@ impl Store {
                 let stored = found.map(|blob| decode_record(&blob)).transpose()?;
                 let mut desc = e.desc.clone();
                 desc.prefix = prefix.to_string();
-                // What is stored around this bundle's indices (its neighbours included).
+                // What is stored at this bundle's indices, and the nearest entries on either
+                // side of them.
                 let nearby = match (&stored, e.logs.first(), e.logs.last()) {
                     (Some(rec), Some(first), Some(last)) => {
-                        let lo = first.0.saturating_sub(1) as i64;
-                        let hi = last.0.saturating_add(1).min(i64::MAX as u64) as i64;
-                        around
-                            .query_map(params![rec.id as i64, lo, hi], stored_entry)?
-                            .collect::<Result<Vec<_>, _>>()?
+                        let (id, lo, hi) = (rec.id as i64, first.0 as i64, last.0 as i64);
+                        Nearby {
+                            at: within
+                                .query_map(params![id, lo, hi], stored_entry)?
+                                .collect::<Result<Vec<_>, _>>()?,
+                            before: before.query_row(params![id, lo], stored_entry).optional()?,
+                            after: after.query_row(params![id, hi], stored_entry).optional()?,
+                        }
                     }
-                    _ => Vec::new(),
+                    _ => Nearby::default(),
                 };
                 let beyond = match (&stored, e.terminal) {
                     (Some(rec), Some(t)) => past.exists(params![rec.id as i64, t])?.then_some(t),
@@ -674,6 +686,17 @@ impl Store {
     }
 }
 
+/// Stored entries near a stream's part of a bundle.
+#[derive(Debug, Default)]
+struct Nearby {
+    /// At the bundle's indices.
+    at: Vec<StoredEntry>,
+    /// The nearest below the bundle's first index.
+    before: Option<StoredEntry>,
+    /// The nearest above the bundle's last index.
+    after: Option<StoredEntry>,
+}
+
 /// What of a stream's part of a bundle is new (indices into its logs) and how many entries are
 /// byte-identical retries.
 struct Plan {
@@ -682,7 +705,6 @@ struct Plan {
 }
 
 /// Holds a stream's part of a bundle against what is stored: `Ok(Err(why))` is a conflict.
-/// `nearby` holds the stored entries at the bundle's indices and at the one on either side;
 /// `beyond` is the bundle's terminal index when entries past it are stored.
 ///
 /// # Errors
@@ -693,7 +715,7 @@ fn plan(
     stored: Option<&StreamRecord>,
     desc: &logpb::LogStreamDescriptor,
     e: &CheckedEntry,
-    nearby: &[StoredEntry],
+    nearby: &Nearby,
     beyond: Option<i64>,
 ) -> Result<Result<Plan, String>, StoreError> {
     let name = path_of(key);
@@ -733,7 +755,7 @@ fn plan(
         )));
     }
     let at: std::collections::HashMap<u64, &StoredEntry> =
-        nearby.iter().map(|s| (s.idx, s)).collect();
+        nearby.at.iter().map(|s| (s.idx, s)).collect();
     let mut plan = Plan {
         new: Vec::new(),
         duplicates: 0,
@@ -751,34 +773,32 @@ fn plan(
             None => plan.new.push(k),
         }
     }
-    // The bundle's first and last entries against the stored ones on either side.
-    let neighbours = [
-        e.logs
-            .first()
-            .zip(e.sequences.first())
-            .and_then(|((i, _, _), s)| {
-                let before = at.get(&i.checked_sub(1)?)?.seq?;
-                Some((before, *s, i - 1, *i))
-            }),
-        e.logs
-            .last()
-            .zip(e.sequences.last())
-            .and_then(|((i, _, _), s)| {
-                let after = at.get(&(i + 1))?.seq?;
-                Some((*s, after, *i, i + 1))
-            }),
-    ];
-    for (before, after, i, j) in neighbours.into_iter().flatten() {
-        if next_sequence(before) != Some(after.sequence) {
-            return Ok(Err(format!(
-                "stream {name}: entry {j} has sequence {} but entry {i} (sequence {}, spanning {}) \
-                 is followed by sequence {}",
-                after.sequence,
-                before.sequence,
-                before.span,
-                before.sequence.saturating_add(before.span)
-            )));
-        }
+    // Sequences never go back: the bundle's first entry starts no earlier than the stored
+    // entry before it ends, exactly there when it is the one right before; and likewise its
+    // last entry against the stored entry after it.
+    let first = e.logs.first().map(|l| l.0).zip(e.sequences.first());
+    if let (Some((i, s)), Some(prev)) = (first, &nearby.before)
+        && let Some(p) = prev.seq
+        && let Some(end) = next_sequence(p)
+        && (s.sequence < end || (prev.idx + 1 == i && s.sequence != end))
+    {
+        return Ok(Err(format!(
+            "stream {name}: entry {i} has sequence {}, but the stored entry {} (sequence {}, \
+             spanning {}) is followed by sequence {end}",
+            s.sequence, prev.idx, p.sequence, p.span
+        )));
+    }
+    let last = e.logs.last().map(|l| l.0).zip(e.sequences.last());
+    if let (Some((i, s)), Some(next)) = (last, &nearby.after)
+        && let Some(n) = next.seq
+        && let Some(end) = next_sequence(*s)
+        && (end > n.sequence || (i + 1 == next.idx && end != n.sequence))
+    {
+        return Ok(Err(format!(
+            "stream {name}: entry {i} (sequence {}, spanning {}) is followed by sequence {end}, \
+             but the stored entry {} has sequence {}",
+            s.sequence, s.span, next.idx, n.sequence
+        )));
     }
     Ok(Ok(plan))
 }

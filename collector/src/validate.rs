@@ -165,12 +165,6 @@ fn stream(
 fn descriptor(d: &logpb::LogStreamDescriptor, prefix: &str) -> Result<(), Invalid> {
     types::validate_stream_name(&d.name).map_err(|e| invalid(e.to_string()))?;
     let name = &d.name;
-    let size = prost::Message::encoded_len(d);
-    if size > MAX_DESCRIPTOR_SIZE {
-        return Err(invalid(format!(
-            "stream {name:?}: descriptor of {size} bytes exceeds the {MAX_DESCRIPTOR_SIZE}-byte limit"
-        )));
-    }
     if !d.prefix.is_empty() && d.prefix != prefix {
         return Err(invalid(format!(
             "stream {name:?}: descriptor prefix {:?} differs from the bundle's {prefix:?}",
@@ -194,6 +188,12 @@ fn descriptor(d: &logpb::LogStreamDescriptor, prefix: &str) -> Result<(), Invali
         d.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     )
     .map_err(|e| invalid(format!("stream {name:?}: {e}")))?;
+    let size = prost::Message::encoded_len(d);
+    if size > MAX_DESCRIPTOR_SIZE {
+        return Err(invalid(format!(
+            "stream {name:?}: descriptor of {size} bytes exceeds the {MAX_DESCRIPTOR_SIZE}-byte limit"
+        )));
+    }
     Ok(())
 }
 
@@ -325,6 +325,7 @@ mod tests {
                 logs: (0..2)
                     .map(|i| logpb::LogEntry {
                         stream_index: i,
+                        sequence: i,
                         content: Some(Content::Text(logpb::Text {
                             lines: vec![logpb::text::Line {
                                 value: "a".into(),
@@ -379,6 +380,31 @@ mod tests {
             (
                 "wrong type",
                 Box::new(|b| b.entries[0].desc.as_mut().unwrap().stream_type = 1),
+            ),
+            (
+                "sequence 0 where 1 follows",
+                Box::new(|b| b.entries[0].logs[1].sequence = 0),
+            ),
+            (
+                "entry 0 has sequence 5",
+                Box::new(|b| {
+                    for l in &mut b.entries[0].logs {
+                        l.sequence += 5;
+                    }
+                }),
+            ),
+            (
+                "more than 64 tags",
+                Box::new(|b| {
+                    let d = b.entries[0].desc.as_mut().unwrap();
+                    for i in 0..65 {
+                        d.tags.insert(format!("k{i}"), String::new());
+                    }
+                }),
+            ),
+            (
+                "content type",
+                Box::new(|b| b.entries[0].desc.as_mut().unwrap().content_type = "x".repeat(1025)),
             ),
             (
                 "twice",
