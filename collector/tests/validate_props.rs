@@ -375,6 +375,40 @@ proptest! {
     }
 
     #[test]
+    fn a_bad_stream_is_refused_alone(
+        b in valid_bundle(),
+        which in any::<usize>(),
+        how in 0u8..3,
+    ) {
+        let mut b = b;
+        let k = which % b.entries.len();
+        let d = b.entries[k].desc.as_mut().expect("descriptor");
+        match how {
+            0 => d.content_type = "c".repeat(types::MAX_CONTENT_TYPE_LEN + 1),
+            1 => d.name = format!("_{}", d.name),
+            _ => {
+                for i in 0..=types::MAX_TAGS {
+                    d.tags.insert(format!("t{i}"), String::new());
+                }
+            }
+        }
+        let view = pb::BundleView::decode(b.encode_to_vec().as_slice()).expect("a view");
+        let checked = validate::streams(&view).expect("the bundle itself is fine");
+        prop_assert_eq!(checked.refused.len(), 1);
+        prop_assert_eq!(&checked.refused[0].name, &b.entries[k].desc.as_ref().expect("d").name);
+        prop_assert_eq!(checked.refused[0].kind, validate::RefusalKind::Invalid);
+        let kept: Vec<&str> = checked.streams.iter().map(|c| c.desc.name.as_str()).collect();
+        let want: Vec<&str> = b
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != k)
+            .map(|(_, e)| e.desc.as_ref().expect("d").name.as_str())
+            .collect();
+        prop_assert_eq!(kept, want);
+    }
+
+    #[test]
     fn mutated_bundles_never_panic_and_what_passes_is_sound(
         b in valid_bundle(),
         ms in prop::collection::vec(mutation(), 1..5),
