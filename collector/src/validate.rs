@@ -353,11 +353,11 @@ mod tests {
                 Box::new(|b| b.entries[0].desc.as_mut().unwrap().name = "a//b".into()),
             ),
             (
-                "descriptor of",
+                "bytes in all",
                 Box::new(|b| {
                     let d = b.entries[0].desc.as_mut().unwrap();
-                    for i in 0..2000 {
-                        d.tags.insert(format!("k{i}"), "v".repeat(64));
+                    for i in 0..20 {
+                        d.tags.insert(format!("k{i}"), "v".repeat(4000));
                     }
                 }),
             ),
