@@ -217,7 +217,10 @@ impl Running {
 
 /// The butler's side: takes each stream off the channel and reads it to EOF.
 async fn collect(mut rx: mpsc::Receiver<NewStream>, out: mpsc::UnboundedSender<Received>) {
-    while let Some(NewStream { desc, mut reader }) = rx.recv().await {
+    while let Some(NewStream {
+        desc, mut reader, ..
+    }) = rx.recv().await
+    {
         let out = out.clone();
         tokio::spawn(async move {
             let mut payload = Vec::new();
@@ -957,7 +960,9 @@ async fn connections_beyond_the_pending_handshake_limit_are_refused_and_counted(
         open.write_all(&stream_bytes(r#"{"name":"established"}"#, b"before\n"))
             .await
             .unwrap();
-        let NewStream { desc, mut reader } = rx.recv().await.expect("the established stream");
+        let NewStream {
+            desc, mut reader, ..
+        } = rx.recv().await.expect("the established stream");
         assert_eq!(desc.name, "established");
 
         // Fill every slot with clients that connect and never speak.
@@ -993,7 +998,9 @@ async fn connections_beyond_the_pending_handshake_limit_are_refused_and_counted(
             .await
             .unwrap();
         late.shutdown().await.unwrap();
-        let NewStream { desc, mut reader } = rx.recv().await.expect("the late stream");
+        let NewStream {
+            desc, mut reader, ..
+        } = rx.recv().await.expect("the late stream");
         assert_eq!(desc.name, "late");
         let mut payload = Vec::new();
         reader.read_to_end(&mut payload).await.unwrap();
