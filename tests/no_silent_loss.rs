@@ -224,6 +224,32 @@ fn pipe_whose_stream_is_accepted_exits_0() {
     );
 }
 
+/// A server that gives no verdicts (LogDog's, or an older butler) reads the stream and closes:
+/// `pipe` takes the end of file without a verdict as success.
+#[test]
+fn pipe_to_a_server_without_verdicts_exits_0() {
+    use std::os::unix::net::UnixListener;
+    let tmp = tempdir();
+    let sock = tmp.path().join("old.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut conn, &mut all).unwrap();
+        all
+    });
+    let mut cmd = butler(tmp.path(), &["pipe", "old/server"]);
+    cmd.env(
+        "LOGDOG_STREAM_SERVER_PATH",
+        format!("unix:{}", sock.display()),
+    );
+    let r = run(&mut cmd, Input::Bytes(b"to an old server\n".to_vec()));
+    r.assert_code(0);
+    assert!(r.stderr.is_empty(), "stderr:\n{}", r.stderr_str());
+    let got = server.join().unwrap();
+    assert!(got.ends_with(b"to an old server\n"), "{got:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The result file on every way out.
 
