@@ -192,6 +192,41 @@ printf 'second\n' | "$1" pipe tool/out"#;
     assert_eq!(v["totals"]["streams_refused"], 1, "{v:#}");
 }
 
+/// A refused `pipe` with more to send than the socket holds: its writes fail once the butler
+/// has closed the connection, and it still reports the butler's reason.
+#[test]
+fn a_refused_pipe_whose_writes_fail_still_gives_the_reason() {
+    let tmp = tempdir();
+    let script = r#"printf 'first\n' | "$1" pipe taken || exit 10
+head -c 8388608 /dev/zero | "$1" pipe taken"#;
+    let r = run(
+        &mut butler(
+            tmp.path(),
+            &[
+                "--output",
+                "null",
+                "run",
+                "--no-summary",
+                "--",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                env!("CARGO_BIN_EXE_logdog_butler"),
+            ],
+        ),
+        Input::Null,
+    );
+    r.assert_code(1);
+    let err = r.stderr_str();
+    assert!(
+        err.contains("the butler refused stream \"taken\": duplicate stream name"),
+        "stderr:\n{err}"
+    );
+    // --no-summary still names the refused stream.
+    assert!(err.contains("stream \"taken\" REFUSED"), "stderr:\n{err}");
+}
+
 /// `pipe` still exits 0 when its stream is taken.
 #[test]
 fn pipe_whose_stream_is_accepted_exits_0() {
