@@ -343,7 +343,13 @@ impl DirectoryOutput {
                     source,
                 };
                 tracing::error!(stream = name, error = %e, "cannot write stream");
-                self.stats.failed(pending);
+                // Lost with the stream: its buffered bytes and any entries held for a gap.
+                let held: u64 = st
+                    .pending
+                    .values()
+                    .map(|e| e.content.data().len() as u64)
+                    .sum();
+                self.stats.failed(pending + held);
                 state.streams.remove(&name);
                 state.failed.insert(name, e.to_string());
             }
