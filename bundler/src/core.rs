@@ -10,12 +10,17 @@
 //!   when a split is needed: the stream is *urgent* (its oldest byte has waited the maximum
 //!   buffer age, its buffer is full, it has ended, or the butler is flushing), or the line can
 //!   never fit in one bundle. A piece never ends inside a UTF-8 character, nor between `\r` and
-//!   a `\n` that may follow; invalid UTF-8 is carried as it is.
+//!   a `\n` that may follow; invalid UTF-8 is carried as it is. A piece takes all of the line
+//!   that is buffered, up to what a bundle can hold, and a piece that a fresh bundle would
+//!   take larger waits for the next bundle: a line goes out in as few pieces as the bundle
+//!   size (and the buffer, see [`Config::bundle_sized_buffer`]) allows.
 //! - **Binary**: whatever is buffered is emitted; `sequence` is the byte offset.
 //! - **Datagram**: frames are a uvarint length (at most [`MAX_DATAGRAM_SIZE`]) and that many
 //!   bytes. A datagram that fits in a bundle is emitted whole once it is buffered; one that
 //!   cannot fit, or that is still arriving when the stream is urgent, goes out in fragments
-//!   with `Partial` set. A bad length header ends the stream with an error.
+//!   with `Partial` set, as few as pieces of lines are (a fragment waits, unless the stream is
+//!   urgent, until a bundle's worth or the rest of the datagram is buffered). A bad length
+//!   header ends the stream with an error.
 //! - Each stream's entries are numbered from 0 (`stream_index`), `prefix_index` is one counter
 //!   across the core, `time_offset` never decreases, and every stream ends with a terminal
 //!   entry, including streams that never produced data (terminal index `u64::MAX`).
@@ -52,6 +57,16 @@ pub struct Config {
     /// how long sends still unacknowledged by the output may take before they are given up
     /// (and counted as undelivered).
     pub flush_timeout: Duration,
+}
+
+impl Config {
+    /// The smallest `max_buffered_bytes` with which a stream's buffer fills only once it holds
+    /// more than a bundle can take: one bundle, one read and the bytes a stream may hold back.
+    /// With at least this much, a long line or a large datagram goes out in pieces as large as
+    /// a bundle allows; with less, the buffer fills first and the pieces are smaller.
+    pub fn bundle_sized_buffer(&self) -> usize {
+        self.max_bundle_size.max(MIN_BUNDLE_SIZE) + self.read_size.max(1) + HOLD_BACK
+    }
 }
 
 /// Smallest bundle size the core accepts: room for a modest descriptor and some data.
@@ -553,6 +568,7 @@ impl Core {
                 || s.chunks
                     .front()
                     .is_some_and(|c| c.time + self.cfg.max_buffer_age <= now);
+            let bundle_was_empty = b.entries.is_empty();
             let mut slot = Slot {
                 logs: Vec::new(),
                 len: BundleEntry::base_len(s.desc.encoded_len(), None),
@@ -561,7 +577,15 @@ impl Core {
                 slot.len = slot.with_log(log.encoded_len_hint);
                 slot.logs.push(log.entry);
             }
-            if urgent && slot.logs.is_empty() && !s.chunks.is_empty() && !s.closed {
+            // A stream that emitted nothing into a bundle that already held entries may only
+            // be waiting for the next bundle (see `crowded` in the cutters), so it is not
+            // stalled.
+            if urgent
+                && bundle_was_empty
+                && slot.logs.is_empty()
+                && !s.chunks.is_empty()
+                && !s.closed
+            {
                 s.stalled = true;
             }
             let mut terminal = None;
@@ -783,6 +807,14 @@ impl Core {
         // A partial piece: the rest of an unfinished line, or a line too long for any bundle.
         let line_end = memchr::memchr(b'\n', &data[end..]).map_or(data.len(), |i| end + i + 1);
         let last_is_complete = data[line_end - 1] == b'\n';
+        let fresh = BundleEntry::base_len(s.desc.encoded_len(), None);
+        let fits_fresh = |p: usize| {
+            b.fits_alone(fresh + BundleEntry::log_field_len(entry_len(text_line_field_len(p, 0))))
+        };
+        // An unfinished line is the front chunk's tail plus every later chunk: a later `\n`
+        // would have been joined to the front chunk above, and whole lines before a tail that
+        // has chunks after it were emitted above.
+        let unfinished = s.buffered - end;
         if last_is_complete {
             // Only reached when the first line did not fit: split it only if it could not
             // fit in any bundle; otherwise it goes whole into the next one.
@@ -792,30 +824,34 @@ impl Core {
                 1
             };
             let line = text_line_field_len(line_end - dlen, dlen);
-            let fresh = BundleEntry::base_len(s.desc.encoded_len(), None);
             if b.fits_alone(fresh + BundleEntry::log_field_len(entry_len(line))) {
                 return None;
             }
-        } else if !urgent {
+        } else if !urgent && fits_fresh(unfinished) {
             // An unfinished line waits for its end, unless what is here already could not fit
             // in any bundle: then waiting gains nothing.
-            let fresh = BundleEntry::base_len(s.desc.encoded_len(), None);
-            let piece = text_line_field_len(data.len() - end, 0);
-            if b.fits_alone(fresh + BundleEntry::log_field_len(entry_len(piece))) {
-                return None;
-            }
+            return None;
         }
-        let last_is_complete = line_end > 0 && data[line_end - 1] == b'\n';
         let piece_limit = if last_is_complete {
             line_end - end - 1
         } else {
-            line_end - end
+            unfinished
         };
         let fits = |p: usize| b.fits(slot.with_log(entry_len(body + text_line_field_len(p, 0))));
         let mut p = largest_fitting(piece_limit, fits);
-        if p == 0 {
+        // As few pieces as possible: a piece that a fresh bundle would take larger waits for
+        // the next bundle instead of filling the rest of this one.
+        let crowded = b.done > 0 || !slot.logs.is_empty() || body > 0;
+        if p == 0 || (crowded && p < largest_fitting(piece_limit, fits_fresh)) {
             return self.finish_text_entry(s, e, end, lines, entry_len(body));
         }
+        if end + p > data.len() {
+            // The piece spans several reads: join them (each byte is copied once, as it
+            // leaves). The later reads' own times are kept for what stays behind.
+            Self::merge_front(s, end + p);
+        }
+        let data = s.chunks.front()?.data.clone();
+        let more_follows = s.chunks.len() > 1;
         let piece = &data[end..end + p];
         // Never end a piece between `\r` and a `\n` that follows or may follow.
         let at_stream_end = s.closed && !more_follows && end + p == data.len();
@@ -994,8 +1030,7 @@ impl Core {
             return None;
         }
         // Fragments.
-        let front_len = s.chunks.front().map_or(0, |c| c.data.len());
-        let avail = front_len.min(remaining);
+        let avail = s.buffered.min(remaining);
         if avail == 0 {
             if s.closed {
                 // The stream ended inside this datagram. Its fragments so far went out; the
@@ -1023,11 +1058,26 @@ impl Core {
                     len_delimited(1, p) + prost::encoding::message::encoded_len(2, &partial),
                 )
         };
+        let fresh = BundleEntry::base_len(s.desc.encoded_len(), None);
+        let fits_fresh = |p: usize| {
+            b.fits_alone(fresh + BundleEntry::log_field_len(frag_len(p, p == remaining)))
+        };
+        if !urgent && avail < remaining && avail < largest_fitting(remaining, fits_fresh) {
+            // Not urgent: wait until a whole fragment (as large as a bundle allows) or the
+            // rest of the datagram is here, so a datagram goes out in as few fragments as
+            // possible.
+            return None;
+        }
         let p = largest_fitting(avail, |p| {
             b.fits(slot.with_log(frag_len(p, p == remaining)))
         });
-        if p == 0 {
+        let crowded = b.done > 0 || !slot.logs.is_empty();
+        if p == 0 || (crowded && p < largest_fitting(avail, fits_fresh)) {
+            // A fresh bundle takes a larger fragment: wait for it.
             return None;
+        }
+        if s.chunks.front().is_some_and(|c| c.data.len() < p) {
+            Self::merge_front(s, p);
         }
         let last = p == remaining;
         let data = Self::advance(s, p);

@@ -1139,3 +1139,174 @@ fn descriptor_too_large_is_refused() {
         Err(RegisterError::DescriptorTooLarge { .. })
     ));
 }
+
+// ---------------------------------------------------------------------------------------------
+// As few pieces as possible
+// ---------------------------------------------------------------------------------------------
+
+/// How far below the bundle limit a bundle that a piece was cut short by may end: a piece
+/// gives back up to 4 bytes so as not to end inside a character or after a `\r`, and length
+/// varints make sizes move in steps of a few bytes.
+const PIECE_SLACK: usize = 16;
+
+/// Config with a buffer that holds a whole bundle, as the butler sets it up, and a buffer age
+/// that never runs out (a piece cut at the age is as large as the bytes that have arrived).
+fn whole_bundle_config(max_bundle_size: usize, read_size: usize) -> Config {
+    let mut cfg = Config {
+        project: "proj".into(),
+        prefix: "pfx".into(),
+        max_bundle_size,
+        max_buffer_age: Duration::from_secs(24 * 3600),
+        max_buffered_bytes: 0,
+        read_size,
+        flush_timeout: Duration::from_secs(60),
+    };
+    cfg.max_buffered_bytes = cfg.bundle_sized_buffer();
+    cfg
+}
+
+/// Checks that every piece of a line but the last (an entry ending without `\n`) and every
+/// datagram fragment but the last was cut short only because its bundle was full.
+fn assert_pieces_fill_their_bundles(h: &Harness) {
+    let max = h.cfg.max_bundle_size;
+    for b in &h.bundles {
+        let len = b.encoded_len();
+        for be in &b.entries {
+            for e in &be.logs {
+                let short = match &e.content {
+                    Content::Text(d) => d.last() != Some(&b'\n'),
+                    Content::Datagram {
+                        partial: Some(p), ..
+                    } => !p.last,
+                    _ => false,
+                };
+                assert!(
+                    !short || len + PIECE_SLACK > max,
+                    "{}: a piece of {} bytes went out in a bundle of {len} bytes (limit {max})",
+                    be.desc.name(),
+                    e.content.data().len()
+                );
+            }
+        }
+    }
+}
+
+/// Short complete lines, for streams that share bundles with a long one.
+fn short_lines() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec("[a-z]{0,80}\n", 0..40).prop_map(|v| v.concat().into_bytes())
+}
+
+/// Lines of which some are longer than several bundles; UTF-8 characters and `\r\n` make the
+/// pieces give back a few bytes. Every line is complete.
+fn long_lines(max_bundle_size: usize) -> impl Strategy<Value = Vec<u8>> {
+    let line = (
+        0..max_bundle_size * 4,
+        prop::sample::select(vec!["a", "é", "€", "😀", "\r"]),
+        prop::bool::ANY,
+    )
+        .prop_map(|(n, ch, crlf)| {
+            let mut v: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            for k in (0..v.len()).step_by(97) {
+                v.splice(k..k, ch.bytes());
+            }
+            v.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+            v
+        });
+    prop::collection::vec(line, 1..4).prop_map(|v| v.concat())
+}
+
+fn large_datagrams(max_bundle_size: usize) -> impl Strategy<Value = Vec<Vec<u8>>> {
+    let d = (0..max_bundle_size * 3, any::<u8>())
+        .prop_map(|(n, seed)| (0..n).map(|i| (i as u8).wrapping_add(seed)).collect());
+    prop::collection::vec(d, 1..4)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// With a buffer that holds a bundle, a long line or datagram is cut short only by the
+    /// bundle size, however the reads arrive, whenever bundles are cut, and whatever other
+    /// streams share the bundles.
+    #[test]
+    fn long_lines_and_datagrams_go_out_in_as_few_pieces_as_possible(
+        max_bundle_size in 1024usize..6000,
+        read_size in 16usize..2048,
+        text in long_lines(4096),
+        datagrams in large_datagrams(4096),
+        others in prop::collection::vec(short_lines(), 0..3),
+        chunks in prop::collection::vec(1usize..4096, 1..30),
+        cut_every in 1usize..5,
+    ) {
+        let mut h = Harness::new(whole_bundle_config(max_bundle_size, read_size));
+        let t0 = h.now;
+        h.register("long", StreamType::Text, text, 0);
+        h.register("dg", StreamType::Datagram, frame(&datagrams), 0);
+        h.sims[1].datagrams = datagrams;
+        for (k, o) in others.into_iter().enumerate() {
+            h.register(&format!("other{k}"), StreamType::Text, o, 0);
+        }
+        let n = h.sims.len();
+        let mut k = 0;
+        while h.sims.iter().any(|s| s.pos < s.input.len()) {
+            h.append(k % n, chunks[k % chunks.len()]);
+            if k % cut_every == 0 {
+                h.cut(false);
+            }
+            k += 1;
+        }
+        h.finish();
+        prop_assert_eq!(h.now, t0, "a writer waited for the buffer age");
+        h.check_streams();
+        assert_pieces_fill_their_bundles(&h);
+    }
+}
+
+/// A 9 MiB line and a 9 MiB datagram with 8 MiB bundles, read 64 KiB at a time: two entries
+/// each (LogDog's bundler also sends such a line as a bundle-sized piece and the rest).
+#[test]
+fn nine_mib_line_and_datagram_are_two_entries_each() {
+    let mut line: Vec<u8> = (0..9 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    line.push(b'\n');
+    let datagram: Vec<u8> = (0..9 << 20).map(|i| (i % 251) as u8).collect();
+    let mut h = Harness::new(whole_bundle_config(8 << 20, 64 * 1024));
+    let t0 = h.now;
+    h.register("line", StreamType::Text, line, 0);
+    h.register(
+        "dg",
+        StreamType::Datagram,
+        frame(std::slice::from_ref(&datagram)),
+        0,
+    );
+    h.sims[1].datagrams = vec![datagram];
+    while h.sims.iter().any(|s| s.pos < s.input.len()) {
+        for i in 0..2 {
+            h.append(i, 64 * 1024);
+        }
+    }
+    h.finish();
+    assert_eq!(h.now, t0, "a writer waited for the buffer age");
+    h.check_streams();
+    assert_eq!(h.seen["line"].entries.len(), 2, "entries of the 9 MiB line");
+    assert_eq!(
+        h.seen["dg"].entries.len(),
+        2,
+        "fragments of the 9 MiB datagram"
+    );
+    assert_pieces_fill_their_bundles(&h);
+}
+
+/// The same 9 MiB line with the old 5 MiB buffer: the buffer, not the bundle, bounds the
+/// pieces, and it still takes only two.
+#[test]
+fn a_full_buffer_sends_all_it_holds_as_one_piece() {
+    let mut line: Vec<u8> = (0..9 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    line.push(b'\n');
+    let mut h = Harness::new(Config {
+        max_buffer_age: Duration::from_secs(24 * 3600),
+        ..small_config(8 << 20)
+    });
+    h.register("line", StreamType::Text, line, 0);
+    h.finish();
+    h.check_streams();
+    assert_eq!(h.seen["line"].entries.len(), 2, "entries of the 9 MiB line");
+}

@@ -17,7 +17,9 @@ pub struct ButlerConfig {
     pub global_tags: BTreeMap<String, String>,
     /// Longest time a byte waits in a buffer before it is sent (partial line or not).
     pub max_buffer_age: Duration,
-    /// Per-stream buffer; a full buffer stops reading that stream until there is room.
+    /// Per-stream buffer; a full buffer stops reading that stream until there is room. It is
+    /// raised to [`BundlerConfig::bundle_sized_buffer`] (a bundle plus a read) if smaller, so
+    /// a long line goes out in pieces as large as a bundle allows.
     pub max_buffered_bytes: usize,
     /// Size of each read from a stream.
     pub read_size: usize,
@@ -72,7 +74,7 @@ impl ButlerConfig {
     }
 
     pub(crate) fn bundler_config(&self, max_bundle_size: usize) -> BundlerConfig {
-        BundlerConfig {
+        let mut cfg = BundlerConfig {
             project: self.project.clone(),
             prefix: self.prefix.clone(),
             max_bundle_size,
@@ -80,7 +82,9 @@ impl ButlerConfig {
             max_buffered_bytes: self.max_buffered_bytes,
             read_size: self.read_size,
             flush_timeout: self.flush_timeout,
-        }
+        };
+        cfg.max_buffered_bytes = cfg.max_buffered_bytes.max(cfg.bundle_sized_buffer());
+        cfg
     }
 
     /// Validates a stream's descriptor and completes it: empty prefix, default content type,

@@ -23,6 +23,7 @@ use std::time::SystemTime;
 use logdog_bundler::shell::{Handle as BundlerHandle, ShellTotals};
 use logdog_bundler::{Finished, StreamStats};
 use logdog_outputs::{Output, OutputStats};
+use logdog_proto::handshake::Verdict;
 use logdog_proto::logpb;
 use logdog_streamserver::{NewStream, ServerStats, StreamServer, count_rejection};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -165,6 +166,20 @@ pub struct Report {
     /// Every connection the stream servers refused, at the handshake or after it, by kind
     /// (`bad_magic`, `handshake_timeout`, `duplicate`...).
     pub refused_connections: BTreeMap<String, u64>,
+    /// Every stream refused after its handshake, in the order refused: its bytes were never
+    /// read.
+    pub refused_streams: Vec<RefusedStream>,
+}
+
+/// A stream refused after its handshake (a duplicate name, a closed namespace...).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RefusedStream {
+    /// The name the client asked for.
+    pub name: String,
+    /// The kind of refusal, as counted in [`Report::refused_connections`].
+    pub kind: String,
+    /// Why, in words.
+    pub reason: String,
 }
 
 enum Command {
@@ -392,12 +407,14 @@ impl Actor {
                     let _ = reply.send(res);
                 }
                 Command::FromServer(ns, stats) => {
+                    let name = ns.desc.name.clone();
                     let src = StreamSource {
                         reader: Box::new(ns.reader),
                         desc: ns.desc,
                         tee: None,
                     };
-                    if let Err(e) = self.add(src).await {
+                    let res = self.add(src).await;
+                    if let Err(e) = &res {
                         tracing::warn!(error = %e, "stream server: refused a stream");
                         count_rejection(&stats, e.kind());
                         *self
@@ -405,6 +422,17 @@ impl Actor {
                             .rejected
                             .entry(e.kind().to_string())
                             .or_default() += 1;
+                        self.report.refused_streams.push(RefusedStream {
+                            name,
+                            kind: e.kind().to_string(),
+                            reason: e.to_string(),
+                        });
+                    }
+                    if let Some(v) = ns.verdict {
+                        v.send(&match res {
+                            Ok(()) => Verdict::Accepted,
+                            Err(e) => Verdict::Refused(e.to_string()),
+                        });
                     }
                 }
                 Command::AddServer(server, reply) => {

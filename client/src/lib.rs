@@ -47,6 +47,11 @@
 //! at all if everything written still fit in the socket buffer. The butler logs and counts every
 //! rejection, so look there when a stream goes missing.
 //!
+//! A client that must know can ask for a verdict (an extension of ours, ignored by LogDog's
+//! servers): open the stream with [`StreamOptions::verdict`] and end it with
+//! [`Stream::finish`], which returns [`Verdict::Accepted`], [`Verdict::Refused`] with the
+//! reason, or `None` from a server that does not give verdicts. `logdog_butler pipe` does this.
+//!
 //! # Addresses
 //!
 //! * `unix:<path>` — a Unix-domain stream socket. The path must exist and be a socket when the
@@ -66,13 +71,14 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use logdog_proto::handshake::{encode_handshake, put_uvarint};
+use logdog_proto::handshake::{MAX_VERDICT_LINE, encode_handshake_with, put_uvarint};
 use logdog_proto::logpb::LogStreamDescriptor;
 use logdog_proto::types::{self, InvalidName};
 use logdog_proto::{MAX_DATAGRAM_SIZE, StreamType, default_content_type};
 
 pub use logdog_bootstrap::Environment;
 use logdog_bootstrap::{NAMESPACE, STREAM_SERVER_PATH};
+pub use logdog_proto::handshake::Verdict;
 
 /// Why a [`Client`] could not be created or a stream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -367,7 +373,7 @@ impl Client {
             Protocol::Unix(path) => {
                 let dial = || -> io::Result<UnixStream> {
                     let mut sock = UnixStream::connect(path)?;
-                    sock.write_all(&encode_handshake(&desc))?;
+                    sock.write_all(&encode_handshake_with(&desc, opts.verdict))?;
                     Ok(sock)
                 };
                 match dial() {
@@ -411,6 +417,7 @@ pub struct StreamOptions {
     content_type: Option<String>,
     tags: BTreeMap<String, String>,
     timestamp: Option<SystemTime>,
+    verdict: bool,
 }
 
 /// Earliest and latest timestamps (seconds since the Unix epoch) that RFC 3339 and protobuf
@@ -456,6 +463,14 @@ impl StreamOptions {
     /// opened is used, as LogDog's Go client does.
     pub fn timestamp(mut self, timestamp: SystemTime) -> Self {
         self.timestamp = Some(timestamp);
+        self
+    }
+
+    /// Asks the butler to say whether it takes the stream (an extension of ours; see
+    /// [`logdog_proto::handshake::VERDICT_FLAG`]). Read the answer with
+    /// [`Stream::finish`] or [`DatagramStream::finish`]. LogDog's servers ignore the request.
+    pub fn verdict(mut self) -> Self {
+        self.verdict = true;
         self
     }
 
@@ -548,6 +563,46 @@ impl Conn {
         }
     }
 
+    /// Ends the stream and reads the butler's verdict (see [`StreamOptions::verdict`]).
+    fn finish(&mut self) -> io::Result<Option<Verdict>> {
+        use std::io::Read;
+        let Conn::Unix(s) = std::mem::replace(self, Conn::Gone) else {
+            return Ok(None);
+        };
+        // An error here means the butler has gone already (it may have refused the stream,
+        // and its verdict waits to be read); the connection ends when dropped regardless.
+        let _ = s.shutdown(Shutdown::Write);
+        // The butler writes its verdict as soon as it has decided, then nothing more; the
+        // connection ends once it has read the stream to its end. A server that does not
+        // know verdicts just ends it.
+        let mut line = Vec::new();
+        let mut buf = [0u8; 512];
+        let mut s = &s;
+        while !line.contains(&b'\n') && line.len() < MAX_VERDICT_LINE {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => line.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A reset after the butler closed a refused stream ends the reply too.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if line.is_empty() {
+            return Ok(None);
+        }
+        match Verdict::parse(line.split(|&b| b == b'\n').next().unwrap_or_default()) {
+            Some(v) => Ok(Some(v)),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the butler answered {:?}, not a verdict",
+                    String::from_utf8_lossy(&line)
+                ),
+            )),
+        }
+    }
+
     /// Shuts down the write half, so the butler sees end of stream; the socket itself is closed
     /// when dropped.
     fn close(&mut self) -> io::Result<()> {
@@ -587,6 +642,18 @@ impl Stream {
     /// The error from `shutdown(2)`.
     pub fn close(mut self) -> io::Result<()> {
         self.conn.close()
+    }
+
+    /// Ends the stream like [`close`](Self::close), then, for a stream opened with
+    /// [`StreamOptions::verdict`], waits for the butler's [`Verdict`]. `None` means the butler
+    /// said nothing (it does not know verdicts, or none was asked for) and closed the
+    /// connection once it had read the stream. Also the way to learn why writes failed: a
+    /// refused stream's writes fail (`BrokenPipe`), and its verdict says why.
+    ///
+    /// # Errors
+    /// The error from reading the answer, or an answer that is not a verdict.
+    pub fn finish(mut self) -> io::Result<Option<Verdict>> {
+        self.conn.finish()
     }
 
     /// Hands the connection to a child process, e.g. as its stdout or stderr (LogDog's
@@ -676,6 +743,14 @@ impl DatagramStream {
     /// The error from `shutdown(2)`.
     pub fn close(mut self) -> io::Result<()> {
         self.conn.close()
+    }
+
+    /// Ends the stream and waits for the butler's verdict, as [`Stream::finish`] does.
+    ///
+    /// # Errors
+    /// As for [`Stream::finish`].
+    pub fn finish(mut self) -> io::Result<Option<Verdict>> {
+        self.conn.finish()
     }
 }
 

@@ -460,3 +460,27 @@ fn rejected_stream_shows_up_as_a_failed_write() {
     );
     s.close().unwrap();
 }
+
+/// A server that does not give verdicts (like LogDog's) ignores the request: the stream is
+/// delivered as usual and `finish` reports that nothing was said.
+#[test]
+fn a_verdict_asked_of_a_server_that_gives_none_is_none() {
+    let server = Server::start();
+    let client = server.client(None);
+    let mut s = client
+        .open_text("asks", &StreamOptions::new().verdict())
+        .unwrap();
+    s.write_all(b"line\n").unwrap();
+    assert_eq!(s.finish().unwrap(), None);
+    let (desc, payload) = server.next();
+    assert_eq!(desc.name, "asks");
+    assert_eq!(payload, b"line\n");
+
+    let mut d = client
+        .open_datagram("asks-too", &StreamOptions::new().verdict())
+        .unwrap();
+    d.write_datagram(b"dg").unwrap();
+    assert_eq!(d.finish().unwrap(), None);
+    let (_, payload) = server.next();
+    assert_eq!(datagrams(&payload), [b"dg".to_vec()]);
+}

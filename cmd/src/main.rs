@@ -4,6 +4,7 @@
 //! or specs; 250 when the butler itself fails (for example, a command that does not exist).
 
 mod cli;
+mod fdlimit;
 mod pipe;
 mod resume;
 mod run;
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&cli.global.log_level);
-    raise_fd_limit();
+    fdlimit::raise_open_file_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -94,17 +95,6 @@ fn init_tracing(level: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-}
-
-/// Every stream a child opens is a connection: allow as many as the system lets us.
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-    {
-        tracing::warn!(error = %e, "cannot raise the open-file limit");
-    }
 }
 
 /// A started butler and its output.

@@ -45,7 +45,115 @@ impl Signals {
 }
 
 /// Runs the `run` subcommand; returns the child's exit status.
+///
+/// `--result-path` is checked before anything starts (an unwritable path is a usage error)
+/// and written on every way out, failures included.
 pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
+    let result = match &args.result_path {
+        Some(path) => Some(ResultFile::create(path, &args.command)?),
+        None => None,
+    };
+    let res = run_command(g, &args, result.as_ref()).await;
+    if let (Some(r), Err(e)) = (&result, &res) {
+        let (code, msg) = match e {
+            Failure::Usage(m) => (crate::EXIT_USAGE, m.clone()),
+            Failure::Runtime(e) => (crate::EXIT_RUNTIME, format!("{e:#}")),
+        };
+        r.write_unless_written(code, None, Some(&msg));
+    }
+    res
+}
+
+/// The `--result-path` file: created (so found writable) before the command starts, then
+/// written once, on whatever path `run` ends.
+pub struct ResultFile {
+    path: std::path::PathBuf,
+    /// What is known so far; every write starts from it.
+    doc: std::sync::Mutex<serde_json::Map<String, serde_json::Value>>,
+    written: std::sync::atomic::AtomicBool,
+}
+
+impl ResultFile {
+    /// Creates (or empties) the file, so that a path that cannot be written is found now.
+    ///
+    /// # Errors
+    /// A usage error naming the path.
+    pub fn create(path: &std::path::Path, command: &[std::ffi::OsString]) -> Result<Self, Failure> {
+        std::fs::File::create(path)
+            .map_err(|e| Failure::Usage(format!("--result-path {}: {e}", path.display())))?;
+        let mut doc = serde_json::Map::new();
+        doc.insert(
+            "command".into(),
+            command.iter().map(|a| a.to_string_lossy()).collect(),
+        );
+        for key in ["exit_code", "signal", "error", "project", "prefix"] {
+            doc.insert(key.into(), serde_json::Value::Null);
+        }
+        doc.insert("streams".into(), serde_json::json!({}));
+        doc.insert("bundles".into(), 0.into());
+        doc.insert("failed_bundles".into(), 0.into());
+        doc.insert("refused_connections".into(), serde_json::json!({}));
+        doc.insert("refused_streams".into(), serde_json::json!([]));
+        Ok(Self {
+            path: path.to_path_buf(),
+            doc: std::sync::Mutex::new(doc),
+            written: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Records fields known so far.
+    fn set(&self, fields: serde_json::Value) {
+        let mut doc = self.doc.lock().unwrap_or_else(|e| e.into_inner());
+        if let serde_json::Value::Object(m) = fields {
+            doc.extend(m);
+        }
+    }
+
+    /// Writes the file with the exit status, the signal that killed the command (if any) and
+    /// what went wrong (if anything), unless it has been written already.
+    fn write_unless_written(&self, exit_code: u8, signal: Option<i32>, error: Option<&str>) {
+        if self.written.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        self.set(serde_json::json!({
+            "exit_code": exit_code,
+            "signal": signal,
+            "error": error,
+            "peak_rss_kib": peak_rss_kib(),
+        }));
+        let doc = self.doc.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let written = serde_json::to_vec_pretty(&doc)
+            .map_err(std::io::Error::other)
+            .and_then(|text| std::fs::write(&self.path, text));
+        if let Err(e) = written {
+            eprintln!("logdog_butler: cannot write {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// The fields of the result file that come from the butler's report.
+fn report_fields(
+    report: &Report,
+    out_stats: &logdog_outputs::OutputStats,
+    acked: Option<&crate::summary::AckedByName>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "streams": report.streams,
+        "bundles": report.bundles,
+        "failed_bundles": report.failed_bundles,
+        "totals": crate::summary::totals(report, out_stats.spool.is_some(), acked),
+        "acknowledged": acked,
+        "refused_connections": report.refused_connections,
+        "refused_streams": report.refused_streams,
+        "output": out_stats,
+    })
+}
+
+async fn run_command(
+    g: &Global,
+    args: &RunArgs,
+    result: Option<&ResultFile>,
+) -> Result<u8, Failure> {
     if args.stdout.name == args.stderr.name {
         return Err(Failure::Usage(format!(
             "--stdout and --stderr both name the stream {:?}",
@@ -60,6 +168,9 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
         cfg,
         grpc,
     } = &started;
+    if let Some(r) = result {
+        r.set(serde_json::json!({ "project": cfg.project, "prefix": cfg.prefix }));
+    }
     // Children open their own streams here; the socket lives in a private directory.
     let server = StreamServer::bind_private()
         .context("cannot create the stream server socket")
@@ -102,8 +213,11 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
         Ok(c) => c,
         Err(e) => {
             butler.activate().await;
-            let _ = butler.wait().await;
+            let report = butler.wait().await;
             let _ = output.close().await;
+            if let (Some(r), Ok(report)) = (result, &report) {
+                r.set(report_fields(report, &output.stats(), None));
+            }
             return Err(Failure::Runtime(e));
         }
     };
@@ -152,13 +266,17 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
         }
     }
 
-    let status = wait_child(&mut child, args.grace_period, &mut signals).await?;
+    let status = wait_child(&mut child, args.grace_period, &mut signals, result).await?;
     butler.activate().await;
     // Streams end when every process holding the pipes (grandchildren too) has closed them.
     let report = tokio::select! {
         r = butler.wait() => r.map_err(|e| Failure::Runtime(e.into()))?,
         sig = signals.recv() => {
-            eprintln!("logdog_butler: {sig}: exiting without waiting for the streams to end");
+            let msg = format!("{sig}: exited without waiting for the streams to end");
+            eprintln!("logdog_butler: {msg}");
+            if let Some(r) = result {
+                r.write_unless_written(exit_code(status), status.signal(), Some(&msg));
+            }
             return Ok(exit_code(status));
         }
     };
@@ -196,25 +314,9 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
             g.output
         );
     }
-    if let Some(path) = &args.result_path {
-        let result = serde_json::json!({
-            "command": args.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
-            "exit_code": code,
-            "signal": status.signal(),
-            "project": cfg.project,
-            "prefix": cfg.prefix,
-            "streams": report.streams,
-            "bundles": report.bundles,
-            "failed_bundles": report.failed_bundles,
-            "totals": crate::summary::totals(&report, out_stats.spool.is_some(), acked.as_ref()),
-            "acknowledged": acked,
-            "output": out_stats,
-            "peak_rss_kib": peak_rss_kib(),
-        });
-        let text = serde_json::to_vec_pretty(&result).map_err(|e| Failure::Runtime(e.into()))?;
-        if let Err(e) = std::fs::write(path, text) {
-            eprintln!("logdog_butler: cannot write {}: {e}", path.display());
-        }
+    if let Some(r) = result {
+        r.set(report_fields(&report, &out_stats, acked.as_ref()));
+        r.write_unless_written(code, status.signal(), None);
     }
     Ok(code)
 }
@@ -225,6 +327,7 @@ async fn wait_child(
     child: &mut Child,
     grace: Duration,
     signals: &mut Signals,
+    result: Option<&ResultFile>,
 ) -> Result<ExitStatus, Failure> {
     let pid = child
         .id()
@@ -244,7 +347,15 @@ async fn wait_child(
                 if deadline.is_some() {
                     eprintln!("logdog_butler: second {sig}: killing the command and exiting now");
                     let _ = child.start_kill();
-                    std::process::exit(128 + sig as i32);
+                    let code = 128 + sig as i32;
+                    if let Some(r) = result {
+                        let msg = format!(
+                            "second {sig}: the command was killed and the butler exited without \
+                             waiting for its streams"
+                        );
+                        r.write_unless_written(code as u8, None, Some(&msg));
+                    }
+                    std::process::exit(code);
                 }
                 eprintln!("logdog_butler: {sig}: passed to the command; it gets {} before SIGKILL", humantime::format_duration(grace));
                 if let Some(pid) = pid {
@@ -301,6 +412,9 @@ pub fn report_losses(report: &Report) {
                     .unwrap_or_default()
             );
         }
+    }
+    for r in &report.refused_streams {
+        eprintln!("logdog_butler: stream {:?} REFUSED: {}", r.name, r.reason);
     }
     report_refusals(report);
     if report.failed_bundles > 0 {

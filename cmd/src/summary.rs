@@ -107,6 +107,8 @@ pub struct Totals {
     pub streams_with_losses: u64,
     /// Streams with bytes still in the spool, not yet acknowledged.
     pub streams_in_spool: u64,
+    /// Streams refused after their handshake (nothing of them was kept).
+    pub streams_refused: u64,
 }
 
 /// Sums the streams of `report`.
@@ -129,6 +131,7 @@ pub fn totals(report: &Report, spooled: bool, acked: Option<&AckedByName>) -> To
             t.streams_in_spool += 1;
         }
     }
+    t.streams_refused = report.refused_streams.len() as u64;
     t
 }
 
@@ -156,6 +159,27 @@ pub fn render(
         if spooled { "spooled" } else { "sent" },
         "acked"
     );
+    // Refused streams first: nothing of them was kept.
+    let refused = &report.refused_streams;
+    for r in refused.iter().take(MAX_ROWS) {
+        let _ = writeln!(
+            out,
+            "  {:<28} {:>10} {:>9} {:>10} {:>10}  REFUSED: {}",
+            short_name(&r.name),
+            "-",
+            "-",
+            "-",
+            "-",
+            r.reason
+        );
+    }
+    if refused.len() > MAX_ROWS {
+        let _ = writeln!(
+            out,
+            "  … and {} more REFUSED stream(s) (see --result-path)",
+            refused.len() - MAX_ROWS
+        );
+    }
     // Streams that lost something first, then the rest by name.
     let mut rows: Vec<&StreamReport> = report.streams.values().collect();
     rows.sort_by_key(|s| (Fate::of(s, spooled, acked).ok(), s.name.clone()));
@@ -166,19 +190,7 @@ pub fn render(
     };
     for s in &rows[..shown] {
         let status = Fate::of(s, spooled, acked).status();
-        let mut name = s.name.clone();
-        if name.chars().count() > 28 {
-            name = format!(
-                "…{}",
-                name.chars()
-                    .rev()
-                    .take(27)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<String>()
-            );
-        }
+        let name = short_name(&s.name);
         let _ = writeln!(
             out,
             "  {name:<28} {:>10} {:>9} {:>10} {:>10}  {status}",
@@ -213,17 +225,40 @@ pub fn render(
         t.entries,
         human(t.bytes_sent),
         human(t.bytes_acknowledged),
-        match (t.streams_with_losses, t.streams_in_spool) {
-            (0, 0) => "nothing lost".to_string(),
-            (0, n) => format!("nothing lost; {n} stream(s) IN SPOOL, not yet acknowledged"),
-            (l, 0) => format!("{l} stream(s) LOST data"),
-            (l, n) => format!("{l} stream(s) LOST data; {n} IN SPOOL"),
-        }
+        totals_status(&t)
     );
     if let Some(sp) = &output.spool {
         let _ = write!(out, "\n{}", spool_line(sp));
     }
     out
+}
+
+/// The status column of the totals row.
+fn totals_status(t: &Totals) -> String {
+    let mut status = match (t.streams_with_losses, t.streams_in_spool) {
+        (0, 0) => "nothing lost".to_string(),
+        (0, n) => format!("nothing lost; {n} stream(s) IN SPOOL, not yet acknowledged"),
+        (l, 0) => format!("{l} stream(s) LOST data"),
+        (l, n) => format!("{l} stream(s) LOST data; {n} IN SPOOL"),
+    };
+    if t.streams_refused > 0 {
+        // A refused stream's bytes were never taken: "nothing lost" would not be true.
+        let refused = format!("{} stream(s) REFUSED", t.streams_refused);
+        status = match status.strip_prefix("nothing lost") {
+            Some(rest) => format!("{refused}{rest}"),
+            None => format!("{status}; {refused}"),
+        };
+    }
+    status
+}
+
+/// A stream name cut to the 28 columns of the name column (keeping its end).
+fn short_name(name: &str) -> String {
+    if name.chars().count() <= 28 {
+        return name.to_string();
+    }
+    let tail: Vec<char> = name.chars().rev().take(27).collect();
+    format!("…{}", tail.into_iter().rev().collect::<String>())
 }
 
 /// One line about the spool: what went through it and what is left.
@@ -372,6 +407,28 @@ mod tests {
             ),
             (60, 0, 1)
         );
+    }
+
+    #[test]
+    fn refused_streams_get_a_row_and_spoil_the_totals() {
+        let mut r = report(vec![stream("fine", 10, 0, 0)]);
+        r.refused_streams.push(logdog_butler::RefusedStream {
+            name: "tool/out".into(),
+            kind: "duplicate_name".into(),
+            reason: "duplicate stream name \"tool/out\"".into(),
+        });
+        let text = render(&r, &OutputStats::default(), "p/x/+/ via null", None);
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("tool/out"))
+            .unwrap_or_else(|| panic!("no row for the refused stream:\n{text}"));
+        assert!(
+            row.ends_with("REFUSED: duplicate stream name \"tool/out\""),
+            "{text}"
+        );
+        assert!(!text.contains("nothing lost"), "{text}");
+        assert!(text.contains("1 stream(s) REFUSED"), "{text}");
+        assert_eq!(totals(&r, false, None).streams_refused, 1);
     }
 
     #[test]

@@ -50,6 +50,11 @@
 //!   grow as bundles arrive. Its stream file is flushed and closed when the stream ends; every
 //!   other file is flushed by [`close`](Output::close). Only then is the directory complete.
 //! - Entries are written in `stream_index` order even if bundles arrive out of order.
+//! - At most [`MAX_OPEN_FILES`] stream files are open at once (see
+//!   [`with_max_open_files`](DirectoryOutput::with_max_open_files)): with more streams, the
+//!   least recently written one is flushed and closed, and reopened (appending) when its next
+//!   bundle arrives. Thousands of concurrent streams thus need a bounded number of file
+//!   descriptors, whatever the process's open-file limit.
 //! - If a stream's files cannot be created — for example a stream `foo` and a stream `foo/bar`
 //!   both exist, so `PATH/foo` would have to be a file and a directory — the error is logged, that
 //!   stream's data is counted as failed in [`stats`](Output::stats) and `send` returns an error,
@@ -60,7 +65,7 @@
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -70,6 +75,9 @@ use logdog_proto::{Bundle, BundleEntry, Content, Descriptor, Entry, StreamType, 
 use serde_json::json;
 
 use crate::{DEFAULT_MAX_BUNDLE_SIZE, Output, OutputError, OutputStats, StatsCounter};
+
+/// Default bound on the stream files open at once; see the [module docs](self).
+pub const MAX_OPEN_FILES: usize = 128;
 
 /// Buffer size of each stream file's writer. Small entries are gathered here; entries this
 /// size or larger (bulk output arrives in 64 KiB reads) go straight to the file, uncopied.
@@ -84,8 +92,15 @@ pub struct DirectoryOutput {
 
 #[derive(Default)]
 struct State {
-    /// Streams with open files.
+    /// Streams not yet complete (their files open or closed for now).
     streams: HashMap<String, StreamState>,
+    /// Streams whose file is open, by the time they were last written: the first is the
+    /// least recently used, closed first when room is needed.
+    open_files: BTreeMap<u64, String>,
+    /// Advances at every write; orders `open_files`.
+    clock: u64,
+    /// Most files open at once.
+    max_open: usize,
     /// Streams whose files were completed and closed.
     finished: std::collections::HashSet<String>,
     /// Streams that could not be written, with the reason.
@@ -95,7 +110,10 @@ struct State {
 
 struct StreamState {
     path: PathBuf,
-    file: BufWriter<File>,
+    /// The open file, or `None` while it is closed to make room for other streams.
+    file: Option<BufWriter<File>>,
+    /// Its key in [`State::open_files`] while open.
+    last_used: u64,
     next_stream_index: u64,
     /// Entries that arrived ahead of `next_stream_index`.
     pending: BTreeMap<u64, Entry>,
@@ -128,9 +146,19 @@ impl DirectoryOutput {
             .map_err(io_err("resolving output directory", path))?;
         Ok(Self {
             root,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                max_open: MAX_OPEN_FILES,
+                ..State::default()
+            }),
             stats: StatsCounter::default(),
         })
+    }
+
+    /// Keeps at most `max` stream files open at once (at least 1; [`MAX_OPEN_FILES`] by
+    /// default).
+    pub fn with_max_open_files(self, max: usize) -> Self {
+        self.lock().max_open = max.max(1);
+        self
     }
 
     /// The absolute path of the output directory.
@@ -177,7 +205,8 @@ impl DirectoryOutput {
         fs::write(&desc_path, text).map_err(io_err("writing descriptor", &desc_path))?;
         Ok(StreamState {
             path,
-            file: BufWriter::with_capacity(WRITE_BUFFER, file),
+            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            last_used: 0,
             next_stream_index: 0,
             pending: BTreeMap::new(),
             terminal_index: None,
@@ -205,17 +234,53 @@ impl DirectoryOutput {
                 "stream {name:?} has already ended"
             )));
         }
-        let st = match state.streams.entry(name.to_owned()) {
-            MapEntry::Occupied(o) => o.into_mut(),
-            MapEntry::Vacant(v) => match self.open(&be.desc) {
-                Ok(st) => v.insert(st),
-                Err(e) => {
-                    tracing::error!(stream = name, error = %e, "cannot write stream");
-                    state.failed.insert(name.to_owned(), e.to_string());
-                    return Err(e);
+        let is_open = state.streams.get(name).map(|st| st.file.is_some());
+        if is_open != Some(true) {
+            // A file is about to be opened (created, or reopened to append): make room.
+            self.make_room(state);
+        }
+        let opened = match state.streams.entry(name.to_owned()) {
+            MapEntry::Occupied(o) => {
+                let st = o.into_mut();
+                match st.file {
+                    Some(_) => Ok(st),
+                    None => match OpenOptions::new().append(true).open(&st.path) {
+                        Ok(f) => {
+                            st.file = Some(BufWriter::with_capacity(WRITE_BUFFER, f));
+                            Ok(st)
+                        }
+                        Err(source) => Err(OutputError::Io {
+                            context: format!("reopening {}", st.path.display()),
+                            source,
+                        }),
+                    },
                 }
-            },
+            }
+            MapEntry::Vacant(v) => self.open(&be.desc).map(|st| v.insert(st)),
         };
+        let st = match opened {
+            Ok(st) => st,
+            Err(e) => {
+                tracing::error!(stream = name, error = %e, "cannot write stream");
+                if let Some(st) = state.streams.remove(name) {
+                    // Entries held for a gap are lost with the stream.
+                    self.stats.failed(
+                        st.pending
+                            .values()
+                            .map(|e| e.content.data().len() as u64)
+                            .sum(),
+                    );
+                }
+                state.failed.insert(name.to_owned(), e.to_string());
+                return Err(e);
+            }
+        };
+        state.clock += 1;
+        if st.last_used != 0 {
+            state.open_files.remove(&st.last_used);
+        }
+        st.last_used = state.clock;
+        state.open_files.insert(state.clock, name.to_owned());
         if st.terminal_index.is_none() {
             st.terminal_index = be.terminal_index;
         }
@@ -237,21 +302,58 @@ impl DirectoryOutput {
                     "dropping entries beyond the stream's terminal index"
                 );
             }
-            result = st.file.flush().map_err(|source| OutputError::Io {
+            result = st.flush().map_err(|source| OutputError::Io {
                 context: format!("flushing {}", st.path.display()),
                 source,
             });
             if result.is_ok() {
+                state.open_files.remove(&st.last_used);
                 state.streams.remove(name);
                 state.finished.insert(name.to_owned());
             }
         }
         if let Err(e) = &result {
             tracing::error!(stream = name, error = %e, "cannot write stream");
-            state.streams.remove(name);
+            if let Some(st) = state.streams.remove(name) {
+                state.open_files.remove(&st.last_used);
+            }
             state.failed.insert(name.to_owned(), e.to_string());
         }
         result
+    }
+
+    /// Closes the least recently written files until one more may be opened. A file whose
+    /// buffered bytes cannot be written fails its stream (counted, as for any write error).
+    fn make_room(&self, state: &mut State) {
+        while state.open_files.len() >= state.max_open {
+            let Some((_, name)) = state.open_files.pop_first() else {
+                return;
+            };
+            let Some(st) = state.streams.get_mut(&name) else {
+                continue;
+            };
+            st.last_used = 0;
+            let Some(mut file) = st.file.take() else {
+                continue;
+            };
+            let pending = file.buffer().len() as u64;
+            if let Err(source) = file.flush() {
+                let e = OutputError::Io {
+                    context: format!("flushing {}", st.path.display()),
+                    source,
+                };
+                tracing::error!(stream = name, error = %e, "cannot write stream");
+                // Lost with the stream: its buffered bytes and any entries held for a gap.
+                let held: u64 = st
+                    .pending
+                    .values()
+                    .map(|e| e.content.data().len() as u64)
+                    .sum();
+                self.stats.failed(pending + held);
+                state.streams.remove(&name);
+                state.failed.insert(name, e.to_string());
+            }
+        }
     }
 }
 
@@ -279,9 +381,21 @@ impl StreamState {
         Ok(())
     }
 
+    /// Flushes the file, if it is open.
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), |f| f.flush())
+    }
+
+    /// The open file (the caller opens it before writing entries).
+    fn out(&mut self) -> std::io::Result<&mut BufWriter<File>> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("stream file is not open"))
+    }
+
     fn write_entry(&mut self, content: &Content) -> std::io::Result<()> {
         match content {
-            Content::Text(data) | Content::Binary(data) => self.file.write_all(data),
+            Content::Text(data) | Content::Binary(data) => self.out()?.write_all(data),
             Content::Datagram {
                 data,
                 partial: None,
@@ -289,8 +403,8 @@ impl StreamState {
                 if self.datagram_remaining.take().is_some() {
                     self.warn_unfinished();
                 }
-                write_varint(&mut self.file, data.len() as u64)?;
-                self.file.write_all(data)
+                write_varint(self.out()?, data.len() as u64)?;
+                self.out()?.write_all(data)
             }
             Content::Datagram {
                 data,
@@ -300,7 +414,7 @@ impl StreamState {
                     if self.datagram_remaining.is_some() {
                         self.warn_unfinished();
                     }
-                    write_varint(&mut self.file, p.size)?;
+                    write_varint(self.out()?, p.size)?;
                     self.datagram_remaining = Some(p.size);
                 } else if self.datagram_remaining.is_none() {
                     tracing::warn!(
@@ -309,7 +423,7 @@ impl StreamState {
                         "datagram fragment without a first fragment; framing is broken"
                     );
                 }
-                self.file.write_all(data)?;
+                self.out()?.write_all(data)?;
                 let remaining = self.datagram_remaining.unwrap_or(0);
                 let remaining = remaining.checked_sub(data.len() as u64);
                 if p.last {
@@ -438,6 +552,7 @@ impl Output for DirectoryOutput {
             return Ok(());
         }
         state.closed = true;
+        state.open_files.clear();
         let mut first_err = None;
         for (name, mut st) in state.streams.drain() {
             if !st.pending.is_empty() {
@@ -453,8 +568,8 @@ impl Output for DirectoryOutput {
                     .sum();
                 self.stats.failed(lost);
             }
-            let lost = st.file.buffer().len() as u64;
-            if let Err(source) = st.file.flush() {
+            let lost = st.file.as_ref().map_or(0, |f| f.buffer().len() as u64);
+            if let Err(source) = st.flush() {
                 tracing::error!(stream = name, error = %source, "cannot flush stream file");
                 self.stats.failed(lost);
                 first_err.get_or_insert(OutputError::Io {
@@ -757,6 +872,41 @@ mod tests {
         }
         assert!(!dir.path().join("escape").exists());
         assert_eq!(out.stats().failed_bytes, 5);
+    }
+
+    #[tokio::test]
+    async fn many_streams_share_a_bounded_number_of_open_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = DirectoryOutput::new(dir.path())
+            .unwrap()
+            .with_max_open_files(3);
+        let descs: Vec<_> = (0..10)
+            .map(|i| desc(&format!("s/{i}"), StreamType::Text))
+            .collect();
+        let mut want = vec![Vec::new(); descs.len()];
+        // Round after round, every stream gets an entry (the last round ends them all), so
+        // each file is closed and reopened many times.
+        for round in 0..6u64 {
+            for (i, d) in descs.iter().enumerate() {
+                let line = format!("stream {i} round {round}\n").into_bytes();
+                want[i].extend_from_slice(&line);
+                let terminal = (round == 5).then_some(round);
+                let e = entry(round, Content::Text(Bytes::from(line)));
+                out.send(bundle(vec![be(d, terminal, vec![e])]))
+                    .await
+                    .unwrap();
+                assert!(out.lock().open_files.len() <= 3, "too many files open");
+            }
+        }
+        assert!(
+            out.lock().open_files.is_empty(),
+            "finished streams keep files open"
+        );
+        out.close().await.unwrap();
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(&read(&out, &format!("s/{i}")), w, "stream {i}");
+        }
+        assert_eq!(out.stats().failed_bytes, 0);
     }
 
     #[tokio::test]

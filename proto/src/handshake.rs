@@ -2,7 +2,9 @@
 //!
 //! A client opens one connection per stream and sends, in order: the magic bytes
 //! `BTLR1\x1E`, a uvarint length N (at most [`MAX_HEADER_SIZE`]), and N bytes of a JSON object
-//! of flags; everything after that is the stream's payload. The server never writes back.
+//! of flags; everything after that is the stream's payload. The server never writes back,
+//! unless the client asks for a [`Verdict`] with the [`VERDICT_FLAG`] (an extension of ours that
+//! LogDog's clients and servers ignore).
 //!
 //! Flags: `name` (required), `contentType`, `type` (`text`, `binary` or `datagram`; text when
 //! absent), `timestamp` (RFC 3339; the zero time means unset) and `tags` (string to string).
@@ -196,6 +198,73 @@ fn civil_from_days(days: i128) -> (i128, u32, u32) {
     (y, m, d)
 }
 
+/// The handshake flag (`"verdict": true`) by which a client asks the server for a verdict.
+///
+/// LogDog's server never writes back and LogDog's clients never read, so the verdict is
+/// opt-in: a server that knows the flag writes one line, [`Verdict::line`], once it has
+/// decided whether to take the stream; a client that does not send the flag gets nothing, and
+/// a server that does not know it ignores it, as it ignores every unknown key (the client
+/// then reads end of file without a verdict).
+pub const VERDICT_FLAG: &str = "verdict";
+
+/// Longest verdict line a client reads (a longer reason is cut).
+pub const MAX_VERDICT_LINE: usize = 4096;
+
+/// Whether a handshake header asks for a [`Verdict`]: a JSON object with the
+/// [`VERDICT_FLAG`] key (any case) set to `true`. Anything else, malformed JSON included,
+/// does not.
+pub fn asks_for_verdict(json: &[u8]) -> bool {
+    match serde_json::from_slice::<Value>(json) {
+        Ok(Value::Object(map)) => map
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case(VERDICT_FLAG) && *v == Value::Bool(true)),
+        _ => false,
+    }
+}
+
+/// What the server decided about a stream, for a client that asked (see [`VERDICT_FLAG`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The stream was taken: its bytes go to the output.
+    Accepted,
+    /// The stream was refused, for this reason; nothing written to it is kept.
+    Refused(String),
+}
+
+impl Verdict {
+    /// The line the server writes: `accepted\n` or `refused: REASON\n` (the reason on one
+    /// line, at most [`MAX_VERDICT_LINE`] bytes in all).
+    pub fn line(&self) -> Vec<u8> {
+        let mut out = match self {
+            Verdict::Accepted => b"accepted".to_vec(),
+            Verdict::Refused(reason) => {
+                let mut v = b"refused: ".to_vec();
+                v.extend(
+                    reason
+                        .bytes()
+                        .map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+                );
+                v
+            }
+        };
+        out.truncate(MAX_VERDICT_LINE - 1);
+        out.push(b'\n');
+        out
+    }
+
+    /// Parses a verdict line (with or without its newline); `None` if it is not one.
+    pub fn parse(line: &[u8]) -> Option<Verdict> {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        if line == b"accepted" {
+            return Some(Verdict::Accepted);
+        }
+        let reason = line.strip_prefix(b"refused: ")?;
+        Some(Verdict::Refused(
+            String::from_utf8_lossy(reason).into_owned(),
+        ))
+    }
+}
+
 /// Appends `v` as an unsigned LEB128 varint.
 pub fn put_uvarint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -207,6 +276,11 @@ pub fn put_uvarint(buf: &mut Vec<u8>, mut v: u64) {
 
 /// Builds the handshake bytes (magic, length, JSON) for a stream, as LogDog's Go client does.
 pub fn encode_handshake(desc: &LogStreamDescriptor) -> Vec<u8> {
+    encode_handshake_with(desc, false)
+}
+
+/// Like [`encode_handshake`]; with `verdict`, the header also asks for a [`Verdict`].
+pub fn encode_handshake_with(desc: &LogStreamDescriptor, verdict: bool) -> Vec<u8> {
     let mut flags = serde_json::Map::new();
     flags.insert("name".into(), Value::from(desc.name.clone()));
     if !desc.content_type.is_empty() {
@@ -228,6 +302,9 @@ pub fn encode_handshake(desc: &LogStreamDescriptor) -> Vec<u8> {
             .map(|(k, v)| (k.clone(), Value::from(v.clone())))
             .collect();
         flags.insert("tags".into(), Value::Object(tags));
+    }
+    if verdict {
+        flags.insert(VERDICT_FLAG.into(), Value::Bool(true));
     }
     let json = Value::Object(flags).to_string();
     let mut out = Vec::with_capacity(MAGIC.len() + 10 + json.len());
@@ -310,6 +387,46 @@ mod tests {
         let len = bytes[6] as usize;
         assert_eq!(bytes.len(), 7 + len);
         assert_eq!(parse_header(&bytes[7..]).unwrap(), desc);
+    }
+
+    #[test]
+    fn verdicts_are_opt_in_and_round_trip() {
+        let desc = LogStreamDescriptor {
+            name: "x".into(),
+            ..Default::default()
+        };
+        let plain = encode_handshake(&desc);
+        let asking = encode_handshake_with(&desc, true);
+        assert!(!asks_for_verdict(&plain[7..]));
+        assert!(asks_for_verdict(&asking[7..]));
+        // The flag is ignored by the parser: the same descriptor either way.
+        assert_eq!(
+            parse_header(&asking[7..]).unwrap(),
+            parse_header(&plain[7..]).unwrap()
+        );
+        assert!(asks_for_verdict(br#"{"name":"n","VERDICT":true}"#));
+        for no in [
+            &br#"{"verdict":"yes"}"#[..],
+            br#"{"verdict":false}"#,
+            b"[true]",
+            b"junk",
+        ] {
+            assert!(!asks_for_verdict(no));
+        }
+        let refused = Verdict::Refused("duplicate name\nsecond line".into());
+        assert_eq!(refused.line(), b"refused: duplicate name second line\n");
+        assert_eq!(
+            Verdict::parse(&refused.line()),
+            Some(Verdict::Refused("duplicate name second line".into()))
+        );
+        assert_eq!(
+            Verdict::parse(&Verdict::Accepted.line()),
+            Some(Verdict::Accepted)
+        );
+        assert_eq!(Verdict::parse(b"hello\n"), None);
+        let long = Verdict::Refused("x".repeat(10 * MAX_VERDICT_LINE)).line();
+        assert_eq!(long.len(), MAX_VERDICT_LINE);
+        assert_eq!(long.last(), Some(&b'\n'));
     }
 
     #[test]

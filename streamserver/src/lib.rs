@@ -17,6 +17,12 @@
 //!   a client whose `connect` succeeded is never dropped.
 //! - Every rejection is logged with its reason and counted in [`ServerStats`]. The wire stays
 //!   silent (LogDog clients never read), so the log and the counters are how a user finds out.
+//!   A client that asks for a verdict gets one line back (see [`VerdictSender`]).
+//! - At most [`default_max_connections`] connections are open at once: the process's
+//!   open-file limit less [`FD_RESERVE`], so the output always has descriptors for its files.
+//!   Clients beyond that wait in the socket's listen queue ([`LISTEN_BACKLOG`] long; a client
+//!   whose `connect` finds it full waits in `connect`) until a stream ends: none is lost to
+//!   `EMFILE`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,7 +31,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use logdog_proto::handshake::{HandshakeError, MAGIC, MAX_HEADER_SIZE, parse_header};
+use logdog_proto::handshake::{
+    HandshakeError, MAGIC, MAX_HEADER_SIZE, Verdict, asks_for_verdict, parse_header,
+};
 use logdog_proto::logpb::LogStreamDescriptor;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -45,6 +53,54 @@ pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 4096;
 /// already in progress.
 pub const TOO_MANY_HANDSHAKES: &str = "too_many_handshakes";
 
+/// File descriptors the stream server leaves to the rest of the process (the output's files,
+/// the child's pipes, the runtime) when it sizes its connection limit.
+pub const FD_RESERVE: u64 = 256;
+
+/// Connections the server allows at once whatever the open-file limit.
+pub const MIN_CONNECTIONS: usize = 16;
+
+/// Length asked for the socket's listen queue, where connections wait to be accepted (the
+/// kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// The default limit on open connections: the soft open-file limit (`RLIMIT_NOFILE`) less
+/// [`FD_RESERVE`], and at least [`MIN_CONNECTIONS`]. Read when the server starts running, so
+/// a limit raised before then counts.
+pub fn default_max_connections() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    match soft {
+        Some(n) => usize::try_from(n.saturating_sub(FD_RESERVE))
+            .unwrap_or(usize::MAX)
+            .clamp(MIN_CONNECTIONS, Semaphore::MAX_PERMITS),
+        None => Semaphore::MAX_PERMITS,
+    }
+}
+
+/// A client's connection; it counts against the server's connection limit until dropped.
+#[derive(Debug)]
+pub struct Connection {
+    stream: UnixStream,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Connection {
+    /// The socket.
+    pub fn get_ref(&self) -> &UnixStream {
+        &self.stream
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
 /// A stream opened by a client: its descriptor and the rest of the connection.
 #[derive(Debug)]
 pub struct NewStream {
@@ -52,7 +108,38 @@ pub struct NewStream {
     /// none).
     pub desc: LogStreamDescriptor,
     /// The payload: everything after the handshake, until the client closes.
-    pub reader: BufReader<UnixStream>,
+    pub reader: BufReader<Connection>,
+    /// Set when the client asked for a verdict (see [`logdog_proto::handshake::VERDICT_FLAG`]):
+    /// whoever decides about the stream sends it. Dropping it unsent sends nothing.
+    pub verdict: Option<VerdictSender>,
+}
+
+/// The way back to a client that asked for a [`Verdict`]: a second handle on its connection,
+/// used once.
+#[derive(Debug)]
+pub struct VerdictSender {
+    conn: std::os::unix::net::UnixStream,
+}
+
+impl VerdictSender {
+    fn new(conn: &UnixStream) -> std::io::Result<Self> {
+        use std::os::fd::AsFd;
+        let fd = conn.as_fd().try_clone_to_owned()?;
+        Ok(Self {
+            conn: std::os::unix::net::UnixStream::from(fd),
+        })
+    }
+
+    /// Writes the verdict line. The socket is non-blocking and nothing else is ever written
+    /// to it, so the short line goes into its empty send buffer at once; a client that has
+    /// already gone (or a full buffer, which cannot happen) only costs a debug line. Never
+    /// blocks.
+    pub fn send(self, verdict: &Verdict) {
+        use std::io::Write;
+        if let Err(e) = (&self.conn).write_all(&verdict.line()) {
+            tracing::debug!(error = %e, "stream server: cannot send a verdict");
+        }
+    }
 }
 
 /// Counters of a stream server, shared with whoever holds a clone.
@@ -104,6 +191,8 @@ pub struct StreamServer {
     dir: Option<tempfile::TempDir>,
     handshake_timeout: Duration,
     max_pending: usize,
+    /// `None`: [`default_max_connections`] when the server starts running.
+    max_connections: Option<usize>,
     stats: ServerStats,
 }
 
@@ -114,6 +203,11 @@ pub struct StreamServer {
 pub async fn read_handshake<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<LogStreamDescriptor, HandshakeError> {
+    parse_header(&read_header(r).await?)
+}
+
+/// Reads the magic and the length-prefixed header, returning the header's bytes unparsed.
+async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, HandshakeError> {
     let eof = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => HandshakeError::Truncated,
         _ => HandshakeError::Io(e.to_string()),
@@ -142,7 +236,7 @@ pub async fn read_handshake<R: AsyncRead + Unpin>(
     }
     let mut header = vec![0u8; len as usize];
     r.read_exact(&mut header).await.map_err(eof)?;
-    parse_header(&header)
+    Ok(header)
 }
 
 impl StreamServer {
@@ -156,6 +250,7 @@ impl StreamServer {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
         let path = dir.path().join("sock");
         let listener = UnixListener::bind(&path)?;
+        rustix::net::listen(&listener, LISTEN_BACKLOG)?;
         Ok(Self::new(listener, path, Some(dir)))
     }
 
@@ -177,6 +272,8 @@ impl StreamServer {
             std::fs::remove_file(&path)?;
         }
         let listener = UnixListener::bind(&path)?;
+        // Listening again only lengthens the queue the bind set up.
+        rustix::net::listen(&listener, LISTEN_BACKLOG)?;
         Ok(Self::new(listener, path, None))
     }
 
@@ -187,8 +284,16 @@ impl StreamServer {
             dir,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
+            max_connections: None,
             stats: ServerStats::default(),
         }
+    }
+
+    /// Sets how many connections may be open at once (at least 1; by default
+    /// [`default_max_connections`]). Further clients wait in the listen queue.
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = Some(max.clamp(1, Semaphore::MAX_PERMITS));
+        self
     }
 
     /// Sets how long a client has to complete its handshake.
@@ -230,8 +335,11 @@ impl StreamServer {
             dir,
             handshake_timeout,
             max_pending,
+            max_connections,
             stats,
         } = self;
+        let max_connections = max_connections.unwrap_or_else(default_max_connections);
+        let connections = Arc::new(Semaphore::new(max_connections));
         let slots = Arc::new(Semaphore::new(max_pending));
         let handshakes = Handshakes {
             streams,
@@ -241,16 +349,37 @@ impl StreamServer {
             stats: stats.clone(),
         };
         let mut pending = JoinSet::new();
+        // A connection is accepted only with a slot in hand, so the limit is never passed;
+        // while none is free, clients wait in the listen queue.
+        let mut slot = None;
+        let mut said_full = false;
         tokio::pin!(shutdown);
         loop {
+            if slot.is_none() {
+                if connections.available_permits() == 0 && !said_full {
+                    said_full = true;
+                    tracing::info!(
+                        limit = max_connections,
+                        "stream server: connection limit reached; new clients wait to be accepted"
+                    );
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    permit = connections.clone().acquire_owned() => slot = permit.ok(),
+                    Some(_) = pending.join_next(), if !pending.is_empty() => {}
+                }
+                continue;
+            }
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 res = listener.accept() => match res {
-                    Ok((conn, _)) => handshakes.spawn(&mut pending, conn),
+                    Ok((conn, _)) => handshakes.spawn(&mut pending, conn, slot.take()),
                     Err(e) => {
-                        // Out of file descriptors, most likely: back off instead of spinning.
-                        tracing::error!(error = %e, "stream server: accept failed");
+                        // Out of file descriptors (the limit counts only connections): the
+                        // client waits in the queue; back off instead of spinning.
+                        tracing::warn!(error = %e, "stream server: accept failed; will retry");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
@@ -264,13 +393,18 @@ impl StreamServer {
         // shutdown fired before the first poll), so one poll of `accept()` can miss them.
         match listener.into_std() {
             Ok(listener) => loop {
+                // Wait for a slot as the accept loop does (streams end, slots come back).
+                let permit = match slot.take() {
+                    Some(p) => Some(p),
+                    None => connections.clone().acquire_owned().await.ok(),
+                };
                 match listener.accept() {
                     Ok((conn, _)) => {
                         match conn
                             .set_nonblocking(true)
                             .and_then(|()| UnixStream::from_std(conn))
                         {
-                            Ok(conn) => handshakes.spawn(&mut pending, conn),
+                            Ok(conn) => handshakes.spawn(&mut pending, conn, permit),
                             Err(e) => {
                                 tracing::error!(error = %e, "stream server: cannot register a queued connection")
                             }
@@ -315,7 +449,12 @@ struct Handshakes {
 impl Handshakes {
     /// Starts reading the handshake of a connection just accepted, or refuses the connection
     /// if too many handshakes are in progress.
-    fn spawn(&self, pending: &mut JoinSet<()>, conn: UnixStream) {
+    fn spawn(
+        &self,
+        pending: &mut JoinSet<()>,
+        conn: UnixStream,
+        connection_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         // Reap finished tasks here too: while connections keep arriving, the accept branch
         // always wins the (biased) select and the join branch may not run.
         while pending.try_join_next().is_some() {}
@@ -345,25 +484,46 @@ impl Handshakes {
         let timeout = self.timeout;
         let stats = self.stats.clone();
         pending.spawn(async move {
-            let mut reader = BufReader::new(conn);
-            let res = match tokio::time::timeout(timeout, read_handshake(&mut reader)).await {
+            let mut reader = BufReader::new(Connection {
+                stream: conn,
+                _slot: connection_slot,
+            });
+            let header = match tokio::time::timeout(timeout, read_header(&mut reader)).await {
                 Ok(r) => r,
                 Err(_) => Err(HandshakeError::Timeout(timeout.as_millis() as u64)),
             };
             // The handshake is over either way: free its slot before anything can block.
             drop(slot);
+            // A client that asked for a verdict gets one, even for a header refused here.
+            let mut verdict = None;
+            let res = header.and_then(|h| {
+                if asks_for_verdict(&h) {
+                    match VerdictSender::new(reader.get_ref().get_ref()) {
+                        Ok(v) => verdict = Some(v),
+                        Err(e) => tracing::warn!(error = %e, "stream server: cannot keep a way back for a verdict"),
+                    }
+                }
+                parse_header(&h)
+            });
             match res {
                 Ok(desc) => {
                     stats.lock().streams += 1;
                     let name = desc.name.clone();
-                    if streams.send(NewStream { desc, reader }).await.is_err() {
+                    let stream = NewStream { desc, reader, verdict };
+                    if let Err(mpsc::error::SendError(stream)) = streams.send(stream).await {
                         tracing::error!(stream = %name, "stream server: butler gone; stream dropped");
                         *stats.lock().rejected.entry("butler_gone").or_default() += 1;
+                        if let Some(v) = stream.verdict {
+                            v.send(&Verdict::Refused("the butler has stopped".into()));
+                        }
                     }
                 }
                 Err(e) => {
                     tracing::warn!(reason = e.kind(), error = %e, "stream server: rejected a connection");
                     *stats.lock().rejected.entry(e.kind()).or_default() += 1;
+                    if let Some(v) = verdict {
+                        v.send(&Verdict::Refused(e.to_string()));
+                    }
                 }
             }
         });

@@ -217,7 +217,10 @@ impl Running {
 
 /// The butler's side: takes each stream off the channel and reads it to EOF.
 async fn collect(mut rx: mpsc::Receiver<NewStream>, out: mpsc::UnboundedSender<Received>) {
-    while let Some(NewStream { desc, mut reader }) = rx.recv().await {
+    while let Some(NewStream {
+        desc, mut reader, ..
+    }) = rx.recv().await
+    {
         let out = out.clone();
         tokio::spawn(async move {
             let mut payload = Vec::new();
@@ -957,7 +960,9 @@ async fn connections_beyond_the_pending_handshake_limit_are_refused_and_counted(
         open.write_all(&stream_bytes(r#"{"name":"established"}"#, b"before\n"))
             .await
             .unwrap();
-        let NewStream { desc, mut reader } = rx.recv().await.expect("the established stream");
+        let NewStream {
+            desc, mut reader, ..
+        } = rx.recv().await.expect("the established stream");
         assert_eq!(desc.name, "established");
 
         // Fill every slot with clients that connect and never speak.
@@ -993,7 +998,9 @@ async fn connections_beyond_the_pending_handshake_limit_are_refused_and_counted(
             .await
             .unwrap();
         late.shutdown().await.unwrap();
-        let NewStream { desc, mut reader } = rx.recv().await.expect("the late stream");
+        let NewStream {
+            desc, mut reader, ..
+        } = rx.recv().await.expect("the late stream");
         assert_eq!(desc.name, "late");
         let mut payload = Vec::new();
         reader.read_to_end(&mut payload).await.unwrap();
@@ -1227,6 +1234,152 @@ async fn bind_replaces_a_stale_socket_and_removes_it_at_shutdown() {
             "socket left behind"
         );
         assert!(tmp.path().is_dir(), "only the socket is removed");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection limit and verdicts.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_connection_limit_wait_in_the_queue_and_arrive() {
+    within(async {
+        let server = StreamServer::bind_private()
+            .unwrap()
+            .with_max_connections(2);
+        let path = server.path().to_owned();
+        let stats = server.stats();
+        let (tx, mut rx) = mpsc::channel(8);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let run = tokio::spawn(server.run(tx, async move {
+            let _ = stopped.await;
+        }));
+        // Two streams held open take both connections.
+        let mut held = Vec::new();
+        for i in 0..2 {
+            let mut c = connect(&path).await;
+            c.write_all(&stream_bytes(&format!(r#"{{"name":"held-{i}"}}"#), b"x"))
+                .await
+                .unwrap();
+            let ns = rx.recv().await.expect("a held stream");
+            held.push((c, ns));
+        }
+        // A third client's connect succeeds (it is queued) and it sends its whole stream.
+        let mut waiting = connect(&path).await;
+        waiting
+            .write_all(&stream_bytes(
+                r#"{"name":"waiting"}"#,
+                b"queued, not lost\n",
+            ))
+            .await
+            .unwrap();
+        waiting.shutdown().await.unwrap();
+        // It cannot have been accepted while both connections are held.
+        assert!(rx.try_recv().is_err(), "a third connection was accepted");
+        assert_eq!(stats.accepted(), 2);
+        // One held stream ends: the waiting one is accepted and arrives whole.
+        let (mut c, ns) = held.remove(0);
+        c.shutdown().await.unwrap();
+        drop(ns);
+        wait_closed(&mut c).await;
+        let NewStream {
+            desc, mut reader, ..
+        } = rx.recv().await.expect("the waiting stream");
+        assert_eq!(desc.name, "waiting");
+        let mut payload = Vec::new();
+        reader.read_to_end(&mut payload).await.unwrap();
+        assert_eq!(payload, b"queued, not lost\n");
+        drop(reader);
+        wait_closed(&mut waiting).await;
+        drop(held);
+        stop.send(()).unwrap();
+        run.await.unwrap();
+        assert_eq!(stats.accepted(), 3);
+        assert_eq!(stats.rejected_total(), 0);
+    })
+    .await;
+}
+
+#[test]
+fn the_connection_limit_leaves_room_for_other_files() {
+    use nix::sys::resource::{Resource, getrlimit};
+    let want = || {
+        let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        usize::try_from(soft.saturating_sub(logdog_streamserver::FD_RESERVE))
+            .unwrap()
+            .max(logdog_streamserver::MIN_CONNECTIONS)
+    };
+    // Another test in this process may raise the limit meanwhile.
+    let before = want();
+    let got = logdog_streamserver::default_max_connections();
+    assert!(got == before || got == want(), "{got}, want {before}");
+}
+
+/// Reads the server's answer until it closes: a verdict line, or nothing.
+async fn read_answer(conn: &mut UnixStream) -> Vec<u8> {
+    let mut answer = Vec::new();
+    match conn.read_to_end(&mut answer).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("reading from the server: {e}"),
+    }
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_clients_that_ask_get_a_verdict() {
+    use logdog_proto::handshake::Verdict;
+    within(async {
+        let server = StreamServer::bind_private().unwrap();
+        let path = server.path().to_owned();
+        let (tx, mut rx) = mpsc::channel(8);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let run = tokio::spawn(server.run(tx, async move {
+            let _ = stopped.await;
+        }));
+
+        // A header refused by the server itself: a client that asked is told why.
+        let mut bad = connect(&path).await;
+        bad.write_all(&frame(br#"{"name":"_bad","verdict":true}"#))
+            .await
+            .unwrap();
+        let answer = read_answer(&mut bad).await;
+        let line = String::from_utf8_lossy(&answer);
+        assert!(
+            line.starts_with("refused: ") && line.ends_with('\n'),
+            "{line:?}"
+        );
+        assert!(line.contains("_bad"), "{line:?}");
+
+        // A stream the butler side takes: its verdict sender says so.
+        let mut asked = connect(&path).await;
+        asked
+            .write_all(&stream_bytes(r#"{"name":"asked","VERDICT":true}"#, b"data"))
+            .await
+            .unwrap();
+        asked.shutdown().await.unwrap();
+        let ns = rx.recv().await.expect("the stream that asked");
+        assert_eq!(ns.desc.name, "asked");
+        ns.verdict
+            .expect("a verdict was asked for")
+            .send(&Verdict::Accepted);
+        drop(ns.reader);
+        assert_eq!(read_answer(&mut asked).await, b"accepted\n");
+
+        // A LogDog client (no flag) gets nothing back, as before.
+        let mut plain = connect(&path).await;
+        plain
+            .write_all(&stream_bytes(r#"{"name":"plain"}"#, b"data"))
+            .await
+            .unwrap();
+        plain.shutdown().await.unwrap();
+        let ns = rx.recv().await.expect("the plain stream");
+        assert!(ns.verdict.is_none());
+        drop(ns);
+        wait_closed(&mut plain).await;
+
+        stop.send(()).unwrap();
+        run.await.unwrap();
     })
     .await;
 }

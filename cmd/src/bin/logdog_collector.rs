@@ -14,6 +14,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+#[path = "../fdlimit.rs"]
+mod fdlimit;
+
 /// Stores bundles from butlers durably and serves streams back, finished or live.
 #[derive(Debug, Parser)]
 #[command(name = "logdog_collector", version, about, rename_all = "kebab-case")]
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+    fdlimit::raise_open_file_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
