@@ -52,6 +52,12 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
             args.stdout.name
         )));
     }
+    // A stream over the collector's descriptor limits (global tags merged) would be refused
+    // at capture, leaving the command's output uncaptured: refuse the run instead.
+    let global: std::collections::BTreeMap<String, String> = g.tags.iter().cloned().collect();
+    for spec in [&args.stdout, &args.stderr] {
+        spec.check_limits(&global).map_err(Failure::Usage)?;
+    }
     let mut signals = Signals::new()?;
     let started = start_butler(g)?;
     let crate::Started {
@@ -184,6 +190,12 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
             crate::summary::render(&report, &out_stats, &dest, acked.as_ref())
         );
         report_refusals(&report);
+    }
+    if let Some(msg) = grpc.as_ref().and_then(|o| o.failure()) {
+        eprintln!(
+            "logdog_butler: the collector's store is damaged and can store nothing until it is \
+             repaired (DATA_LOSS: {msg})"
+        );
     }
     if let (Some(sp), Some(dir)) = (&out_stats.spool, &g.spool)
         && sp.pending_bytes > 0

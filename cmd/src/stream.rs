@@ -22,6 +22,8 @@ pub async fn stream(g: &Global, args: StreamArgs) -> Result<u8, Failure> {
                 .map_err(Failure::Usage)?
         }
     };
+    let global: std::collections::BTreeMap<String, String> = g.tags.iter().cloned().collect();
+    spec.check_limits(&global).map_err(Failure::Usage)?;
     let reader: Source = if args.source == "-" {
         Box::new(tokio::io::stdin())
     } else {

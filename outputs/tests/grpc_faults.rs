@@ -153,7 +153,11 @@ impl Collector for Script {
             return Err(Status::new(code, "stored, but the answer is lost"));
         }
         *self.seen().acks.entry(key).or_default() += 1;
-        Ok(Response::new(WriteBundleResponse { stored, duplicates }))
+        Ok(Response::new(WriteBundleResponse {
+            stored,
+            duplicates,
+            ..Default::default()
+        }))
     }
 }
 
