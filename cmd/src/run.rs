@@ -183,6 +183,16 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<u8, Failure> {
     });
     if args.no_summary {
         report_losses(&report);
+        // What the collector refused, per stream (the summary shows it in its rows).
+        for (name, a) in acked.iter().flatten() {
+            if a.lost_bytes > 0 || a.lost.is_some() {
+                eprintln!(
+                    "logdog_butler: stream {name:?}: LOST: {} bytes refused by the collector ({})",
+                    a.lost_bytes,
+                    a.lost.as_deref().unwrap_or("no reason given")
+                );
+            }
+        }
     } else {
         let dest = format!("{}/{}/+/ via {}", cfg.project, cfg.prefix, g.output);
         eprintln!(
