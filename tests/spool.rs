@@ -670,3 +670,118 @@ fn a_spool_disk_too_small_for_the_run_gives_nothing_up_and_resume_completes_ever
     }
     collector.stop();
 }
+
+/// A `logdog_collector` whose data directory is a tmpfs of `size` of its own (in a user and
+/// mount namespace); returns it with the address it listens on.
+fn collector_on_small_fs(d: &Path, size: &str) -> (Guarded, String) {
+    let data = d.join("small-data");
+    std::fs::create_dir(&data).expect("data dir");
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.current_dir(d)
+        .args([
+            "-rm",
+            "sh",
+            "-c",
+            r#"mount -t tmpfs -o "size=$1" tmpfs "$0" && shift && exec "$@""#,
+        ])
+        .arg(&data)
+        .arg(size)
+        .arg(env!("CARGO_BIN_EXE_logdog_collector"))
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(data.join("store"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut g = Guarded::spawn(&mut cmd);
+    let mut out = std::io::BufReader::new(g.child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("the collector's stdout");
+    let addr = line
+        .trim_end()
+        .strip_prefix("LOGDOG_COLLECTOR=")
+        .unwrap_or_else(|| panic!("the collector did not start: {line:?}"))
+        .to_string();
+    drain(out);
+    (g, addr)
+}
+
+/// The collector's disk fills up under four 9 MiB `pipe` streams: whatever it could not store
+/// is `LOST` in the butler's summary and result file, per stream, never `ok`; and what it did
+/// store is the streams' bytes, unaltered.
+#[test]
+fn a_full_collector_disk_is_reported_per_stream_and_never_ok() {
+    if !small_file_systems_can_be_made() {
+        return;
+    }
+    let tmp = tempdir();
+    let d = tmp.path();
+    let (mut collector, addr) = collector_on_small_fs(d, "24m");
+    let inputs: Vec<PathBuf> = (1..=4)
+        .map(|i| {
+            let p = d.join(format!("input{i}.txt"));
+            write_text_file(&p, 9 << 20, 0x5B00_0020 + i);
+            p
+        })
+        .collect();
+    let result = d.join("run.json");
+    let bin = env!("CARGO_BIN_EXE_logdog_butler");
+    let mut args: Vec<String> = [
+        "--output",
+        &format!("grpc://{addr}"),
+        "--prefix",
+        "collfull",
+        "--flush-timeout",
+        "3s",
+        "run",
+        "--no-echo",
+        "--result-path",
+        result.to_str().expect("utf-8 path"),
+        "--",
+        "sh",
+        "-c",
+        r#"bin=$1; shift; i=0
+           for f in "$@"; do i=$((i+1)); "$bin" pipe "s$i" < "$f" & done
+           wait; exit 3"#,
+        "sh",
+        bin,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(inputs.iter().map(|p| p.display().to_string()));
+    let r = run_butler(d, &args);
+    r.assert_code(3);
+    let err = r.stderr_str();
+    let v: Value = serde_json::from_slice(&read(&result)).expect("run JSON");
+    assert!(
+        v["totals"]["bytes_lost"].as_u64() > Some(0),
+        "36 MiB cannot fit on 24 MiB: {v:#}\n{err}"
+    );
+    let listing = logdog(&addr, &["ls", "default/collfull"]).stdout_str();
+    for (i, input) in inputs.iter().enumerate() {
+        let name = format!("s{}", i + 1);
+        let got = logdog(&addr, &["cat", &format!("default/collfull/+/{name}")]).stdout;
+        let want = read(input);
+        assert!(
+            want.starts_with(&got),
+            "{name}: the collector holds bytes that were not written"
+        );
+        let complete = listing
+            .lines()
+            .any(|l| l.starts_with(&format!("default/collfull/+/{name}\t")) && l.contains("\tcomplete\t"));
+        let row = err
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{err}"));
+        if !complete || got.len() < want.len() {
+            assert!(row.contains("LOST"), "{name} is incomplete but:\n{err}");
+            assert!(
+                v["streams"][&name]["bytes_undelivered"].as_u64() > Some(0),
+                "{name}: {v:#}"
+            );
+        }
+    }
+    assert!(err.contains("LOST data"), "{err}");
+    let _ = nix::sys::signal::kill(collector.pid(), Signal::SIGTERM);
+    collector.wait();
+}
