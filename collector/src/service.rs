@@ -112,6 +112,7 @@ impl Collector for CollectorService {
         Ok(Response::new(pb::WriteBundleResponse {
             stored: outcome.stored,
             duplicates: outcome.duplicates,
+            refused: Vec::new(),
         }))
     }
 }
