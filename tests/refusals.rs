@@ -54,7 +54,11 @@ fn a_stream_the_collector_refuses_as_a_conflict_is_lost_alone_with_the_reason() 
     let collector = Collector::start(&d.join("data"), "127.0.0.1:0");
     let (r, v) = run_shared(d, &collector, &[], "first");
     r.assert_code(5);
-    assert!(r.stderr_str().contains("nothing lost"), "{}", r.stderr_str());
+    assert!(
+        r.stderr_str().contains("nothing lost"),
+        "{}",
+        r.stderr_str()
+    );
     assert_eq!(v["totals"]["bytes_lost"], 0, "{v:#}");
 
     let spool = d.join("spool");
@@ -74,7 +78,10 @@ fn a_stream_the_collector_refuses_as_a_conflict_is_lost_alone_with_the_reason() 
         assert!(err.contains("1 stream(s) LOST data"), "{tag}:\n{err}");
         let lost = &v["acknowledged"]["shared"];
         assert!(
-            lost["lost"].as_str().unwrap_or_default().starts_with("conflict:"),
+            lost["lost"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("conflict:"),
             "{tag}: {v:#}"
         );
         assert!(lost["lost_bytes"].as_u64() > Some(0), "{tag}: {v:#}");
@@ -85,7 +92,10 @@ fn a_stream_the_collector_refuses_as_a_conflict_is_lost_alone_with_the_reason() 
             "{tag}: {v:#}"
         );
         // The other stream of the same bundles is stored.
-        let c = logdog(&collector.addr, &["cat", &format!("default/same/+/own-{tag}")]);
+        let c = logdog(
+            &collector.addr,
+            &["cat", &format!("default/same/+/own-{tag}")],
+        );
         c.assert_code(0);
         assert_eq!(c.stdout_str(), format!("{tag} on its own stream\n"));
     }

@@ -536,7 +536,10 @@ fn small_file_systems_can_be_made() -> bool {
          made",
         why.trim()
     );
-    assert!(std::env::var_os("CI").is_none(), "{msg} (CI is set: failing)");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{msg} (CI is set: failing)"
+    );
     eprintln!("SKIPPED: {msg}");
     false
 }
@@ -630,7 +633,10 @@ fn a_spool_disk_too_small_for_the_run_gives_nothing_up_and_resume_completes_ever
     // timeout passes, and the butler holds on rather than give anything up.
     wait_for("SPOOL DISK FULL");
     wait_for("flush timeout passed");
-    assert!(done.exists(), "the four pipes should have written everything");
+    assert!(
+        done.exists(),
+        "the four pipes should have written everything"
+    );
     assert!(!g.has_exited(), "the butler gave up on a full spool");
 
     let collector = Collector::start(&d.join("data"), &format!("127.0.0.1:{port}"));
@@ -645,7 +651,10 @@ fn a_spool_disk_too_small_for_the_run_gives_nothing_up_and_resume_completes_ever
     assert_eq!(v["failed_bundles"], 0, "{v:#}");
     assert_eq!(v["totals"]["bytes_lost"], 0, "{v:#}");
     assert_eq!(v["totals"]["streams_with_losses"], 0, "{v:#}");
-    assert!(v["output"]["spool"]["full_waits"].as_u64() > Some(0), "{v:#}");
+    assert!(
+        v["output"]["spool"]["full_waits"].as_u64() > Some(0),
+        "{v:#}"
+    );
     let v: Value = serde_json::from_slice(&read(&resume_result)).expect("resume JSON");
     assert_eq!(v["drained"], true, "{v:#}");
 
@@ -766,9 +775,9 @@ fn a_full_collector_disk_is_reported_per_stream_and_never_ok() {
             want.starts_with(&got),
             "{name}: the collector holds bytes that were not written"
         );
-        let complete = listing
-            .lines()
-            .any(|l| l.starts_with(&format!("default/collfull/+/{name}\t")) && l.contains("\tcomplete\t"));
+        let complete = listing.lines().any(|l| {
+            l.starts_with(&format!("default/collfull/+/{name}\t")) && l.contains("\tcomplete\t")
+        });
         let row = err
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("{name} ")))

@@ -952,9 +952,7 @@ fn descriptors_over_the_collectors_limits_are_refused_at_the_handshake_with_the_
     let out = tmp.path().join("out");
     // Five global tags of 4,000 bytes: within every limit alone.
     let big = "v".repeat(4000);
-    let mut args: Vec<String> = ["--output", &dir_output(&out)]
-        .map(String::from)
-        .to_vec();
+    let mut args: Vec<String> = ["--output", &dir_output(&out)].map(String::from).to_vec();
     for i in 0..5 {
         args.push("--tag".into());
         args.push(format!("g{i}={big}"));
@@ -1002,7 +1000,10 @@ fn descriptors_over_the_collectors_limits_are_refused_at_the_handshake_with_the_
     assert_stream(&out, "fine", &fine_data);
     let err = r.stderr_str();
     // Each refusal is logged with its reason, and counted in the end-of-run account.
-    assert!(err.contains("more than 32768 bytes in all"), "stderr:\n{err}");
+    assert!(
+        err.contains("more than 32768 bytes in all"),
+        "stderr:\n{err}"
+    );
     assert!(err.contains("invalid content type"), "stderr:\n{err}");
     assert!(
         err.contains("connection(s) to the stream server refused: invalid_name_or_tag"),

@@ -67,7 +67,9 @@ impl ButlerConfig {
         types::validate_prefix(&self.prefix)?;
         types::validate_descriptor_fields(
             "",
-            self.global_tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            self.global_tags
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
         )?;
         Ok(())
     }

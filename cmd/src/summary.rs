@@ -517,7 +517,12 @@ mod tests {
             ),
         )]
         .into();
-        let text = render(&r, &OutputStats::default(), "p/x/+/ via grpc://c:1", Some(&acked));
+        let text = render(
+            &r,
+            &OutputStats::default(),
+            "p/x/+/ via grpc://c:1",
+            Some(&acked),
+        );
         assert!(
             row(&text, "out").contains(
                 "LOST (collector store damaged (DataLoss): segment 3 checksum mismatch): 100 B refused"

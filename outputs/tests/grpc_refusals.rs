@@ -284,7 +284,10 @@ async fn with_a_spool_a_damaged_store_leaves_the_bundles_in_it_for_later() {
         assert_eq!(sp.spooled_records, BUNDLES);
         assert_eq!((sp.acked_records, sp.refused_records), (0, 0), "{sp:?}");
         assert!(sp.pending_bytes > 0);
-        assert!(!output.lost_anything(), "nothing is lost: it is in the spool");
+        assert!(
+            !output.lost_anything(),
+            "nothing is lost: it is in the spool"
+        );
         output.close().await.unwrap();
         drop(output);
 
