@@ -1,5 +1,6 @@
 //! The collector's gRPC API against a real `logdog_collector` process on loopback: bad
-//! requests get gRPC errors without harming other streams; bundles may arrive out of order
+//! bundles get gRPC errors and bad streams are refused one by one, without harming other
+//! streams; bundles may arrive out of order
 //! and be retried without duplicating anything; completeness follows the terminal index.
 
 use std::io::{BufRead, BufReader};
@@ -7,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use logdog_proto::logdog::collector::collector_client::CollectorClient;
 use logdog_proto::logdog::collector::logs_client::LogsClient;
+use logdog_proto::logdog::collector::stream_refusal::Reason;
 use logdog_proto::logdog::collector::{GetRequest, QueryRequest, WriteBundleRequest};
 use logdog_proto::logpb::{self, log_entry::Content};
 use prost::Message;
@@ -111,7 +113,23 @@ async fn write(
         })
         .await?
         .into_inner();
+    assert!(r.refused.is_empty(), "refused: {r:?}");
     Ok((r.stored, r.duplicates))
+}
+
+/// Writes a bundle of one stream that must be refused (alone, with an OK status); returns
+/// the reason and message.
+async fn refused(c: &mut CollectorClient<Channel>, b: &logpb::ButlerLogBundle) -> (i32, String) {
+    let r = c
+        .write_bundle(WriteBundleRequest {
+            bundle: b.encode_to_vec().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.refused.len(), 1, "{r:?}");
+    assert_eq!(r.stored, 0, "{r:?}");
+    (r.refused[0].reason, r.refused[0].message.clone())
 }
 
 async fn read_all(logs: &mut LogsClient<Channel>, name: &str) -> (String, bool) {
@@ -147,43 +165,42 @@ async fn bad_requests_get_errors_and_harm_no_other_stream() {
         .await
         .unwrap();
 
-    let mut cases: Vec<(&str, logpb::ButlerLogBundle, Code)> = Vec::new();
+    // The bundle itself is bad: an error status.
     let mut b = bundle("x", vec![text_entry(0, "a")], None);
     b.project = "Bad Project".into();
-    cases.push(("bad project", b, Code::InvalidArgument));
+    let err = write(&mut c, &b).await.expect_err("bad project");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // One stream is bad: that stream is refused (INVALID), the call succeeds.
+    let mut cases: Vec<(&str, logpb::ButlerLogBundle)> = Vec::new();
     cases.push((
         "bad name",
         bundle("_bad//name", vec![text_entry(0, "a")], None),
-        Code::InvalidArgument,
     ));
     let mut b = bundle("huge", vec![text_entry(0, "a")], None);
     let d = b.entries[0].desc.as_mut().unwrap();
     for i in 0..3000 {
         d.tags.insert(format!("key{i}"), "v".repeat(60));
     }
-    cases.push(("huge descriptor", b, Code::InvalidArgument));
+    cases.push(("huge descriptor", b));
     cases.push((
         "index out of range",
         bundle("far", vec![text_entry(1 << 60, "a")], None),
-        Code::InvalidArgument,
     ));
     cases.push((
         "duplicate indices",
         bundle("dup", vec![text_entry(0, "a"), text_entry(0, "b")], None),
-        Code::InvalidArgument,
     ));
     cases.push((
         "index past terminal",
         bundle("term", vec![text_entry(5, "a")], Some(2)),
-        Code::InvalidArgument,
     ));
     let mut b = bundle("wrongtype", vec![text_entry(0, "a")], None);
     b.entries[0].desc.as_mut().unwrap().stream_type = logpb::StreamType::Binary as i32;
-    cases.push(("content of the wrong type", b, Code::InvalidArgument));
-    for (what, b, code) in cases {
-        let err = write(&mut c, &b).await.expect_err(what);
-        assert_eq!(err.code(), code, "{what}: {err:?}");
-        assert!(!err.message().is_empty(), "{what}: no message");
+    cases.push(("content of the wrong type", b));
+    for (what, b) in cases {
+        let (reason, message) = refused(&mut c, &b).await;
+        assert_eq!(reason, Reason::Invalid as i32, "{what}: {message}");
+        assert!(!message.is_empty(), "{what}: no message");
     }
     // Not a bundle at all.
     let err = c
@@ -209,10 +226,9 @@ async fn bad_requests_get_errors_and_harm_no_other_stream() {
     write(&mut c, &bundle("t", vec![text_entry(0, "a")], Some(0)))
         .await
         .unwrap();
-    let err = write(&mut c, &bundle("t", vec![], Some(3)))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let (reason, message) = refused(&mut c, &bundle("t", vec![], Some(3))).await;
+    assert_eq!(reason, Reason::Conflict as i32, "{message}");
+    assert!(message.contains("terminal index 3 differs"), "{message}");
 
     // The good stream is untouched and still takes data; nothing of the refused ones exists.
     write(

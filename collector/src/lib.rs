@@ -21,6 +21,7 @@
 //! - [`reader`]: reading streams as bytes from an offset or as rows (lines, datagrams).
 //! - [`web`]: the web viewer (pages, JSON API, live event streams, raw bytes).
 //! - [`tailsrv`]: the tail server (a stream's bytes over plain TCP, then new ones).
+//! - [`verify`]: a full scan of a store for damage (`logdog_collector verify`).
 
 pub mod chunks;
 pub mod path;
@@ -30,6 +31,7 @@ pub mod service;
 pub mod store;
 pub mod tailsrv;
 pub mod validate;
+pub mod verify;
 pub mod watchers;
 pub mod web;
 

@@ -30,12 +30,35 @@ pub struct Location {
     pub len: u64,
 }
 
-fn segment_path(dir: &Path, id: u32) -> PathBuf {
+/// The file of segment `id` in `dir`.
+pub fn segment_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("{id:08}.seg"))
 }
 
 fn io(path: &Path, e: std::io::Error) -> String {
     format!("{}: {e}", path.display())
+}
+
+/// A failed segment write.
+#[derive(Debug)]
+pub struct WriteError {
+    /// What failed, naming the file.
+    pub message: String,
+    /// Whether the disk was full (`ENOSPC`, or a quota), which a later retry may get past.
+    pub disk_full: bool,
+}
+
+impl WriteError {
+    fn new(path: &Path, e: std::io::Error) -> Self {
+        let disk_full = matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        );
+        Self {
+            message: io(path, e),
+            disk_full,
+        }
+    }
 }
 
 /// The segment being appended to. Owned by the store's single writer.
@@ -129,7 +152,7 @@ impl Appender {
     ///
     /// # Errors
     /// The new segment cannot be created.
-    pub fn rotate_if_full(&mut self) -> Result<(), String> {
+    pub fn rotate_if_full(&mut self) -> Result<(), WriteError> {
         if self.end < self.segment_size {
             return Ok(());
         }
@@ -141,8 +164,10 @@ impl Appender {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| io(&path, e))?;
-        sync_dir(&self.dir)?;
+            .map_err(|e| WriteError::new(&path, e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| WriteError::new(&self.dir, e))?;
         self.id = id;
         self.file = file;
         self.end = 0;
@@ -155,7 +180,7 @@ impl Appender {
     /// # Errors
     /// The write or the sync failed; the reservations are forgotten and the next write
     /// starts again from the old end.
-    pub fn flush(&mut self) -> Result<(), String> {
+    pub fn flush(&mut self) -> Result<(), WriteError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -168,7 +193,7 @@ impl Appender {
             }
             Err(e) => {
                 self.next = self.end;
-                Err(io(&segment_path(&self.dir, self.id), e))
+                Err(WriteError::new(&segment_path(&self.dir, self.id), e))
             }
         }
     }

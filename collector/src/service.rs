@@ -62,13 +62,13 @@ pub fn services_with(
     (collector, logs)
 }
 
-fn store_error(e: StoreError) -> Status {
+/// The status of a store failure: damage is permanent (`DATA_LOSS`, so that a butler stops
+/// retrying at once), anything else transient (`UNAVAILABLE`, retried with backoff).
+pub(crate) fn store_error(e: StoreError) -> Status {
+    tracing::error!(error = %e, "store failure");
     match e {
-        StoreError::Conflict(msg) => Status::failed_precondition(msg),
-        other => {
-            tracing::error!(error = %other, "store failure");
-            Status::unavailable(format!("store failure: {other}"))
-        }
+        StoreError::Damaged(_) => Status::data_loss(e.to_string()),
+        other => Status::unavailable(format!("store failure: {other}")),
     }
 }
 
@@ -98,21 +98,31 @@ impl Collector for CollectorService {
         // A view that leaves each log entry encoded: entries are stored as they arrived.
         let bundle = pb::BundleView::decode(data)
             .map_err(|e| Status::invalid_argument(format!("not a ButlerLogBundle: {e}")))?;
-        let checked = match validate::bundle(&bundle) {
+        let checked = match validate::streams(&bundle) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(project = %bundle.project, prefix = %bundle.prefix, error = %e, "refused a bundle");
                 return Err(Status::invalid_argument(e.0));
             }
         };
+        for r in &checked.refused {
+            tracing::warn!(project = %bundle.project, prefix = %bundle.prefix, stream = %r.name, error = %r.message, "refused a stream's part of a bundle");
+        }
         let store = self.store.clone();
         let (project, prefix) = (bundle.project, bundle.prefix);
-        let outcome = blocking(move || store.write(&project, &prefix, &checked)).await?;
+        let streams = checked.streams;
+        let outcome = blocking(move || store.write(&project, &prefix, &streams)).await?;
         self.watchers.notify(&outcome.touched);
+        let refused = checked
+            .refused
+            .iter()
+            .chain(&outcome.refused)
+            .map(validate::Refusal::to_proto)
+            .collect();
         Ok(Response::new(pb::WriteBundleResponse {
             stored: outcome.stored,
             duplicates: outcome.duplicates,
-            refused: Vec::new(),
+            refused,
         }))
     }
 }

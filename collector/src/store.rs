@@ -19,8 +19,21 @@
 //! power cut; an unacknowledged one may be absent (or present: the butler's retry is then a
 //! duplicate and is ignored).
 //!
-//! **De-duplication.** `(stream_id, idx)` is unique and entries go in with `INSERT OR
-//! IGNORE`, so a retried bundle never duplicates a line, whatever order bundles arrive in.
+//! **De-duplication and conflicts.** `(stream_id, idx)` is unique. An entry at an index that
+//! is already stored is a *duplicate* (a retry, skipped) only when its bytes are the stored
+//! bytes; different bytes, a different descriptor, another terminal index, an entry past the
+//! terminal index or a `sequence` that does not follow from the stored neighbours are a
+//! *conflict*: that stream's part of the bundle is refused whole, and the other streams of the
+//! bundle are stored.
+//!
+//! **Integrity.** Every index row carries the CRC-32 of its entry's bytes, checked on every
+//! read ([`Store::entries`], [`Store::last_entries`], and so every read path of the collector)
+//! and by [`crate::verify`]. A mismatch, a missing or short segment, or an entry that does not
+//! decode is [`StoreError::Damaged`], naming the stream and index: nothing damaged is served
+//! as data. At open, `PRAGMA quick_check` and the segments' lengths are checked.
+//!
+//! **One collector per directory.** [`Store::open`] holds an exclusive lock on `DIR/lock`
+//! for the store's life; a second collector on the same directory is refused at start.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -31,10 +44,12 @@ use prost::Message;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::segments::{Appender, Location, Segments};
-use crate::validate::CheckedEntry;
+use crate::validate::{CheckedEntry, Refusal, RefusalKind, Sequence, next_sequence};
 
-/// `PRAGMA user_version` of the current layout (entries in segment files).
-const LAYOUT_VERSION: i64 = 2;
+/// `PRAGMA user_version` of the current layout: entries in segment files, with a checksum,
+/// `sequence` and span per index row. Layout 2 (no checksums) is upgraded in place; its rows
+/// are read without a checksum check.
+const LAYOUT_VERSION: i64 = 3;
 
 /// Identifies a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,17 +124,41 @@ pub struct StreamInfo {
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The write contradicts what is stored (a different terminal index, an entry past it).
+    /// Stored data or the index is damaged (a checksum mismatch, a missing or short segment,
+    /// a malformed database). Permanent: retrying cannot help; `logdog_collector verify`
+    /// lists the damage.
+    #[error("damaged store: {0}")]
+    Damaged(String),
+    /// The store's disk is full. Transient: a retry succeeds once there is room.
+    #[error("store disk full: {0}")]
+    DiskFull(String),
+    /// Another collector holds the data directory.
     #[error("{0}")]
-    Conflict(String),
-    /// The database failed.
+    InUse(String),
+    /// Any other database or file failure (transient as far as anyone can tell).
     #[error("database: {0}")]
     Db(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Db(e.to_string())
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+                StoreError::Damaged(format!("collector.sqlite: {e}"))
+            }
+            Some(ErrorCode::DiskFull) => StoreError::DiskFull(e.to_string()),
+            _ => StoreError::Db(e.to_string()),
+        }
+    }
+}
+
+/// A failure writing a segment: a full disk is told apart.
+fn segment_error(e: crate::segments::WriteError) -> StoreError {
+    if e.disk_full {
+        StoreError::DiskFull(e.message)
+    } else {
+        StoreError::Db(e.message)
     }
 }
 
@@ -128,10 +167,12 @@ impl From<rusqlite::Error> for StoreError {
 pub struct WriteOutcome {
     /// Entries newly stored.
     pub stored: u32,
-    /// Entries that were already there.
+    /// Entries that were already there, byte for byte.
     pub duplicates: u32,
     /// Streams whose state changed.
     pub touched: Vec<StreamKey>,
+    /// Streams refused because they contradict what is stored; nothing of them was stored.
+    pub refused: Vec<Refusal>,
 }
 
 /// The store. Cheap to clone; all clones share one database.
@@ -142,6 +183,8 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Inner {
+    /// Held for the store's life: one collector per directory.
+    _lock: std::fs::File,
     path: std::path::PathBuf,
     /// The one writer (SQLite has one writer at a time anyway) and the active segment.
     writer: Mutex<Writer>,
@@ -197,12 +240,8 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn decode_record(blob: &[u8]) -> Result<StreamRecord, StoreError> {
+pub(crate) fn decode_record(blob: &[u8]) -> Result<StreamRecord, StoreError> {
     StreamRecord::decode(blob).map_err(|e| StoreError::Db(format!("corrupt stream record: {e}")))
-}
-
-fn decode_entry(blob: &[u8]) -> Result<logpb::LogEntry, StoreError> {
-    logpb::LogEntry::decode(blob).map_err(|e| StoreError::Db(format!("corrupt entry: {e}")))
 }
 
 fn location(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Location> {
@@ -210,6 +249,88 @@ fn location(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Location>
         segment: row.get(first)?,
         offset: row.get::<_, i64>(first + 1)? as u64,
         len: row.get::<_, i64>(first + 2)? as u64,
+    })
+}
+
+/// The CRC-32 stored with an entry.
+pub fn checksum(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
+}
+
+/// Where a stored entry is and what it must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// Its stream index.
+    pub idx: u64,
+    /// Where its bytes are.
+    pub at: Location,
+    /// CRC-32 of its bytes (`None` for entries stored by layout 2).
+    pub crc: Option<u32>,
+    /// Its sequence and span (`None` for entries stored by layout 2).
+    pub seq: Option<Sequence>,
+}
+
+/// Columns of `entries` that make a [`StoredEntry`], in order.
+pub(crate) const ENTRY_COLUMNS: &str = "idx, seg, off, len, crc, seq, span";
+
+pub(crate) fn stored_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEntry> {
+    let seq: Option<i64> = row.get(5)?;
+    let span: Option<i64> = row.get(6)?;
+    Ok(StoredEntry {
+        idx: row.get::<_, i64>(0)? as u64,
+        at: location(row, 1)?,
+        crc: row.get::<_, Option<i64>>(4)?.map(|c| c as u32),
+        seq: seq.zip(span).map(|(s, n)| Sequence {
+            sequence: s as u64,
+            span: n as u64,
+        }),
+    })
+}
+
+/// Names a stream in messages.
+pub(crate) fn path_of(key: &StreamKey) -> String {
+    format!("{}/{}/+/{}", key.project, key.prefix, key.name)
+}
+
+/// Reads a stored entry's bytes and checks them against its checksum.
+pub(crate) fn read_checked(
+    segments: &Segments,
+    key: &StreamKey,
+    e: &StoredEntry,
+) -> Result<Vec<u8>, StoreError> {
+    let data = segments
+        .read(e.at)
+        .map_err(|err| StoreError::Damaged(format!("{} entry {}: {err}", path_of(key), e.idx)))?;
+    if let Some(want) = e.crc {
+        let got = checksum(&data);
+        if got != want {
+            return Err(StoreError::Damaged(format!(
+                "{} entry {}: checksum mismatch ({} bytes at offset {} of segment {}: \
+                 crc32 {got:08x}, stored {want:08x})",
+                path_of(key),
+                e.idx,
+                e.at.len,
+                e.at.offset,
+                e.at.segment
+            )));
+        }
+    }
+    Ok(data)
+}
+
+/// Reads, checks and decodes a stored entry.
+fn read_entry(
+    segments: &Segments,
+    key: &StreamKey,
+    e: &StoredEntry,
+) -> Result<logpb::LogEntry, StoreError> {
+    let data = read_checked(segments, key, e)?;
+    logpb::LogEntry::decode(data.as_slice()).map_err(|err| {
+        StoreError::Damaged(format!(
+            "{} entry {}: does not decode: {err}",
+            path_of(key),
+            e.idx
+        ))
     })
 }
 
@@ -231,16 +352,40 @@ impl Store {
     pub fn open_with_segment_size(dir: &Path, segment_size: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
+        let lock = lock_dir(dir)?;
         let path = dir.join("collector.sqlite");
         let conn = open_conn(&path)?;
+        let damaged = |what: String| {
+            StoreError::Damaged(format!(
+                "{what}; run `logdog_collector verify --data {}` for a full list",
+                dir.display()
+            ))
+        };
+        let check: String = conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+            .map_err(|e| damaged(format!("{}: {e}", path.display())))?;
+        if check != "ok" {
+            return Err(damaged(format!("{}: {check}", path.display())));
+        }
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let has_tables: bool = conn
             .prepare("SELECT 1 FROM sqlite_master WHERE name = 'entries'")?
             .exists([])?;
-        if has_tables && version != LAYOUT_VERSION {
+        if has_tables && version == 2 {
+            // Layout 2 had no checksums or sequences: its rows keep NULLs there.
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE entries ADD COLUMN crc INTEGER;
+                 ALTER TABLE entries ADD COLUMN seq INTEGER;
+                 ALTER TABLE entries ADD COLUMN span INTEGER;
+                 PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        } else if has_tables && version != LAYOUT_VERSION {
             return Err(StoreError::Db(format!(
-                "{} was written by an older collector (layout {version}, this one reads \
-                 {LAYOUT_VERSION}); read it with that version or start on a new data directory",
+                "{} was written by another collector version (layout {version}, this one \
+                 reads {LAYOUT_VERSION}); read it with that version or start on a new data \
+                 directory",
                 path.display()
             )));
         }
@@ -258,6 +403,9 @@ impl Store {
                  seg INTEGER NOT NULL,
                  off INTEGER NOT NULL,
                  len INTEGER NOT NULL,
+                 crc INTEGER,
+                 seq INTEGER,
+                 span INTEGER,
                  PRIMARY KEY (stream_id, idx)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS append_end (
                  one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -275,8 +423,13 @@ impl Store {
             .optional()?;
         let seg_dir = dir.join("segments");
         let appender = Appender::open(&seg_dir, newest, segment_size).map_err(StoreError::Db)?;
+        let short = short_segments(&conn, &seg_dir)?;
+        if !short.is_empty() {
+            return Err(damaged(short.join("; ")));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
+                _lock: lock,
                 path,
                 writer: Mutex::new(Writer { conn, appender }),
                 readers: Mutex::new(Vec::new()),
@@ -355,10 +508,11 @@ impl Store {
     }
 
     /// Stores a checked bundle durably (see the module docs); returns once it is on disk.
+    /// Streams that contradict what is stored are refused one by one (in
+    /// [`WriteOutcome::refused`]) and the rest is stored.
     ///
     /// # Errors
-    /// A conflict with what is stored (nothing of the bundle is stored then), or a database
-    /// failure.
+    /// A database or disk failure; nothing of the bundle is stored then.
     pub fn write(
         &self,
         project: &str,
@@ -367,8 +521,15 @@ impl Store {
     ) -> Result<WriteOutcome, StoreError> {
         let mut writer = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
         let Writer { conn, appender } = &mut *writer;
-        appender.rotate_if_full().map_err(StoreError::Db)?;
-        let res = Self::write_locked(conn, appender, project, prefix, streams);
+        appender.rotate_if_full().map_err(segment_error)?;
+        let res = Self::write_locked(
+            conn,
+            appender,
+            &self.inner.segments,
+            project,
+            prefix,
+            streams,
+        );
         if res.is_err() {
             appender.abandon();
         }
@@ -378,6 +539,7 @@ impl Store {
     fn write_locked(
         conn: &mut Connection,
         appender: &mut Appender,
+        segments: &Segments,
         project: &str,
         prefix: &str,
         streams: &[CheckedEntry],
@@ -392,25 +554,74 @@ impl Store {
                 "INSERT INTO streams (project, prefix, name, record) VALUES (?1, ?2, ?3, x'')",
             )?;
             let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO entries (stream_id, idx, seg, off, len)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO entries (stream_id, idx, seg, off, len, crc, seq, span)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
+            let mut within = tx.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 AND idx BETWEEN ?2 AND ?3"
+            ))?;
+            let mut before = tx.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 AND idx < ?2
+                 ORDER BY idx DESC LIMIT 1"
+            ))?;
+            let mut after = tx.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 AND idx > ?2
+                 ORDER BY idx LIMIT 1"
+            ))?;
             let mut has =
                 tx.prepare_cached("SELECT 1 FROM entries WHERE stream_id = ?1 AND idx = ?2")?;
+            let mut past = tx.prepare_cached(
+                "SELECT 1 FROM entries WHERE stream_id = ?1 AND idx > ?2 LIMIT 1",
+            )?;
             let mut update = tx.prepare_cached("UPDATE streams SET record = ?2 WHERE id = ?1")?;
             for e in streams {
-                let name = e.desc.name.as_str();
-                let found: Option<(i64, Vec<u8>)> = find
-                    .query_row(params![project, prefix, name], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
+                let key = StreamKey {
+                    project: project.to_string(),
+                    prefix: prefix.to_string(),
+                    name: e.desc.name.clone(),
+                };
+                let found: Option<Vec<u8>> = find
+                    .query_row(params![project, prefix, &key.name], |r| r.get(1))
                     .optional()?;
-                let (mut dirty, mut rec) = match found {
-                    Some((_, blob)) => (false, decode_record(&blob)?),
+                let stored = found.map(|blob| decode_record(&blob)).transpose()?;
+                let mut desc = e.desc.clone();
+                desc.prefix = prefix.to_string();
+                // What is stored at this bundle's indices, and the nearest entries on either
+                // side of them.
+                let nearby = match (&stored, e.logs.first(), e.logs.last()) {
+                    (Some(rec), Some(first), Some(last)) => {
+                        let (id, lo, hi) = (rec.id as i64, first.0 as i64, last.0 as i64);
+                        Nearby {
+                            at: within
+                                .query_map(params![id, lo, hi], stored_entry)?
+                                .collect::<Result<Vec<_>, _>>()?,
+                            before: before.query_row(params![id, lo], stored_entry).optional()?,
+                            after: after.query_row(params![id, hi], stored_entry).optional()?,
+                        }
+                    }
+                    _ => Nearby::default(),
+                };
+                let beyond = match (&stored, e.terminal) {
+                    (Some(rec), Some(t)) => past.exists(params![rec.id as i64, t])?.then_some(t),
+                    _ => None,
+                };
+                let plan = match plan(segments, &key, stored.as_ref(), &desc, e, &nearby, beyond)? {
+                    Ok(plan) => plan,
+                    Err(message) => {
+                        tracing::warn!(stream = %path_of(&key), %message, "refused a stream's part of a bundle: conflict");
+                        out.refused.push(Refusal {
+                            name: key.name.clone(),
+                            kind: RefusalKind::Conflict,
+                            message,
+                            entries: u32::try_from(e.logs.len()).unwrap_or(u32::MAX),
+                        });
+                        continue;
+                    }
+                };
+                let (mut dirty, mut rec) = match stored {
+                    Some(rec) => (false, rec),
                     None => {
-                        create.execute(params![project, prefix, name])?;
-                        let mut desc = e.desc.clone();
-                        desc.prefix = prefix.to_string();
+                        create.execute(params![project, prefix, &key.name])?;
                         let rec = StreamRecord {
                             id: tx.last_insert_rowid() as u64,
                             desc: Some(desc),
@@ -422,37 +633,31 @@ impl Store {
                     }
                 };
                 let id = rec.id as i64;
-                if let Some(t) = e.terminal {
-                    if rec.terminated && rec.terminal_index != t {
-                        return Err(StoreError::Conflict(format!(
-                            "stream {name}: terminal index {t} differs from the stored {}",
-                            rec.terminal_index
-                        )));
-                    }
-                    if !rec.terminated {
-                        rec.terminated = true;
-                        rec.terminal_index = t;
-                        dirty = true;
-                    }
+                if let Some(t) = e.terminal
+                    && !rec.terminated
+                {
+                    rec.terminated = true;
+                    rec.terminal_index = t;
+                    dirty = true;
                 }
-                for (i, raw, payload) in &e.logs {
-                    let i = *i;
-                    if rec.terminated && (rec.terminal_index < 0 || i > rec.terminal_index as u64) {
-                        return Err(StoreError::Conflict(format!(
-                            "stream {name}: entry {i} is past the terminal index {}",
-                            rec.terminal_index
-                        )));
-                    }
+                out.duplicates += plan.duplicates;
+                for k in plan.new {
+                    let ((i, raw, payload), seq) = (&e.logs[k], e.sequences.get(k));
                     let at = Location {
                         segment: appender.segment(),
                         offset: appender.next_offset(),
                         len: raw.len() as u64,
                     };
-                    let row = params![id, i as i64, at.segment, at.offset as i64, at.len as i64];
-                    if insert.execute(row)? == 0 {
-                        out.duplicates += 1;
-                        continue;
-                    }
+                    insert.execute(params![
+                        id,
+                        *i as i64,
+                        at.segment,
+                        at.offset as i64,
+                        at.len as i64,
+                        i64::from(checksum(raw)),
+                        seq.map(|s| s.sequence as i64),
+                        seq.map(|s| s.span as i64)
+                    ])?;
                     appender.push(raw.clone());
                     rec.entry_count += 1;
                     rec.byte_count += payload;
@@ -464,11 +669,7 @@ impl Store {
                         rec.contiguous += 1;
                     }
                     update.execute(params![id, rec.encode_to_vec()])?;
-                    out.touched.push(StreamKey {
-                        project: project.to_string(),
-                        prefix: prefix.to_string(),
-                        name: name.to_string(),
-                    });
+                    out.touched.push(key);
                 }
             }
         }
@@ -479,11 +680,218 @@ impl Store {
             .execute(params![appender.segment(), appender.next_offset() as i64])?;
         }
         // The bytes are durable before the rows that point at them commit.
-        appender.flush().map_err(StoreError::Db)?;
+        appender.flush().map_err(segment_error)?;
         tx.commit()?;
         Ok(out)
     }
+}
 
+/// Stored entries near a stream's part of a bundle.
+#[derive(Debug, Default)]
+struct Nearby {
+    /// At the bundle's indices.
+    at: Vec<StoredEntry>,
+    /// The nearest below the bundle's first index.
+    before: Option<StoredEntry>,
+    /// The nearest above the bundle's last index.
+    after: Option<StoredEntry>,
+}
+
+/// What of a stream's part of a bundle is new (indices into its logs) and how many entries are
+/// byte-identical retries.
+struct Plan {
+    new: Vec<usize>,
+    duplicates: u32,
+}
+
+/// Holds a stream's part of a bundle against what is stored: `Ok(Err(why))` is a conflict.
+/// `beyond` is the bundle's terminal index when entries past it are stored.
+///
+/// # Errors
+/// A stored entry that the comparison must read is damaged.
+fn plan(
+    segments: &Segments,
+    key: &StreamKey,
+    stored: Option<&StreamRecord>,
+    desc: &logpb::LogStreamDescriptor,
+    e: &CheckedEntry,
+    nearby: &Nearby,
+    beyond: Option<i64>,
+) -> Result<Result<Plan, String>, StoreError> {
+    let name = path_of(key);
+    if let Some(rec) = stored {
+        if let Some(old) = &rec.desc
+            && old != desc
+        {
+            return Ok(Err(format!(
+                "stream {name}: the descriptor differs from the stored one ({})",
+                desc_difference(old, desc)
+            )));
+        }
+        if let Some(t) = e.terminal
+            && rec.terminated
+            && rec.terminal_index != t
+        {
+            return Ok(Err(format!(
+                "stream {name}: terminal index {t} differs from the stored {}",
+                rec.terminal_index
+            )));
+        }
+        if rec.terminated
+            && let Some((i, _, _)) = e
+                .logs
+                .iter()
+                .find(|(i, _, _)| rec.terminal_index < 0 || *i > rec.terminal_index as u64)
+        {
+            return Ok(Err(format!(
+                "stream {name}: entry {i} is past the stored terminal index {}",
+                rec.terminal_index
+            )));
+        }
+    }
+    if let Some(t) = beyond {
+        return Ok(Err(format!(
+            "stream {name}: terminal index {t}, but entries past it are stored"
+        )));
+    }
+    let at: std::collections::HashMap<u64, &StoredEntry> =
+        nearby.at.iter().map(|s| (s.idx, s)).collect();
+    let mut plan = Plan {
+        new: Vec::new(),
+        duplicates: 0,
+    };
+    for (k, (i, raw, _)) in e.logs.iter().enumerate() {
+        match at.get(i) {
+            Some(old) => {
+                if read_checked(segments, key, old)? != raw.as_ref() {
+                    return Ok(Err(format!(
+                        "stream {name}: entry {i} differs from the stored entry {i}"
+                    )));
+                }
+                plan.duplicates += 1;
+            }
+            None => plan.new.push(k),
+        }
+    }
+    // Sequences never go back: the bundle's first entry starts no earlier than the stored
+    // entry before it ends, exactly there when it is the one right before; and likewise its
+    // last entry against the stored entry after it.
+    let first = e.logs.first().map(|l| l.0).zip(e.sequences.first());
+    if let (Some((i, s)), Some(prev)) = (first, &nearby.before)
+        && let Some(p) = prev.seq
+        && let Some(end) = next_sequence(p)
+        && (s.sequence < end || (prev.idx + 1 == i && s.sequence != end))
+    {
+        return Ok(Err(format!(
+            "stream {name}: entry {i} has sequence {}, but the stored entry {} (sequence {}, \
+             spanning {}) is followed by sequence {end}",
+            s.sequence, prev.idx, p.sequence, p.span
+        )));
+    }
+    let last = e.logs.last().map(|l| l.0).zip(e.sequences.last());
+    if let (Some((i, s)), Some(next)) = (last, &nearby.after)
+        && let Some(n) = next.seq
+        && let Some(end) = next_sequence(*s)
+        && (end > n.sequence || (i + 1 == next.idx && end != n.sequence))
+    {
+        return Ok(Err(format!(
+            "stream {name}: entry {i} (sequence {}, spanning {}) is followed by sequence {end}, \
+             but the stored entry {} has sequence {}",
+            s.sequence, s.span, next.idx, n.sequence
+        )));
+    }
+    Ok(Ok(plan))
+}
+
+/// Names the first field in which two descriptors differ.
+fn desc_difference(old: &logpb::LogStreamDescriptor, new: &logpb::LogStreamDescriptor) -> String {
+    if old.stream_type != new.stream_type {
+        return format!(
+            "type {} where {} is stored",
+            new.stream_type, old.stream_type
+        );
+    }
+    if old.content_type != new.content_type {
+        return format!(
+            "content type {:?} where {:?} is stored",
+            new.content_type, old.content_type
+        );
+    }
+    if old.timestamp != new.timestamp {
+        return "another timestamp".to_string();
+    }
+    if old.tags != new.tags {
+        return "other tags".to_string();
+    }
+    "another binary file extension".to_string()
+}
+
+/// Takes the data directory's lock, or names who holds it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Db(format!("{}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {
+            // Who holds it, for the message another collector prints.
+            let _ = file
+                .set_len(0)
+                .and_then(|()| file.seek(std::io::SeekFrom::Start(0)))
+                .and_then(|_| writeln!(file, "{}", std::process::id()));
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {holder})")
+            };
+            Err(StoreError::InUse(format!(
+                "{} is in use by another collector{who}: two collectors on one data \
+                 directory would corrupt it",
+                dir.display()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::Db(format!("{}: {e}", path.display())))
+        }
+    }
+}
+
+/// Segments shorter than the entries the index places in them, one message each.
+fn short_segments(conn: &Connection, seg_dir: &Path) -> Result<Vec<String>, StoreError> {
+    let mut q = conn.prepare("SELECT seg, MAX(off + len) FROM entries GROUP BY seg")?;
+    let ends = q
+        .query_map([], |r| {
+            Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    for (seg, end) in ends {
+        let path = crate::segments::segment_path(seg_dir, seg);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() >= end => {}
+            Ok(m) => out.push(format!(
+                "{} holds {} bytes but the index has entries up to byte {end}",
+                path.display(),
+                m.len()
+            )),
+            Err(e) => out.push(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok(out)
+}
+
+impl Store {
     fn record(conn: &Connection, key: &StreamKey) -> Result<Option<StreamRecord>, StoreError> {
         let blob: Option<Vec<u8>> = conn
             .prepare_cached(
@@ -523,29 +931,24 @@ impl Store {
             let Some(rec) = Self::record(c, key)? else {
                 return Ok(Vec::new());
             };
-            let mut q = c.prepare_cached(
-                "SELECT idx, seg, off, len FROM entries
-                 WHERE stream_id = ?1 AND idx >= ?2 ORDER BY idx",
-            )?;
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries
+                 WHERE stream_id = ?1 AND idx >= ?2 ORDER BY idx"
+            ))?;
             let mut rows = q.query(params![rec.id as i64, from as i64])?;
             let mut out = Vec::new();
             let mut bytes = 0usize;
             let mut expect = from;
             while let Some(row) = rows.next()? {
-                let idx: i64 = row.get(0)?;
-                if idx as u64 != expect
+                let stored = stored_entry(row)?;
+                if stored.idx != expect
                     || out.len() >= max_count
                     || (bytes >= max_bytes && !out.is_empty())
                 {
                     break;
                 }
-                let data = self
-                    .inner
-                    .segments
-                    .read(location(row, 1)?)
-                    .map_err(StoreError::Db)?;
-                bytes += data.len();
-                out.push(decode_entry(&data)?);
+                bytes += stored.at.len as usize;
+                out.push(read_entry(&self.inner.segments, key, &stored)?);
                 expect += 1;
             }
             Ok(out)
@@ -565,18 +968,14 @@ impl Store {
             let Some(rec) = Self::record(c, key)? else {
                 return Ok(Vec::new());
             };
-            let mut q = c.prepare_cached(
-                "SELECT seg, off, len FROM entries WHERE stream_id = ?1 ORDER BY idx DESC LIMIT ?2",
-            )?;
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 ORDER BY idx DESC LIMIT ?2"
+            ))?;
             let mut rows = q.query(params![rec.id as i64, n as i64])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                let data = self
-                    .inner
-                    .segments
-                    .read(location(row, 0)?)
-                    .map_err(StoreError::Db)?;
-                out.push(decode_entry(&data)?);
+                let stored = stored_entry(row)?;
+                out.push(read_entry(&self.inner.segments, key, &stored)?);
             }
             out.reverse();
             Ok(out)

@@ -5,8 +5,9 @@ use logdog_proto::logdog::collector as pb;
 use logdog_proto::logpb;
 use logdog_proto::{StreamType, types};
 
-/// Largest encoded descriptor accepted.
-pub const MAX_DESCRIPTOR_SIZE: usize = 64 * 1024;
+/// Largest encoded descriptor accepted (the butler's field limits keep every descriptor it
+/// sends below this; see `logdog_proto::types`).
+pub const MAX_DESCRIPTOR_SIZE: usize = types::MAX_DESCRIPTOR_SIZE;
 /// Largest stream index accepted (far beyond any real stream; keeps arithmetic safe).
 pub const MAX_STREAM_INDEX: u64 = 1 << 48;
 
@@ -20,7 +21,7 @@ fn invalid(msg: impl Into<String>) -> Invalid {
 }
 
 /// One stream's part of a checked bundle.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct CheckedEntry {
     /// The descriptor.
     pub desc: logpb::LogStreamDescriptor,
@@ -28,20 +29,94 @@ pub struct CheckedEntry {
     pub terminal: Option<i64>,
     /// Each log entry: its stream index, its encoding as received, and its payload size.
     pub logs: Vec<(u64, Bytes, u64)>,
+    /// For each entry of `logs`, its `sequence` and how far it moves the sequence on.
+    pub sequences: Vec<Sequence>,
 }
 
-/// Checks a bundle: project and prefix, and for each stream entry its descriptor, its indices
-/// (contiguous, unique, not past the terminal index) and that each log's content matches the
-/// stream's type. Each log entry is decoded in full, as the read path will decode it, but
-/// kept as the bytes that arrived.
+/// An entry's `sequence` and `span`: the next entry's sequence is `sequence + span` (LogDog's
+/// rule: text counts complete lines, binary bytes, datagrams whole datagrams).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sequence {
+    /// The entry's `sequence`.
+    pub sequence: u64,
+    /// How far it moves the sequence on.
+    pub span: u64,
+}
+
+/// Why one stream of a bundle was refused (the rest of the bundle is stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The stream's part of the bundle is malformed.
+    Invalid,
+    /// It contradicts what is stored.
+    Conflict,
+}
+
+/// One stream of a bundle that is not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Stream name.
+    pub name: String,
+    /// Why.
+    pub kind: RefusalKind,
+    /// What was wrong, naming the stream.
+    pub message: String,
+    /// Entries of the stream in the bundle that were not stored.
+    pub entries: u32,
+}
+
+impl Refusal {
+    /// As sent back in `WriteBundleResponse.refused`.
+    pub fn to_proto(&self) -> pb::StreamRefusal {
+        let reason = match self.kind {
+            RefusalKind::Invalid => pb::stream_refusal::Reason::Invalid,
+            RefusalKind::Conflict => pb::stream_refusal::Reason::Conflict,
+        };
+        pb::StreamRefusal {
+            name: self.name.clone(),
+            reason: reason as i32,
+            message: self.message.clone(),
+            entries: self.entries,
+        }
+    }
+}
+
+/// A bundle checked stream by stream: what may be stored, and what was refused.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Checked {
+    /// Streams whose part of the bundle passed every check.
+    pub streams: Vec<CheckedEntry>,
+    /// Streams refused, with the reason.
+    pub refused: Vec<Refusal>,
+}
+
+/// Checks a bundle as a whole, refusing any problem: [`streams`], where a refused stream
+/// fails the whole bundle.
 ///
 /// # Errors
 /// The first problem found, naming the stream.
 pub fn bundle(b: &pb::BundleView) -> Result<Vec<CheckedEntry>, Invalid> {
+    let checked = streams(b)?;
+    match checked.refused.into_iter().next() {
+        Some(r) => Err(Invalid(r.message)),
+        None => Ok(checked.streams),
+    }
+}
+
+/// Checks a bundle: its project and prefix (a problem there refuses the whole bundle), then
+/// each stream's part on its own: its descriptor, its indices (contiguous, unique, not past
+/// the terminal index) and that each log's content matches the stream's type. A stream that
+/// fails is refused alone; the others may still be stored. Each log entry is checked in full,
+/// as strictly as the read path will decode it, but kept as the bytes that arrived.
+///
+/// # Errors
+/// A problem with the bundle itself: its project or prefix, a stream entry without a
+/// descriptor, or a stream that appears twice.
+pub fn streams(b: &pb::BundleView) -> Result<Checked, Invalid> {
     types::validate_project(&b.project).map_err(|e| invalid(e.to_string()))?;
     types::validate_prefix(&b.prefix).map_err(|e| invalid(e.to_string()))?;
     let mut names = std::collections::BTreeSet::new();
-    let mut out = Vec::with_capacity(b.entries.len());
+    let mut out = Checked::default();
     for e in &b.entries {
         let desc = e
             .desc
@@ -53,33 +128,43 @@ pub fn bundle(b: &pb::BundleView) -> Result<Vec<CheckedEntry>, Invalid> {
                 "stream {name:?} appears twice in one bundle"
             )));
         }
-        descriptor(desc, &b.prefix)?;
-        let kind = StreamType::try_from(desc.stream_type).unwrap_or_default();
-        let logs = logs(name, e, kind)?;
-        let index = if e.terminal_index == u64::MAX {
-            -1
-        } else {
-            e.terminal_index as i64
-        };
-        let terminal = e.terminal.then_some(index);
-        out.push(CheckedEntry {
-            desc: desc.clone(),
-            terminal,
-            logs,
-        });
+        match stream(e, desc, &b.prefix) {
+            Ok(c) => out.streams.push(c),
+            Err(Invalid(message)) => out.refused.push(Refusal {
+                name: name.clone(),
+                kind: RefusalKind::Invalid,
+                message,
+                entries: u32::try_from(e.logs.len()).unwrap_or(u32::MAX),
+            }),
+        }
     }
     Ok(out)
+}
+
+fn stream(
+    e: &pb::BundleEntryView,
+    desc: &logpb::LogStreamDescriptor,
+    prefix: &str,
+) -> Result<CheckedEntry, Invalid> {
+    descriptor(desc, prefix)?;
+    let kind = StreamType::try_from(desc.stream_type).unwrap_or_default();
+    let (logs, sequences) = logs(&desc.name, e, kind)?;
+    let index = if e.terminal_index == u64::MAX {
+        -1
+    } else {
+        e.terminal_index as i64
+    };
+    Ok(CheckedEntry {
+        desc: desc.clone(),
+        terminal: e.terminal.then_some(index),
+        logs,
+        sequences,
+    })
 }
 
 fn descriptor(d: &logpb::LogStreamDescriptor, prefix: &str) -> Result<(), Invalid> {
     types::validate_stream_name(&d.name).map_err(|e| invalid(e.to_string()))?;
     let name = &d.name;
-    let size = prost::Message::encoded_len(d);
-    if size > MAX_DESCRIPTOR_SIZE {
-        return Err(invalid(format!(
-            "stream {name:?}: descriptor of {size} bytes exceeds the {MAX_DESCRIPTOR_SIZE}-byte limit"
-        )));
-    }
     if !d.prefix.is_empty() && d.prefix != prefix {
         return Err(invalid(format!(
             "stream {name:?}: descriptor prefix {:?} differs from the bundle's {prefix:?}",
@@ -98,17 +183,23 @@ fn descriptor(d: &logpb::LogStreamDescriptor, prefix: &str) -> Result<(), Invali
     if d.timestamp.is_none() {
         return Err(invalid(format!("stream {name:?}: no timestamp")));
     }
-    for (k, v) in &d.tags {
-        types::validate_tag(k, v).map_err(|e| invalid(format!("stream {name:?}: {e}")))?;
+    types::validate_descriptor_fields(
+        &d.content_type,
+        d.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .map_err(|e| invalid(format!("stream {name:?}: {e}")))?;
+    let size = prost::Message::encoded_len(d);
+    if size > MAX_DESCRIPTOR_SIZE {
+        return Err(invalid(format!(
+            "stream {name:?}: descriptor of {size} bytes exceeds the {MAX_DESCRIPTOR_SIZE}-byte limit"
+        )));
     }
     Ok(())
 }
 
-fn logs(
-    name: &str,
-    e: &pb::BundleEntryView,
-    kind: StreamType,
-) -> Result<Vec<(u64, Bytes, u64)>, Invalid> {
+type Logs = (Vec<(u64, Bytes, u64)>, Vec<Sequence>);
+
+fn logs(name: &str, e: &pb::BundleEntryView, kind: StreamType) -> Result<Logs, Invalid> {
     // A terminal index of 2^64-1 (-1 signed) marks a stream that ended with no entries.
     let terminal = e
         .terminal
@@ -127,6 +218,7 @@ fn logs(
         )));
     }
     let mut out = Vec::with_capacity(e.logs.len());
+    let mut sequences = Vec::with_capacity(e.logs.len());
     let mut prev: Option<u64> = None;
     for raw in &e.logs {
         // Checked as strictly as the read path decodes it: an entry that does not decode (a
@@ -162,9 +254,35 @@ fn logs(
                 kind.as_str_name()
             )));
         };
+        let span = log.content.map_or(0, |c| c.span);
+        if let Some(before) = sequences.last().copied()
+            && next_sequence(before) != Some(log.sequence)
+        {
+            return Err(invalid(format!(
+                "stream {name:?}: entry {i} has sequence {} where {} follows from entry {}",
+                log.sequence,
+                next_sequence(before).map_or("nothing".to_string(), |n| n.to_string()),
+                i - 1
+            )));
+        }
+        if i == 0 && log.sequence != 0 {
+            return Err(invalid(format!(
+                "stream {name:?}: entry 0 has sequence {}, not 0",
+                log.sequence
+            )));
+        }
         out.push((i, raw.clone(), payload));
+        sequences.push(Sequence {
+            sequence: log.sequence,
+            span,
+        });
     }
-    Ok(out)
+    Ok((out, sequences))
+}
+
+/// The sequence of the entry after one with `s` (`None` past `u64::MAX`).
+pub fn next_sequence(s: Sequence) -> Option<u64> {
+    s.sequence.checked_add(s.span)
 }
 
 /// Payload bytes of an entry's content (text: every line's value and delimiter), if the
@@ -207,6 +325,7 @@ mod tests {
                 logs: (0..2)
                     .map(|i| logpb::LogEntry {
                         stream_index: i,
+                        sequence: i,
                         content: Some(Content::Text(logpb::Text {
                             lines: vec![logpb::text::Line {
                                 value: "a".into(),
@@ -261,6 +380,31 @@ mod tests {
             (
                 "wrong type",
                 Box::new(|b| b.entries[0].desc.as_mut().unwrap().stream_type = 1),
+            ),
+            (
+                "sequence 0 where 1 follows",
+                Box::new(|b| b.entries[0].logs[1].sequence = 0),
+            ),
+            (
+                "entry 0 has sequence 5",
+                Box::new(|b| {
+                    for l in &mut b.entries[0].logs {
+                        l.sequence += 5;
+                    }
+                }),
+            ),
+            (
+                "more than 64 tags",
+                Box::new(|b| {
+                    let d = b.entries[0].desc.as_mut().unwrap();
+                    for i in 0..65 {
+                        d.tags.insert(format!("k{i}"), String::new());
+                    }
+                }),
+            ),
+            (
+                "content type",
+                Box::new(|b| b.entries[0].desc.as_mut().unwrap().content_type = "x".repeat(1025)),
             ),
             (
                 "twice",

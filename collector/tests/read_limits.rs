@@ -26,6 +26,7 @@ fn bundle(first: u64, n: u64, terminal: Option<u64>) -> Vec<u8> {
     let logs = (first..first + n)
         .map(|i| logpb::LogEntry {
             stream_index: i,
+            sequence: i * ENTRY as u64,
             time_offset: Some(prost_types::Duration::default()),
             content: Some(Content::Binary(logpb::Binary {
                 data: Bytes::from(vec![i as u8; ENTRY]),
@@ -77,12 +78,14 @@ async fn reads_and_writes_are_bounded() {
         for first in (0..ENTRIES).step_by(8) {
             let last = (first + 8).min(ENTRIES);
             let terminal = (last == ENTRIES).then_some(ENTRIES - 1);
-            writer
+            let out = writer
                 .write_bundle(WriteBundleRequest {
                     bundle: bundle(first, last - first, terminal).into(),
                 })
                 .await
-                .unwrap();
+                .unwrap()
+                .into_inner();
+            assert!(out.refused.is_empty(), "{out:?}");
         }
 
         // A bundle over the limit is refused, and harms nothing.

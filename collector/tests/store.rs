@@ -1,13 +1,15 @@
 //! The store on real files: entries written once to segment files, read back after reopening,
 //! retries not appended twice, leftovers of an uncommitted write ignored, segment rotation,
-//! and a clear refusal of an older layout.
+//! and a clear refusal of an older layout; conflicts refused stream by stream, checksums
+//! checked on every read, one collector per directory, damage found at open.
 
 use std::path::Path;
 
 use bytes::Bytes;
 use logdog_collector::Store;
+use logdog_collector::store::StoreError;
 use logdog_collector::store::StreamKey;
-use logdog_collector::validate::CheckedEntry;
+use logdog_collector::validate::{CheckedEntry, RefusalKind, Sequence};
 use logdog_proto::logpb;
 use prost::Message;
 
@@ -44,6 +46,12 @@ fn checked(name: &str, from: u64, lines: &[&str], terminal: Option<i64>) -> Chec
             .iter()
             .enumerate()
             .map(|(i, l)| entry(from + i as u64, l))
+            .collect(),
+        sequences: (0..lines.len() as u64)
+            .map(|i| Sequence {
+                sequence: from + i,
+                span: 1,
+            })
             .collect(),
     }
 }
@@ -184,13 +192,27 @@ fn a_conflicting_write_appends_nothing() {
         .write("proj", "pre", &[checked("a", 0, &["one"], Some(0))])
         .expect("write");
     let before = segment_files(dir.path());
-    let err = store
-        .write("proj", "pre", &[checked("a", 1, &["past the end"], None)])
-        .expect_err("entry past the terminal index");
-    assert!(err.to_string().contains("past the terminal index"), "{err}");
-    store
-        .write("proj", "pre", &[checked("b", 0, &["fine"], Some(0))])
-        .expect("write b");
+    // One bundle: a's part contradicts what is stored, b's is fine. Only a is refused.
+    let out = store
+        .write(
+            "proj",
+            "pre",
+            &[
+                checked("a", 1, &["past the end"], None),
+                checked("b", 0, &["fine"], Some(0)),
+            ],
+        )
+        .expect("write");
+    assert_eq!(out.stored, 1);
+    assert_eq!(out.refused.len(), 1, "{out:?}");
+    assert_eq!(out.refused[0].name, "a");
+    assert_eq!(out.refused[0].kind, RefusalKind::Conflict);
+    assert!(
+        out.refused[0]
+            .message
+            .contains("past the stored terminal index"),
+        "{out:?}"
+    );
     assert_eq!(lines_of(&store, "a"), ["one"]);
     assert_eq!(lines_of(&store, "b"), ["fine"]);
     // Only b's entry was appended.
@@ -208,7 +230,175 @@ fn a_data_directory_of_the_older_layout_is_refused_clearly() {
     .expect("old schema");
     drop(conn);
     let err = Store::open(dir.path()).expect_err("older layout");
-    assert!(err.to_string().contains("older collector"), "{err}");
+    assert!(
+        err.to_string().contains("another collector version"),
+        "{err}"
+    );
+}
+
+#[test]
+fn different_bytes_at_a_stored_index_are_a_conflict_and_identical_ones_a_duplicate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    store
+        .write("proj", "pre", &[checked("a", 0, &["one", "two"], None)])
+        .expect("write");
+    // A byte-identical retry: a silent duplicate.
+    let out = store
+        .write("proj", "pre", &[checked("a", 0, &["one", "two"], None)])
+        .expect("retry");
+    assert_eq!((out.stored, out.duplicates), (0, 2));
+    assert!(out.refused.is_empty());
+    // Other text at index 1, in a bundle that also carries a new entry: all of a is refused.
+    let out = store
+        .write("proj", "pre", &[checked("a", 1, &["TWO", "three"], None)])
+        .expect("write");
+    assert_eq!((out.stored, out.duplicates), (0, 0));
+    assert_eq!(out.refused.len(), 1);
+    assert_eq!(out.refused[0].kind, RefusalKind::Conflict);
+    assert_eq!(out.refused[0].entries, 2);
+    assert!(
+        out.refused[0].message.contains("entry 1 differs"),
+        "{out:?}"
+    );
+    assert_eq!(lines_of(&store, "a"), ["one", "two"]);
+    // Another descriptor for the same stream.
+    let mut other = checked("a", 2, &["three"], None);
+    other.desc.content_type = "text/x-other".to_string();
+    let out = store.write("proj", "pre", &[other]).expect("write");
+    assert_eq!(out.refused.len(), 1);
+    assert!(
+        out.refused[0].message.contains("descriptor differs"),
+        "{out:?}"
+    );
+    // Another terminal index than the stored one.
+    store
+        .write("proj", "pre", &[checked("a", 2, &["three"], Some(2))])
+        .expect("end");
+    let out = store
+        .write("proj", "pre", &[checked("a", 3, &[], Some(3))])
+        .expect("write");
+    assert!(
+        out.refused[0].message.contains("terminal index 3 differs"),
+        "{out:?}"
+    );
+    assert_eq!(lines_of(&store, "a"), ["one", "two", "three"]);
+}
+
+#[test]
+fn a_sequence_that_does_not_follow_from_the_stored_entries_is_a_conflict() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    store
+        .write("proj", "pre", &[checked("a", 0, &["one"], None)])
+        .expect("write");
+    store
+        .write("proj", "pre", &[checked("a", 2, &["three"], None)])
+        .expect("write");
+    // Entry 1 with sequence 0: entry 0 (one line) is followed by sequence 1.
+    let mut bad = checked("a", 1, &["two"], None);
+    bad.sequences[0].sequence = 0;
+    let out = store.write("proj", "pre", &[bad]).expect("write");
+    assert_eq!(out.refused.len(), 1, "{out:?}");
+    assert!(out.refused[0].message.contains("sequence"), "{out:?}");
+    // Entry 1 spanning two lines would make entry 2's sequence 3, not 2.
+    let mut bad = checked("a", 1, &["two"], None);
+    bad.sequences[0].span = 2;
+    let out = store.write("proj", "pre", &[bad]).expect("write");
+    assert_eq!(out.refused.len(), 1, "{out:?}");
+    // The right one fills the gap.
+    let out = store
+        .write("proj", "pre", &[checked("a", 1, &["two"], None)])
+        .expect("write");
+    assert!(out.refused.is_empty(), "{out:?}");
+    assert_eq!(lines_of(&store, "a"), ["one", "two", "three"]);
+}
+
+#[test]
+fn flipped_bytes_in_a_segment_are_an_error_naming_the_stream_and_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    store
+        .write(
+            "proj",
+            "pre",
+            &[checked("a", 0, &["first line", "second line"], Some(1))],
+        )
+        .expect("write");
+    let seg = dir.path().join("segments/00000001.seg");
+    let mut data = std::fs::read(&seg).expect("segment");
+    let second = entry(0, "first line").1.len();
+    data[second + 8] ^= 0x20;
+    std::fs::write(&seg, &data).expect("flip");
+    let err = store
+        .entries(&key("a"), 0, usize::MAX, usize::MAX)
+        .expect_err("damaged");
+    assert!(matches!(err, StoreError::Damaged(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("proj/pre/+/a entry 1") && msg.contains("checksum"),
+        "{msg}"
+    );
+    // Entry 0 is intact and still served; the tail read hits the damage.
+    assert_eq!(
+        store
+            .entries(&key("a"), 0, 1, usize::MAX)
+            .expect("entry 0")
+            .len(),
+        1
+    );
+    assert!(store.last_entries(&key("a"), 1).is_err());
+}
+
+#[test]
+fn a_second_store_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let err = Store::open(dir.path()).expect_err("second");
+    assert!(matches!(err, StoreError::InUse(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    drop(store);
+    Store::open(dir.path()).expect("free again");
+}
+
+#[test]
+fn damage_is_found_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        store
+            .write("proj", "pre", &[checked("a", 0, &["one", "two"], Some(1))])
+            .expect("write");
+    }
+    // A truncated segment.
+    let seg = dir.path().join("segments/00000001.seg");
+    let len = std::fs::metadata(&seg).expect("segment").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .and_then(|f| f.set_len(len - 3))
+        .expect("truncate");
+    let err = Store::open(dir.path()).expect_err("short segment");
+    assert!(matches!(err, StoreError::Damaged(_)), "{err:?}");
+    assert!(err.to_string().contains("verify"), "{err}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .and_then(|f| f.set_len(len))
+        .expect("restore length");
+    // A damaged index: garbage over the database's pages (past the header).
+    let db = dir.path().join("collector.sqlite");
+    let mut data = std::fs::read(&db).expect("db");
+    for b in data.iter_mut().skip(100).take(4096 * 2) {
+        *b = 0x5a;
+    }
+    std::fs::write(&db, &data).expect("damage");
+    let err = Store::open(dir.path()).expect_err("damaged index");
+    assert!(matches!(err, StoreError::Damaged(_)), "{err:?}");
 }
 
 #[test]

@@ -169,6 +169,16 @@ fn content(kind: StreamType) -> BoxedStrategy<Content> {
     }
 }
 
+/// How far an entry moves the sequence on.
+fn span(c: &Option<Content>) -> u64 {
+    match c {
+        Some(Content::Text(t)) => t.lines.iter().filter(|l| !l.delimiter.is_empty()).count() as u64,
+        Some(Content::Binary(b)) => b.data.len() as u64,
+        Some(Content::Datagram(d)) => u64::from(d.partial.as_ref().is_none_or(|p| p.last)),
+        None => 0,
+    }
+}
+
 fn stream_entry(name: String) -> impl Strategy<Value = logpb::butler_log_bundle::Entry> {
     let kind = prop::sample::select(vec![
         StreamType::Text,
@@ -184,18 +194,25 @@ fn stream_entry(name: String) -> impl Strategy<Value = logpb::butler_log_bundle:
         )
             .prop_map(move |(contents, tags, (seconds, nanos))| {
                 let count = contents.len() as u64;
+                // LogDog's sequence rule: entry 0 starts at 0, and each entry moves it on by
+                // its complete lines, bytes or whole datagrams.
+                let mut sequence = start * 7;
                 let logs = contents
                     .into_iter()
                     .enumerate()
-                    .map(|(k, c)| logpb::LogEntry {
-                        time_offset: Some(prost_types::Duration {
-                            seconds: k as i64,
-                            nanos: 5,
-                        }),
-                        prefix_index: start * 3 + k as u64,
-                        stream_index: start + k as u64,
-                        sequence: k as u64,
-                        content: Some(c),
+                    .map(|(k, c)| {
+                        let e = logpb::LogEntry {
+                            time_offset: Some(prost_types::Duration {
+                                seconds: k as i64,
+                                nanos: 5,
+                            }),
+                            prefix_index: start * 3 + k as u64,
+                            stream_index: start + k as u64,
+                            sequence,
+                            content: Some(c),
+                        };
+                        sequence += span(&e.content);
+                        e
                     })
                     .collect();
                 logpb::butler_log_bundle::Entry {
@@ -355,6 +372,40 @@ proptest! {
             let got: Vec<Vec<u8>> = c.logs.iter().map(|(_, raw, _)| raw.to_vec()).collect();
             prop_assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn a_bad_stream_is_refused_alone(
+        b in valid_bundle(),
+        which in any::<usize>(),
+        how in 0u8..3,
+    ) {
+        let mut b = b;
+        let k = which % b.entries.len();
+        let d = b.entries[k].desc.as_mut().expect("descriptor");
+        match how {
+            0 => d.content_type = "c".repeat(types::MAX_CONTENT_TYPE_LEN + 1),
+            1 => d.name = format!("_{}", d.name),
+            _ => {
+                for i in 0..=types::MAX_TAGS {
+                    d.tags.insert(format!("t{i}"), String::new());
+                }
+            }
+        }
+        let view = pb::BundleView::decode(b.encode_to_vec().as_slice()).expect("a view");
+        let checked = validate::streams(&view).expect("the bundle itself is fine");
+        prop_assert_eq!(checked.refused.len(), 1);
+        prop_assert_eq!(&checked.refused[0].name, &b.entries[k].desc.as_ref().expect("d").name);
+        prop_assert_eq!(checked.refused[0].kind, validate::RefusalKind::Invalid);
+        let kept: Vec<&str> = checked.streams.iter().map(|c| c.desc.name.as_str()).collect();
+        let want: Vec<&str> = b
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != k)
+            .map(|(_, e)| e.desc.as_ref().expect("d").name.as_str())
+            .collect();
+        prop_assert_eq!(kept, want);
     }
 
     #[test]

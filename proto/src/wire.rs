@@ -19,6 +19,8 @@ pub type Fault = &'static str;
 pub struct EntryFacts {
     /// `stream_index` (0 when absent, as prost reads it).
     pub stream_index: u64,
+    /// `sequence` (0 when absent).
+    pub sequence: u64,
     /// The content, if any.
     pub content: Option<ContentFacts>,
 }
@@ -32,6 +34,10 @@ pub struct ContentFacts {
     pub payload: u64,
     /// Text: lines; binary and datagram: 0.
     pub parts: u64,
+    /// How far the entry moves LogDog's `sequence` on: text, its complete lines (those with a
+    /// delimiter); binary, its bytes; datagram, 1 for a whole datagram or the last fragment of
+    /// one, 0 for any other fragment. The next entry's `sequence` is this one's plus `span`.
+    pub span: u64,
 }
 
 /// Wire types.
@@ -133,8 +139,9 @@ fn duration(buf: &[u8]) -> Result<(), Fault> {
     Ok(())
 }
 
-/// A text line's payload: its value's and its (UTF-8) delimiter's lengths.
-fn line(buf: &[u8]) -> Result<u64, Fault> {
+/// A text line's payload (its value's and its UTF-8 delimiter's lengths) and whether it is
+/// complete (has a delimiter).
+fn line(buf: &[u8]) -> Result<(u64, bool), Fault> {
     let mut r = Reader { buf };
     let (mut value, mut delim) = (None, None);
     while !r.done() {
@@ -156,18 +163,21 @@ fn line(buf: &[u8]) -> Result<u64, Fault> {
             (_, w) => r.skip(w)?,
         }
     }
-    Ok((value.unwrap_or(0) + delim.unwrap_or(0)) as u64)
+    let delim = delim.unwrap_or(0);
+    Ok(((value.unwrap_or(0) + delim) as u64, delim > 0))
 }
 
 fn text(buf: &[u8]) -> Result<ContentFacts, Fault> {
     let mut r = Reader { buf };
-    let (mut payload, mut lines) = (0u64, 0u64);
+    let (mut payload, mut lines, mut complete) = (0u64, 0u64, 0u64);
     while !r.done() {
         match r.key()? {
             (1, w) => {
                 expect(w, LEN)?;
-                payload += line(r.len_delimited()?)?;
+                let (n, whole) = line(r.len_delimited()?)?;
+                payload += n;
                 lines += 1;
+                complete += u64::from(whole);
             }
             (_, w) => r.skip(w)?,
         }
@@ -176,6 +186,7 @@ fn text(buf: &[u8]) -> Result<ContentFacts, Fault> {
         field: 10,
         payload,
         parts: lines,
+        span: complete,
     })
 }
 
@@ -185,6 +196,7 @@ fn data(buf: &[u8], field: u32) -> Result<ContentFacts, Fault> {
     let mut r = Reader { buf };
     let mut data = None;
     let mut partial = false;
+    let mut last = false;
     while !r.done() {
         match r.key()? {
             (f, w) if f == data_field => {
@@ -199,31 +211,43 @@ fn data(buf: &[u8], field: u32) -> Result<ContentFacts, Fault> {
                     return Err("a datagram with two partial fields");
                 }
                 partial = true;
-                partial_fields(r.len_delimited()?)?;
+                last = partial_fields(r.len_delimited()?)?;
             }
             (_, w) => r.skip(w)?,
         }
     }
+    let payload = data.unwrap_or(0) as u64;
+    let span = if field == 11 {
+        payload
+    } else {
+        u64::from(!partial || last)
+    };
     Ok(ContentFacts {
         field,
-        payload: data.unwrap_or(0) as u64,
+        payload,
         parts: 0,
+        span,
     })
 }
 
-/// `Datagram.Partial`: index, size, last (varints).
-fn partial_fields(buf: &[u8]) -> Result<(), Fault> {
+/// `Datagram.Partial`: index, size, last (varints). Returns `last` (as prost reads a bool:
+/// any non-zero value, the last occurrence winning).
+fn partial_fields(buf: &[u8]) -> Result<bool, Fault> {
     let mut r = Reader { buf };
+    let mut last = false;
     while !r.done() {
         match r.key()? {
-            (1..=3, w) => {
+            (f @ 1..=3, w) => {
                 expect(w, VARINT)?;
-                r.varint()?;
+                let v = r.varint()?;
+                if f == 3 {
+                    last = v != 0;
+                }
             }
             (_, w) => r.skip(w)?,
         }
     }
-    Ok(())
+    Ok(last)
 }
 
 /// Checks an encoded `logpb.LogEntry`.
@@ -235,6 +259,7 @@ pub fn log_entry(buf: &[u8]) -> Result<EntryFacts, Fault> {
     let mut r = Reader { buf };
     let mut facts = EntryFacts {
         stream_index: 0,
+        sequence: 0,
         content: None,
     };
     while !r.done() {
@@ -243,9 +268,13 @@ pub fn log_entry(buf: &[u8]) -> Result<EntryFacts, Fault> {
                 expect(w, LEN)?;
                 duration(r.len_delimited()?)?;
             }
-            (2 | 4, w) => {
+            (2, w) => {
                 expect(w, VARINT)?;
                 r.varint()?;
+            }
+            (4, w) => {
+                expect(w, VARINT)?;
+                facts.sequence = r.varint()?;
             }
             (3, w) => {
                 expect(w, VARINT)?;

@@ -10,7 +10,7 @@ use prost::Message;
 /// Prost's view of the same facts.
 fn prost_facts(content: &Option<Content>) -> Option<ContentFacts> {
     content.as_ref().map(|c| {
-        let (field, parts, payload) = match c {
+        let (field, parts, payload, span) = match c {
             Content::Text(t) => (
                 10,
                 t.lines.len() as u64,
@@ -18,14 +18,21 @@ fn prost_facts(content: &Option<Content>) -> Option<ContentFacts> {
                     .iter()
                     .map(|l| l.value.len() + l.delimiter.len())
                     .sum::<usize>(),
+                t.lines.iter().filter(|l| !l.delimiter.is_empty()).count() as u64,
             ),
-            Content::Binary(b) => (11, 0, b.data.len()),
-            Content::Datagram(d) => (12, 0, d.data.len()),
+            Content::Binary(b) => (11, 0, b.data.len(), b.data.len() as u64),
+            Content::Datagram(d) => (
+                12,
+                0,
+                d.data.len(),
+                u64::from(d.partial.as_ref().is_none_or(|p| p.last)),
+            ),
         };
         ContentFacts {
             field,
             payload: payload as u64,
             parts,
+            span,
         }
     })
 }
@@ -90,6 +97,7 @@ fn agree(bytes: &[u8]) -> Result<(), TestCaseError> {
         );
         let e = decoded.map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(facts.stream_index, e.stream_index);
+        prop_assert_eq!(facts.sequence, e.sequence);
         prop_assert_eq!(facts.content, prost_facts(&e.content));
     }
     Ok(())
@@ -109,6 +117,7 @@ proptest! {
         prop_assert!(facts.is_ok(), "{facts:?}");
         let facts = facts.map_err(TestCaseError::fail)?;
         prop_assert_eq!(facts.stream_index, e.stream_index);
+        prop_assert_eq!(facts.sequence, e.sequence);
         prop_assert_eq!(facts.content, prost_facts(&e.content));
     }
 

@@ -73,10 +73,14 @@ impl ApiError {
 impl From<ReadError> for ApiError {
     fn from(e: ReadError) -> Self {
         tracing::warn!(error = %e, "web viewer: store read failed");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store failure: {e}"),
-        )
+        // Damage is permanent: a reload will not help, unlike a busy store.
+        let status = match &e {
+            ReadError::Store(crate::store::StoreError::Damaged(_)) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, format!("store failure: {e}"))
     }
 }
 
