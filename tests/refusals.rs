@@ -47,7 +47,6 @@ fn row(err: &str, name: &str) -> String {
 }
 
 #[test]
-#[ignore = "needs the collector's per-stream refusals"]
 fn a_stream_the_collector_refuses_as_a_conflict_is_lost_alone_with_the_reason() {
     let tmp = tempdir();
     let d = tmp.path();

@@ -794,3 +794,88 @@ fn a_full_collector_disk_is_reported_per_stream_and_never_ok() {
     let _ = nix::sys::signal::kill(collector.pid(), Signal::SIGTERM);
     collector.wait();
 }
+
+/// The same with `--spool`: what the full collector could not store stays in the spool
+/// (`IN SPOOL`, never `ok`), and `resume` keeps it there and exits 1 while the disk is full.
+#[test]
+fn with_a_spool_a_full_collector_disk_leaves_the_rest_in_the_spool() {
+    if !small_file_systems_can_be_made() {
+        return;
+    }
+    let tmp = tempdir();
+    let d = tmp.path();
+    let spool = d.join("spool");
+    let (mut collector, addr) = collector_on_small_fs(d, "12m");
+    let input = d.join("input.txt");
+    write_text_file(&input, 24 << 20, 0x5B00_0030);
+    let result = d.join("run.json");
+    let output = format!("grpc://{addr}");
+    let spool_arg = spool.to_str().expect("utf-8 path");
+    let r = run_butler(
+        d,
+        &[
+            "--output",
+            &output,
+            "--spool",
+            spool_arg,
+            "--prefix",
+            "spoolfull",
+            "--flush-timeout",
+            "3s",
+            "run",
+            "--no-echo",
+            "--result-path",
+            result.to_str().expect("utf-8 path"),
+            "--",
+            "cat",
+            input.to_str().expect("utf-8 path"),
+        ],
+    );
+    r.assert_code(0);
+    let err = r.stderr_str();
+    let row = err
+        .lines()
+        .find(|l| l.trim_start().starts_with("stdout "))
+        .unwrap_or_else(|| panic!("no row for stdout:\n{err}"));
+    assert!(row.contains("IN SPOOL"), "{err}");
+    assert!(!row.contains("LOST"), "{err}");
+    assert!(err.contains("still in the spool"), "{err}");
+    let v: Value = serde_json::from_slice(&read(&result)).expect("run JSON");
+    assert_eq!(v["totals"]["bytes_lost"], 0, "{v:#}");
+    assert_eq!(v["totals"]["streams_in_spool"], 1, "{v:#}");
+    assert!(
+        !segment_files(&spool).is_empty(),
+        "the spool keeps the rest"
+    );
+
+    let r = run_butler(
+        d,
+        &[
+            "--output",
+            &output,
+            "--spool",
+            spool_arg,
+            "--flush-timeout",
+            "3s",
+            "resume",
+        ],
+    );
+    r.assert_code(1);
+    assert!(
+        r.stderr_str().contains("still in the spool"),
+        "{}",
+        r.stderr_str()
+    );
+    assert!(
+        !segment_files(&spool).is_empty(),
+        "the spool keeps the rest"
+    );
+    // What the collector stored is the stream's bytes, unaltered.
+    let got = logdog(&addr, &["cat", "default/spoolfull/+/stdout"]).stdout;
+    assert!(
+        read(&input).starts_with(&got),
+        "the collector holds other bytes"
+    );
+    let _ = kill(collector.pid(), Signal::SIGTERM);
+    collector.wait();
+}
