@@ -98,6 +98,27 @@ fn a_stream_the_collector_refuses_as_a_conflict_is_lost_alone_with_the_reason() 
         c.assert_code(0);
         assert_eq!(c.stdout_str(), format!("{tag} on its own stream\n"));
     }
+    // `stream` fails naming the refused stream, instead of exiting 0.
+    let file = d.join("other.txt");
+    std::fs::write(&file, b"other bytes\n").expect("write file");
+    let r = run_butler(
+        d,
+        &[
+            "--output",
+            &collector.output(),
+            "--prefix",
+            "same",
+            "stream",
+            "--source",
+            file.to_str().expect("utf-8 path"),
+            "--stream",
+            "name=shared",
+        ],
+    );
+    r.assert_code(250);
+    let err = r.stderr_str();
+    assert!(err.contains("same/+/shared: LOST"), "{err}");
+    assert!(err.contains("(conflict: "), "{err}");
     // The stored stream is the first butler's, unaltered.
     let c = logdog(&collector.addr, &["cat", "default/same/+/shared"]);
     c.assert_code(0);
