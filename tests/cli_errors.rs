@@ -268,3 +268,53 @@ fn stream_of_a_missing_file_exits_250_naming_it() {
         r.stderr_str()
     );
 }
+
+#[test]
+fn stream_specs_over_the_descriptor_limits_exit_2_before_running_anything() {
+    let tmp = tempdir();
+    let out = dir_output(&tmp.path().join("out"));
+    let marker = tmp.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    let big = "v".repeat(4000);
+    let long_type = format!("name=a,content-type={}", "c".repeat(1025));
+    let own_tags: Vec<String> = (0..4).map(|i| format!("tag=s{i}={big}")).collect();
+    let own_tags = format!("name=a,{}", own_tags.join(","));
+    let mut global: Vec<String> = Vec::new();
+    for i in 0..5 {
+        global.push("--tag".into());
+        global.push(format!("g{i}={big}"));
+    }
+    // A spec over a limit alone, and one within them alone but over once the global tags
+    // are merged.
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            [
+                "--output", &out, "run", "--stdout", &long_type, "--", "sh", "-c", &touch,
+            ]
+            .map(String::from)
+            .to_vec(),
+            "invalid content type",
+        ),
+        (
+            global
+                .iter()
+                .cloned()
+                .chain(
+                    [
+                        "--output", &out, "run", "--stderr", &own_tags, "--", "sh", "-c", &touch,
+                    ]
+                    .map(String::from),
+                )
+                .collect(),
+            "more than 32768 bytes",
+        ),
+    ];
+    for (args, needle) in cases {
+        let r = run_butler(tmp.path(), &args);
+        r.assert_code(2);
+        let err = r.stderr_str();
+        assert!(err.contains(needle), "{err}");
+        assert!(err.contains("stream \"a\""), "{err}");
+        assert!(!marker.exists(), "the command ran");
+    }
+}

@@ -945,3 +945,78 @@ fn serve_refuses_duplicates_and_garbage_and_says_so() {
     files.sort();
     assert_eq!(files, ["_dup.desc.json", "dup"]);
 }
+
+#[test]
+fn descriptors_over_the_collectors_limits_are_refused_at_the_handshake_with_the_reason() {
+    let tmp = tempdir();
+    let out = tmp.path().join("out");
+    // Five global tags of 4,000 bytes: within every limit alone.
+    let big = "v".repeat(4000);
+    let mut args: Vec<String> = ["--output", &dir_output(&out)].map(String::from).to_vec();
+    for i in 0..5 {
+        args.push("--tag".into());
+        args.push(format!("g{i}={big}"));
+    }
+    args.push("serve".into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = Serve::start(tmp.path(), &argv);
+    let (tx, rx) = mpsc::channel();
+    let tags = |n: usize| -> serde_json::Map<String, Value> {
+        (0..n).map(|i| (format!("k{i}"), json!(big))).collect()
+    };
+    // The report's descriptor: 20 tags of 4,000 bytes, each within limits.
+    let twenty = open_raw(
+        &s.socket,
+        &json!({"name": "twenty", "tags": tags(20)}),
+        b"never stored\n",
+    );
+    // Four tags: within the total alone, over it once the global tags are merged.
+    let merged = open_raw(
+        &s.socket,
+        &json!({"name": "merged", "tags": tags(4)}),
+        b"never stored\n",
+    );
+    let long_type = open_raw(
+        &s.socket,
+        &json!({"name": "long-type", "contentType": "c".repeat(1025)}),
+        b"never stored\n",
+    );
+    let fine_data = b"a stream within the limits\n".to_vec();
+    let fine = open_raw(&s.socket, &json!({"name": "fine"}), &fine_data);
+    fine.shutdown(std::net::Shutdown::Write).unwrap();
+    let watchers = [
+        on_close(&twenty, "twenty", &tx),
+        on_close(&merged, "merged", &tx),
+        on_close(&long_type, "long-type", &tx),
+        on_close(&fine, "fine", &tx),
+    ];
+    let closed: BTreeSet<&str> = (0..4).map(|_| rx.recv().unwrap()).collect();
+    assert_eq!(closed.len(), 4, "{closed:?}");
+    for w in watchers {
+        w.join().unwrap();
+    }
+    let r = s.terminate(&[]);
+    r.assert_code(0);
+    assert_stream(&out, "fine", &fine_data);
+    let err = r.stderr_str();
+    // Each refusal is logged with its reason, and counted in the end-of-run account.
+    assert!(
+        err.contains("more than 32768 bytes in all"),
+        "stderr:\n{err}"
+    );
+    assert!(err.contains("invalid content type"), "stderr:\n{err}");
+    assert!(
+        err.contains("connection(s) to the stream server refused: invalid_name_or_tag"),
+        "stderr:\n{err}"
+    );
+    assert!(
+        err.contains("1 connection(s) to the stream server refused: invalid_descriptor"),
+        "stderr:\n{err}"
+    );
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["_fine.desc.json", "fine"]);
+}

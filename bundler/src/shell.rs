@@ -31,6 +31,9 @@ use crate::core::{Config, Core, Finished, RegisterError, StreamId};
 
 /// Capacity of the shell's input channel.
 const INPUT_CAPACITY: usize = 256;
+/// Past the flush timeout, how often the shell asks an output that holds its sends
+/// ([`Output::holds_sends`]) whether it still does.
+const HOLD_RECHECK: Duration = Duration::from_secs(1);
 
 /// Sees every log entry of one stream, in order, before it is handed to the output; then
 /// `None`, exactly once, when the stream has ended.
@@ -256,6 +259,8 @@ impl Shell {
         let mut dirty = false;
         // Once everything is cut, sends still unacknowledged get this long.
         let mut flush_deadline: Option<Instant> = None;
+        // Whether the flush timeout passed while the output held its sends.
+        let mut held = false;
         loop {
             if !input_open && self.core.is_empty() && self.sends.is_empty() {
                 break;
@@ -283,6 +288,22 @@ impl Shell {
                     self.sent(id, ok);
                 }
                 () = sleep_until_opt(flush_deadline), if !self.gave_up && flush_deadline.is_some() => {
+                    if self.output.holds_sends() {
+                        // Giving up would drop bundles the output is still keeping (waiting for
+                        // room on a full spool disk): wait on, and say so once.
+                        if !held {
+                            tracing::warn!(
+                                bundles = self.sends.len(),
+                                timeout = ?self.flush_timeout,
+                                "flush timeout passed, but the output keeps every bundle until \
+                                 it has room for it (a full spool disk?): waiting on, nothing \
+                                 is given up"
+                            );
+                            held = true;
+                        }
+                        flush_deadline = Some(Instant::now() + HOLD_RECHECK);
+                        continue;
+                    }
                     tracing::error!(
                         bundles = self.sends.len(),
                         timeout = ?self.flush_timeout,

@@ -240,6 +240,8 @@ struct GatedOutput {
     inner: MemoryOutput,
     gate: Arc<Semaphore>,
     entered: AtomicUsize,
+    /// What [`Output::holds_sends`] answers.
+    holds: bool,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -270,6 +272,10 @@ impl Output for GatedOutput {
         self.inner.max_bundle_size()
     }
 
+    fn holds_sends(&self) -> bool {
+        self.holds
+    }
+
     fn stats(&self) -> OutputStats {
         self.inner.stats()
     }
@@ -290,6 +296,7 @@ async fn blocked_output_blocks_writers_without_loss() {
         inner: inner.clone(),
         gate: Arc::new(Semaphore::new(0)),
         entered: AtomicUsize::new(0),
+        holds: false,
     });
     let cfg = Config {
         max_buffered_bytes: 1024,
@@ -413,6 +420,7 @@ async fn unacknowledged_sends_are_given_up_after_the_flush_timeout() {
         inner: inner.clone(),
         gate: Arc::new(Semaphore::new(0)),
         entered: AtomicUsize::new(0),
+        holds: false,
     });
     let cfg = Config {
         flush_timeout: Duration::from_secs(10),
@@ -435,4 +443,49 @@ async fn unacknowledged_sends_are_given_up_after_the_flush_timeout() {
     let fin: Finished = done.await.unwrap();
     assert!(!fin.delivered);
     assert!(inner.bundles().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn sends_an_output_holds_are_not_given_up_at_the_flush_timeout() {
+    let inner = MemoryOutput::new(64 * 1024);
+    // An output that keeps its bundles while it waits (a spool waiting for disk space).
+    let gate = Arc::new(Semaphore::new(0));
+    let output = Arc::new(GatedOutput {
+        inner: inner.clone(),
+        gate: gate.clone(),
+        entered: AtomicUsize::new(0),
+        holds: true,
+    });
+    let cfg = Config {
+        flush_timeout: Duration::from_secs(10),
+        ..config(64 * 1024)
+    };
+    let (handle, task) = Handle::spawn(cfg, output.clone());
+    let (sink, done) = handle
+        .register(descriptor("t", StreamType::Text), None)
+        .await
+        .unwrap();
+    sink.write(Bytes::from_static(b"one\ntwo\n")).await.unwrap();
+    sink.close().await;
+    drop(handle);
+    // Well past the flush timeout (paused time jumps there), room is made.
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert!(
+        !task.is_finished(),
+        "the shell gave up a bundle the output held"
+    );
+    gate.add_permits(1000);
+    let totals = task.await.unwrap();
+    assert_eq!(totals.failed_bundles, 0, "{totals:?}");
+    assert!(totals.undelivered.is_empty(), "{totals:?}");
+    let fin: Finished = done.await.unwrap();
+    assert!(fin.delivered);
+    let got: Vec<u8> = inner
+        .bundles()
+        .iter()
+        .flat_map(|b| b.entries.iter())
+        .flat_map(|e| e.logs.iter())
+        .flat_map(|l| l.content.data().to_vec())
+        .collect();
+    assert_eq!(got, b"one\ntwo\n");
 }

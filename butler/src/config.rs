@@ -67,9 +67,12 @@ impl ButlerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         types::validate_project(&self.project)?;
         types::validate_prefix(&self.prefix)?;
-        for (k, v) in &self.global_tags {
-            types::validate_tag(k, v)?;
-        }
+        types::validate_descriptor_fields(
+            "",
+            self.global_tags
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
         Ok(())
     }
 
@@ -91,7 +94,8 @@ impl ButlerConfig {
     /// timestamp `now` when unset, global tags merged (the stream's own tags win).
     ///
     /// # Errors
-    /// An invalid name, type or tag.
+    /// An invalid name, type or tag, or a descriptor over the collector's limits (content
+    /// type, tag count, tags' total size) once global tags are merged.
     pub fn prepare_descriptor(
         &self,
         mut desc: logpb::LogStreamDescriptor,
@@ -119,6 +123,11 @@ impl ButlerConfig {
         for (k, v) in &self.global_tags {
             desc.tags.entry(k.clone()).or_insert_with(|| v.clone());
         }
+        // After the merge: global tags count towards the limits the collector enforces.
+        types::validate_descriptor_fields(
+            &desc.content_type,
+            desc.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
         Ok(desc)
     }
 }
@@ -166,5 +175,44 @@ mod tests {
             ..Default::default()
         };
         assert!(cfg.prepare_descriptor(bad, SystemTime::now()).is_err());
+    }
+
+    #[test]
+    fn descriptors_over_the_collectors_limits_after_merging_global_tags_are_refused() {
+        let big = "v".repeat(4000);
+        let global: BTreeMap<String, String> =
+            (0..5).map(|i| (format!("g{i}"), big.clone())).collect();
+        let cfg = ButlerConfig {
+            global_tags: global,
+            ..Default::default()
+        };
+        cfg.validate().unwrap();
+        // Four tags of its own are fine alone, and the global ones too; together they are
+        // over the 32 KiB total.
+        let desc = logpb::LogStreamDescriptor {
+            name: "s".into(),
+            tags: (0..4).map(|i| (format!("s{i}"), big.clone())).collect(),
+            ..Default::default()
+        };
+        let err = cfg
+            .prepare_descriptor(desc.clone(), SystemTime::now())
+            .unwrap_err();
+        assert!(err.to_string().contains("more than 32768 bytes"), "{err}");
+        ButlerConfig::default()
+            .prepare_descriptor(desc.clone(), SystemTime::now())
+            .unwrap();
+        let long_type = logpb::LogStreamDescriptor {
+            content_type: "c".repeat(1025),
+            ..desc
+        };
+        let err = ButlerConfig::default()
+            .prepare_descriptor(long_type, SystemTime::now())
+            .unwrap_err();
+        assert!(err.to_string().contains("content type"), "{err}");
+        let too_many = ButlerConfig {
+            global_tags: (0..65).map(|i| (format!("g{i}"), String::new())).collect(),
+            ..Default::default()
+        };
+        assert!(too_many.validate().is_err());
     }
 }

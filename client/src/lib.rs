@@ -485,6 +485,11 @@ impl StreamOptions {
             Some(ct) if !ct.is_empty() => ct.to_string(),
             _ => default_content_type(kind).to_string(),
         };
+        // The butler and the collector refuse a descriptor over these limits.
+        types::validate_descriptor_fields(
+            &content_type,
+            self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
         Ok(LogStreamDescriptor {
             name: name.to_string(),
             stream_type: kind as i32,

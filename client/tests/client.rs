@@ -268,6 +268,13 @@ fn invalid_descriptors_are_refused_before_connecting() {
     assert!(err.to_string().contains("invalid tag key"), "{err}");
     let long_value = StreamOptions::new().tag("k", "v".repeat(4097));
     assert!(client.open_text("ok", &long_value).is_err());
+    // Within each tag's limits, over the collector's limits together.
+    let twenty = StreamOptions::new().tags((0..20).map(|i| (format!("k{i}"), "v".repeat(4000))));
+    let err = client.open_text("ok", &twenty).unwrap_err();
+    assert!(err.to_string().contains("more than 32768 bytes"), "{err}");
+    let long_type = StreamOptions::new().content_type("c".repeat(1025));
+    let err = client.open_binary("ok", &long_type).unwrap_err();
+    assert!(err.to_string().contains("invalid content type"), "{err}");
     let ancient = StreamOptions::new().timestamp(UNIX_EPOCH - Duration::from_secs(70_000_000_000));
     let err = client.open_text("ok", &ancient).unwrap_err();
     assert!(err.to_string().contains("invalid timestamp"), "{err}");

@@ -142,6 +142,30 @@ pub fn build_output(g: &Global, upload_in_flight: usize) -> Result<Outputs, Fail
 }
 
 impl Started {
+    /// Names on stderr every stream whose entries the collector refused (with the reason)
+    /// and a collector store reported damaged; returns whether the collector lost anything.
+    pub fn report_collector_losses(&self) -> bool {
+        let Some(grpc) = &self.grpc else {
+            return false;
+        };
+        for ((prefix, name), a) in grpc.acknowledged() {
+            if a.lost_bytes > 0 || a.lost_entries > 0 || a.lost.is_some() {
+                eprintln!(
+                    "logdog_butler: stream {prefix}/+/{name}: LOST: {} bytes refused by the collector ({})",
+                    a.lost_bytes,
+                    a.lost.as_deref().unwrap_or("no reason given")
+                );
+            }
+        }
+        if let Some(msg) = grpc.failure() {
+            eprintln!(
+                "logdog_butler: the collector's store is damaged and can store nothing until it \
+                 is repaired (DATA_LOSS: {msg})"
+            );
+        }
+        grpc.lost_anything()
+    }
+
     /// Once the butler is done: with a spool, waits up to `--flush-timeout` for the collector
     /// to acknowledge what is spooled (sends return before that), then closes the output.
     pub async fn finish_output(&self, g: &Global) -> Result<(), logdog_outputs::OutputError> {

@@ -6,7 +6,7 @@ use crate::cli::{Global, ResumeArgs};
 use crate::{Failure, build_output};
 
 /// Runs the `resume` subcommand: 0 when everything was delivered, 1 otherwise (the report
-/// says what was damaged, refused, or is still in the spool).
+/// says what was damaged, refused, per stream, or is still in the spool).
 pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
     let Some(dir) = &g.spool else {
         return Err(Failure::Usage(
@@ -50,7 +50,24 @@ pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
         stats.sent_bundles, stats.sent_entries, stats.sent_bytes
     );
     eprintln!("{}", crate::summary::spool_line(&sp));
-    if !drained {
+    let acked = grpc.acknowledged();
+    for ((prefix, name), a) in &acked {
+        if a.lost_entries > 0 || a.lost_bytes > 0 || a.lost.is_some() {
+            eprintln!(
+                "logdog_butler: stream {prefix}/+/{name}: LOST: {} entries ({}) refused by the collector: {}",
+                a.lost_entries,
+                crate::summary::human(a.lost_bytes),
+                a.lost.as_deref().unwrap_or("no reason given")
+            );
+        }
+    }
+    if let Some(msg) = grpc.failure() {
+        eprintln!(
+            "logdog_butler: the collector's store is damaged and can store nothing until it is \
+             repaired (DATA_LOSS: {msg}); {} stay in the spool",
+            crate::summary::human(sp.pending_bytes)
+        );
+    } else if !drained {
         eprintln!(
             "logdog_butler: {} still in the spool (the collector did not acknowledge it within {}); run resume again",
             crate::summary::human(sp.pending_bytes),
@@ -60,6 +77,11 @@ pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
     if let Some(path) = &args.result_path {
         let result = serde_json::json!({
             "drained": drained,
+            "collector_failure": grpc.failure(),
+            "streams": acked
+                .iter()
+                .map(|((prefix, name), a)| (format!("{prefix}/+/{name}"), a))
+                .collect::<std::collections::BTreeMap<_, _>>(),
             "output": stats,
             "peak_rss_kib": crate::run::peak_rss_kib(),
         });
@@ -68,7 +90,11 @@ pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
             eprintln!("logdog_butler: cannot write {}: {e}", path.display());
         }
     }
-    Ok(if drained && !sp.lost_anything() { 0 } else { 1 })
+    Ok(if drained && !sp.lost_anything() && !grpc.lost_anything() {
+        0
+    } else {
+        1
+    })
 }
 
 /// Asks glibc's allocator to serve every buffer of 256 KiB or more with its own mapping,

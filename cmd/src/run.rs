@@ -160,6 +160,12 @@ async fn run_command(
             args.stdout.name
         )));
     }
+    // A stream over the collector's descriptor limits (global tags merged) would be refused
+    // at capture, leaving the command's output uncaptured: refuse the run instead.
+    let global: std::collections::BTreeMap<String, String> = g.tags.iter().cloned().collect();
+    for spec in [&args.stdout, &args.stderr] {
+        spec.check_limits(&global).map_err(Failure::Usage)?;
+    }
     let mut signals = Signals::new()?;
     let started = start_butler(g)?;
     let crate::Started {
@@ -295,6 +301,16 @@ async fn run_command(
     });
     if args.no_summary {
         report_losses(&report);
+        // What the collector refused, per stream (the summary shows it in its rows).
+        for (name, a) in acked.iter().flatten() {
+            if a.lost_bytes > 0 || a.lost.is_some() {
+                eprintln!(
+                    "logdog_butler: stream {name:?}: LOST: {} bytes refused by the collector ({})",
+                    a.lost_bytes,
+                    a.lost.as_deref().unwrap_or("no reason given")
+                );
+            }
+        }
     } else {
         let dest = format!("{}/{}/+/ via {}", cfg.project, cfg.prefix, g.output);
         eprintln!(
@@ -302,6 +318,12 @@ async fn run_command(
             crate::summary::render(&report, &out_stats, &dest, acked.as_ref())
         );
         report_refusals(&report);
+    }
+    if let Some(msg) = grpc.as_ref().and_then(|o| o.failure()) {
+        eprintln!(
+            "logdog_butler: the collector's store is damaged and can store nothing until it is \
+             repaired (DATA_LOSS: {msg})"
+        );
     }
     if let (Some(sp), Some(dir)) = (&out_stats.spool, &g.spool)
         && sp.pending_bytes > 0

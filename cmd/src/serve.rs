@@ -50,5 +50,6 @@ pub async fn serve(g: &Global, args: ServeArgs) -> Result<u8, Failure> {
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
     report_losses(&report);
+    started.report_collector_losses();
     Ok(0)
 }

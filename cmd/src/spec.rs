@@ -34,6 +34,27 @@ impl StreamSpec {
     }
 }
 
+impl StreamSpec {
+    /// Checks the descriptor against the limits the butler and the collector enforce
+    /// (content type, tag count, tags' total size), with `global` tags merged in as the
+    /// butler will (the stream's own tags win).
+    ///
+    /// # Errors
+    /// What is over which limit, naming the stream.
+    pub fn check_limits(&self, global: &BTreeMap<String, String>) -> Result<(), String> {
+        let desc = self.descriptor();
+        let mut tags = desc.tags.clone();
+        for (k, v) in global {
+            tags.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        types::validate_descriptor_fields(
+            &desc.content_type,
+            tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .map_err(|e| format!("stream {:?}: {e}", self.name))
+    }
+}
+
 impl FromStr for StreamSpec {
     type Err = String;
 
@@ -81,12 +102,14 @@ impl FromStr for StreamSpec {
             }
         }
         let name = name.ok_or("missing name=NAME")?;
-        Ok(Self {
+        let spec = Self {
             name,
             stream_type,
             content_type,
             tags,
-        })
+        };
+        spec.check_limits(&BTreeMap::new())?;
+        Ok(spec)
     }
 }
 
@@ -130,6 +153,21 @@ mod tests {
             assert!(err.contains(needle), "{spec}: {err}");
         }
         assert!(parse_tag("=x").unwrap_err().contains("tag key"));
+        let long_type = format!("name=a,content-type={}", "c".repeat(1025));
+        let err = long_type.parse::<StreamSpec>().unwrap_err();
+        assert!(err.contains("content type"), "{err}");
+        let big = "v".repeat(4000);
+        let many: Vec<String> = (0..9).map(|i| format!("tag=k{i}={big}")).collect();
+        let err = format!("name=a,{}", many.join(","))
+            .parse::<StreamSpec>()
+            .unwrap_err();
+        assert!(err.contains("more than 32768 bytes"), "{err}");
+        // Within the total alone, over it with global tags merged.
+        let s: StreamSpec = format!("name=a,{}", many[..4].join(",")).parse().unwrap();
+        let global: BTreeMap<String, String> =
+            (0..5).map(|i| (format!("g{i}"), big.clone())).collect();
+        assert!(s.check_limits(&global).is_err());
+        assert!(s.check_limits(&BTreeMap::new()).is_ok());
         assert_eq!(parse_tag("k=v=w").unwrap(), ("k".into(), "v=w".into()));
     }
 }

@@ -22,6 +22,8 @@ pub async fn stream(g: &Global, args: StreamArgs) -> Result<u8, Failure> {
                 .map_err(Failure::Usage)?
         }
     };
+    let global: std::collections::BTreeMap<String, String> = g.tags.iter().cloned().collect();
+    spec.check_limits(&global).map_err(Failure::Usage)?;
     let reader: Source = if args.source == "-" {
         Box::new(tokio::io::stdin())
     } else {
@@ -49,6 +51,11 @@ pub async fn stream(g: &Global, args: StreamArgs) -> Result<u8, Failure> {
         .finish_output(g)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
+    if started.report_collector_losses() {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "the collector refused some of the stream (see above)"
+        )));
+    }
     if report.failed_bundles > 0 {
         return Err(Failure::Runtime(anyhow::anyhow!(
             "{} bundles could not be delivered",

@@ -40,10 +40,32 @@ fn acked_bytes(s: &StreamReport, acked: Option<&AckedByName>) -> u64 {
     }
 }
 
+/// Payload bytes of `s` the output reports lost for good (refused by the collector), and why.
+fn refused(s: &StreamReport, acked: Option<&AckedByName>) -> (u64, Option<String>) {
+    match acked.and_then(|m| m.get(&s.name)) {
+        Some(a) => (a.lost_bytes, a.lost.clone()),
+        None => (0, None),
+    }
+}
+
+/// Payload bytes of `s` that will never reach the output's destination: refused by it, or
+/// never taken by it (with a spool: never spooled).
+fn lost_bytes(s: &StreamReport, spooled: bool, acked: Option<&AckedByName>) -> u64 {
+    let (refused, _) = refused(s, acked);
+    let unacked = s.bytes_sent.saturating_sub(acked_bytes(s, acked));
+    if spooled {
+        refused + s.bytes_undelivered
+    } else {
+        unacked.max(s.bytes_undelivered).max(refused)
+    }
+}
+
 /// What became of a stream's bytes beyond the happy path.
 struct Fate {
     /// What was lost, and why.
     lost: Option<String>,
+    /// Why the output refused some of it (e.g. `conflict: …`), shown first.
+    reason: Option<String>,
     /// Bytes not yet acknowledged but kept in the spool (not lost: `resume` sends them).
     pending: u64,
 }
@@ -54,20 +76,33 @@ impl Fate {
         if s.bytes_dropped > 0 {
             parts.push(format!("{} dropped", human(s.bytes_dropped)));
         }
-        let unacked = s
-            .bytes_sent
-            .saturating_sub(acked_bytes(s, acked))
-            .max(s.bytes_undelivered);
-        // With a spool, what the output took is on disk until acknowledged.
-        let pending = if spooled { unacked } else { 0 };
-        if unacked > 0 && !spooled {
-            parts.push(format!("{} not acknowledged", human(unacked)));
+        let unacked = s.bytes_sent.saturating_sub(acked_bytes(s, acked));
+        let (refused, reason) = refused(s, acked);
+        if refused > 0 || reason.is_some() {
+            parts.push(format!("{} refused", human(refused)));
         }
+        let pending = if spooled {
+            // With a spool, what the output took is on disk until acknowledged; what it never
+            // took (given up at the end) is lost.
+            if s.bytes_undelivered > 0 {
+                parts.push(format!("{} never spooled", human(s.bytes_undelivered)));
+            }
+            unacked
+                .saturating_sub(refused)
+                .saturating_sub(s.bytes_undelivered)
+        } else {
+            let missing = unacked.max(s.bytes_undelivered).saturating_sub(refused);
+            if missing > 0 {
+                parts.push(format!("{} not acknowledged", human(missing)));
+            }
+            0
+        };
         if let Some(e) = &s.error {
             parts.push(e.clone());
         }
         Self {
             lost: (!parts.is_empty()).then(|| parts.join("; ")),
+            reason,
             pending,
         }
     }
@@ -77,11 +112,15 @@ impl Fate {
     }
 
     fn status(&self) -> String {
+        let lost = || match &self.reason {
+            Some(r) => "LOST (".to_string() + r + ")",
+            None => "LOST".to_string(),
+        };
         match (&self.lost, self.pending) {
             (None, 0) => "ok".to_string(),
             (None, p) => format!("IN SPOOL: {} not yet acknowledged", human(p)),
-            (Some(l), 0) => format!("LOST: {l}"),
-            (Some(l), p) => format!("LOST: {l}; IN SPOOL: {}", human(p)),
+            (Some(l), 0) => format!("{}: {l}", lost()),
+            (Some(l), p) => format!("{}: {l}; IN SPOOL: {}", lost(), human(p)),
         }
     }
 }
@@ -101,8 +140,10 @@ pub struct Totals {
     pub bytes_acknowledged: u64,
     /// Bytes dropped (stream errors, torn datagrams).
     pub bytes_dropped: u64,
-    /// Payload bytes not acknowledged.
+    /// Payload bytes not acknowledged (lost or still in the spool).
     pub bytes_undelivered: u64,
+    /// Payload bytes lost for good: refused by the output, or never taken by it.
+    pub bytes_lost: u64,
     /// Streams that lost anything.
     pub streams_with_losses: u64,
     /// Streams with bytes still in the spool, not yet acknowledged.
@@ -123,6 +164,7 @@ pub fn totals(report: &Report, spooled: bool, acked: Option<&AckedByName>) -> To
         t.bytes_acknowledged += a;
         t.bytes_dropped += s.bytes_dropped;
         t.bytes_undelivered += s.bytes_sent.saturating_sub(a).max(s.bytes_undelivered);
+        t.bytes_lost += lost_bytes(s, spooled, acked);
         let fate = Fate::of(s, spooled, acked);
         if fate.lost.is_some() {
             t.streams_with_losses += 1;
@@ -382,6 +424,7 @@ mod tests {
             StreamAck {
                 entries: 1,
                 bytes: 60,
+                ..Default::default()
             },
         )]
         .into();
@@ -406,6 +449,136 @@ mod tests {
                 t.streams_in_spool
             ),
             (60, 0, 1)
+        );
+    }
+
+    /// The row of stream `name` in `text`.
+    fn row(text: &str, name: &str) -> String {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{text}"))
+            .to_string()
+    }
+
+    fn ack(bytes: u64, lost_bytes: u64, lost: Option<&str>) -> StreamAck {
+        StreamAck {
+            entries: 1,
+            bytes,
+            lost_entries: u64::from(lost_bytes > 0),
+            lost_bytes,
+            lost: lost.map(String::from),
+        }
+    }
+
+    #[test]
+    fn bytes_given_up_before_they_reached_the_spool_are_lost_not_in_spool() {
+        // The flush timeout gave up 30 bytes that never reached the spool; 50 are in it.
+        let r = report(vec![stream("out", 100, 30, 0), stream("err", 10, 0, 0)]);
+        let out = OutputStats {
+            spool: Some(SpoolStats {
+                pending_bytes: 62,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let acked: AckedByName = [
+            ("out".to_string(), ack(20, 0, None)),
+            ("err".to_string(), ack(10, 0, None)),
+        ]
+        .into();
+        let text = render(&r, &out, "p/x/+/ via grpc://c:1", Some(&acked));
+        assert!(
+            row(&text, "out").contains("LOST: 30 B never spooled; IN SPOOL: 50 B"),
+            "{text}"
+        );
+        assert!(row(&text, "err").ends_with("ok"), "{text}");
+        assert!(!text.contains("nothing lost"), "{text}");
+        assert!(
+            row(&text, "total").ends_with("1 stream(s) LOST data; 1 IN SPOOL"),
+            "{text}"
+        );
+        let t = totals(&r, true, Some(&acked));
+        assert_eq!((t.bytes_lost, t.streams_with_losses), (30, 1));
+    }
+
+    #[test]
+    fn a_stream_the_collector_refused_is_lost_with_the_reason_and_only_that_stream() {
+        let r = report(vec![
+            stream("conflicted", 100, 0, 0),
+            stream("fine", 100, 0, 0),
+        ]);
+        let acked: AckedByName = [
+            (
+                "conflicted".to_string(),
+                ack(60, 40, Some("conflict: different bytes at index 3")),
+            ),
+            ("fine".to_string(), ack(100, 0, None)),
+        ]
+        .into();
+        for spool in [None, Some(SpoolStats::default())] {
+            let spooled = spool.is_some();
+            let out = OutputStats {
+                spool,
+                ..Default::default()
+            };
+            let text = render(&r, &out, "p/x/+/ via grpc://c:1", Some(&acked));
+            assert!(
+                row(&text, "conflicted")
+                    .contains("LOST (conflict: different bytes at index 3): 40 B refused"),
+                "{text}"
+            );
+            assert!(!row(&text, "conflicted").contains("IN SPOOL"), "{text}");
+            assert!(row(&text, "fine").ends_with("ok"), "{text}");
+            assert!(
+                row(&text, "total").ends_with("1 stream(s) LOST data"),
+                "{text}"
+            );
+            let t = totals(&r, spooled, Some(&acked));
+            assert_eq!((t.bytes_lost, t.streams_with_losses), (40, 1), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_collector_store_is_named_without_a_spool_and_in_spool_with_one() {
+        // Without a spool: the bundle was refused for good (DATA_LOSS) and the butler's
+        // bundler counted it undelivered too; it is lost once, with the collector's message.
+        let r = report(vec![stream("out", 100, 100, 0)]);
+        let acked: AckedByName = [(
+            "out".to_string(),
+            ack(
+                0,
+                100,
+                Some("collector store damaged (DataLoss): segment 3 checksum mismatch"),
+            ),
+        )]
+        .into();
+        let text = render(
+            &r,
+            &OutputStats::default(),
+            "p/x/+/ via grpc://c:1",
+            Some(&acked),
+        );
+        assert!(
+            row(&text, "out").contains(
+                "LOST (collector store damaged (DataLoss): segment 3 checksum mismatch): 100 B refused"
+            ),
+            "{text}"
+        );
+        assert!(!row(&text, "out").contains("not acknowledged"), "{text}");
+        // With a spool the bundles simply stay there.
+        let r = report(vec![stream("out", 100, 0, 0)]);
+        let out = OutputStats {
+            spool: Some(SpoolStats {
+                pending_bytes: 112,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let acked: AckedByName = [("out".to_string(), ack(0, 0, None))].into();
+        let text = render(&r, &out, "p/x/+/ via grpc://c:1", Some(&acked));
+        assert!(
+            row(&text, "out").ends_with("IN SPOOL: 100 B not yet acknowledged"),
+            "{text}"
         );
     }
 

@@ -6,7 +6,15 @@
 //! with exponential backoff and jitter, for as long as it takes: the bundle stays in memory
 //! until it is acknowledged, and is sent again on the new connection. (The butler bounds the
 //! wait at the end of a run; see its flush timeout.) A bundle the collector refuses as invalid
-//! is not retried: it is counted as failed and logged.
+//! is not retried: it is counted as failed and logged, and its bytes are counted as lost per
+//! stream, with the collector's message. A collector that reports its store damaged
+//! (`DATA_LOSS`) can store nothing until repaired: bundles are not retried either (with a
+//! spool they stay in the spool, and uploading stops).
+//!
+//! A collector that stores a bundle but refuses some of its streams (listed in
+//! `WriteBundleResponse.refused`, e.g. a conflict with what it stored before) acknowledges the
+//! bundle for every other stream; the refused streams' entries are counted as lost, per
+//! stream, with the reason ([`GrpcOutput::acknowledged`]).
 //!
 //! With a [`Spool`] ([`GrpcOutput::with_spool`]), each bundle is appended to the spool before
 //! it is sent and discarded once acknowledged, so a bundle survives the butler's own crash;
@@ -18,8 +26,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use logdog_proto::Bundle;
-use logdog_proto::logdog::collector::WriteBundleRequest;
 use logdog_proto::logdog::collector::collector_client::CollectorClient;
+use logdog_proto::logdog::collector::stream_refusal::Reason;
+use logdog_proto::logdog::collector::{StreamRefusal, WriteBundleRequest, WriteBundleResponse};
 use prost::Message;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
@@ -70,18 +79,28 @@ struct Shared {
     /// What each record this butler spooled carries, by (segment, offset): counted when the
     /// record is acknowledged, without decoding it again.
     tallies: std::sync::Mutex<std::collections::HashMap<(u32, u64), Tally>>,
+    /// Set once the collector reported its store damaged (`DATA_LOSS`): its message.
+    broken: std::sync::Mutex<Option<String>>,
 }
 
 /// Entries and payload bytes acknowledged, by (prefix, stream name).
 pub type Acked = std::collections::BTreeMap<(String, String), StreamAck>;
 
-/// What the collector acknowledged of one stream.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// What the collector acknowledged of one stream, and what of it can never be delivered.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StreamAck {
     /// Log entries.
     pub entries: u64,
     /// Payload bytes.
     pub bytes: u64,
+    /// Log entries lost: refused by the collector for this stream, or in a bundle it refused
+    /// for good.
+    pub lost_entries: u64,
+    /// Their payload bytes.
+    pub lost_bytes: u64,
+    /// Why they were lost (the first reason), e.g. `conflict: …`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<String>,
 }
 
 /// Per-stream (entries, payload bytes) of a bundle, for the acknowledgement counters.
@@ -102,6 +121,7 @@ impl Tally {
                     let ack = StreamAck {
                         entries: e.logs.len() as u64,
                         bytes: e.logs.iter().map(|l| l.content.data().len() as u64).sum(),
+                        ..Default::default()
                     };
                     (e.desc.name().to_string(), ack)
                 })
@@ -129,6 +149,7 @@ impl Tally {
                     let ack = StreamAck {
                         entries: e.logs.len() as u64,
                         bytes,
+                        ..Default::default()
                     };
                     (
                         e.desc.as_ref().map(|d| d.name.clone()).unwrap_or_default(),
@@ -180,6 +201,7 @@ impl GrpcOutput {
                 healthy: true.into(),
                 acked: Default::default(),
                 tallies: Default::default(),
+                broken: Default::default(),
             }),
             tasks: Vec::new(),
         })
@@ -199,6 +221,7 @@ impl GrpcOutput {
             healthy: true.into(),
             acked: Default::default(),
             tallies: Default::default(),
+            broken: Default::default(),
         });
         let weak = Arc::downgrade(&spool);
         let syncer = tokio::spawn(async move {
@@ -239,6 +262,19 @@ impl GrpcOutput {
         self.shared.spool.as_ref()
     }
 
+    /// The collector's message if it reported its store damaged (`DATA_LOSS`): it can store
+    /// nothing until repaired, so nothing more is sent (spooled bundles stay in the spool).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+
+    /// Whether any stream lost anything at the collector (see [`StreamAck::lost_bytes`]).
+    pub fn lost_anything(&self) -> bool {
+        self.acknowledged()
+            .values()
+            .any(|a| a.lost_entries > 0 || a.lost_bytes > 0 || a.lost.is_some())
+    }
+
     /// No more bundles: waits until everything in the spool has been acknowledged (or
     /// settled otherwise), or until `stop` resolves. Returns whether the spool is empty.
     /// Without a spool, returns `true` at once (sends wait for acknowledgements themselves).
@@ -253,6 +289,10 @@ impl GrpcOutput {
             if spool.is_drained() {
                 return true;
             }
+            if self.shared.failure().is_some() {
+                // The collector can store nothing: what is left stays in the spool.
+                return false;
+            }
             tokio::select! {
                 () = changed => {}
                 () = &mut stop => return spool.is_drained(),
@@ -262,17 +302,92 @@ impl GrpcOutput {
 }
 
 impl Shared {
-    /// Counts a delivered bundle.
-    fn acknowledged(&self, tally: &Tally) {
-        let (entries, bytes) = tally.totals();
-        self.stats.sent_counts(entries, bytes);
+    /// Counts a delivered bundle: acknowledged for every stream but those the collector
+    /// `refused`, whose entries are lost (with the reason).
+    fn acknowledged(&self, tally: &Tally, refused: &[StreamRefusal]) {
+        if refused.is_empty() {
+            let (entries, bytes) = tally.totals();
+            self.stats.sent_counts(entries, bytes);
+        }
+        let (mut sent_e, mut sent_b, mut lost_b) = (0, 0, 0);
         let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
         for (name, a) in &tally.streams {
             let s = acked
                 .entry((tally.prefix.clone(), name.clone()))
                 .or_default();
-            s.entries += a.entries;
-            s.bytes += a.bytes;
+            match refused.iter().find(|r| r.name == *name) {
+                None => {
+                    s.entries += a.entries;
+                    s.bytes += a.bytes;
+                    sent_e += a.entries;
+                    sent_b += a.bytes;
+                }
+                Some(r) => {
+                    let why = refusal_reason(r);
+                    tracing::error!(
+                        collector = %self.target,
+                        stream = %name,
+                        entries = a.entries,
+                        bytes = a.bytes,
+                        reason = %why,
+                        "collector refused a stream; its entries in this bundle are LOST"
+                    );
+                    add_loss(s, a.entries, a.bytes, why);
+                    lost_b += a.bytes;
+                }
+            }
+        }
+        // A refusal naming a stream this bundle did not carry still counts its entries.
+        for r in refused {
+            if !tally.streams.iter().any(|(n, _)| *n == r.name) {
+                let s = acked
+                    .entry((tally.prefix.clone(), r.name.clone()))
+                    .or_default();
+                add_loss(s, u64::from(r.entries), 0, refusal_reason(r));
+            }
+        }
+        drop(acked);
+        if !refused.is_empty() {
+            self.stats.sent_partial(sent_e, sent_b);
+            self.stats.failed(lost_b);
+        }
+    }
+
+    /// Counts a bundle refused for good: every stream's entries in it are lost, for `reason`.
+    fn lost(&self, tally: &Tally, reason: &str) {
+        let (_, bytes) = tally.totals();
+        self.stats.failed(bytes);
+        let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, a) in &tally.streams {
+            let s = acked
+                .entry((tally.prefix.clone(), name.clone()))
+                .or_default();
+            add_loss(s, a.entries, a.bytes, reason.to_string());
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Remembers that the collector's store is damaged (the first message is kept).
+    fn set_broken(&self, status: &Status) {
+        let mut b = self.broken.lock().unwrap_or_else(|e| e.into_inner());
+        if b.is_none() {
+            tracing::error!(
+                collector = %self.target,
+                error = %status.message(),
+                "the collector's store is damaged (DATA_LOSS): it can store nothing until \
+                 repaired; sending stops"
+            );
+            *b = Some(status.message().to_string());
+        }
+        drop(b);
+        if let Some(spool) = &self.spool {
+            spool.wake();
         }
     }
 
@@ -359,7 +474,7 @@ impl Shared {
 
     /// Sends encoded bundle `data` until the collector acknowledges it (retrying for as long
     /// as it takes), or refuses it for good.
-    async fn deliver(&self, data: &Bytes) -> Result<(), Status> {
+    async fn deliver(&self, data: &Bytes) -> Result<WriteBundleResponse, Status> {
         let mut attempt = 0u32;
         loop {
             let mut req = tonic::Request::new(WriteBundleRequest {
@@ -367,12 +482,12 @@ impl Shared {
             });
             req.set_timeout(ATTEMPT_TIMEOUT);
             match self.client.clone().write_bundle(req).await {
-                Ok(_) => {
+                Ok(resp) => {
                     self.set_healthy(true);
                     if attempt > 0 {
                         tracing::info!(collector = %self.target, attempts = attempt + 1, "bundle delivered after retries");
                     }
-                    return Ok(());
+                    return Ok(resp.into_inner());
                 }
                 Err(status) if retriable(&status) => {
                     self.set_healthy(false);
@@ -388,6 +503,11 @@ impl Shared {
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt = attempt.saturating_add(1);
                 }
+                Err(status) if status.code() == Code::DataLoss => {
+                    self.set_healthy(false);
+                    self.set_broken(&status);
+                    return Err(status);
+                }
                 Err(status) => {
                     tracing::error!(collector = %self.target, code = ?status.code(), error = %status.message(), "collector refused a bundle");
                     return Err(status);
@@ -397,9 +517,9 @@ impl Shared {
     }
 }
 
-/// A finished upload: the record's segment, offset and spooled length, and what it carried
-/// (or why the collector refused it).
-type Upload = (u32, u64, u64, Result<Tally, Status>);
+/// A finished upload: the record's segment, offset and spooled length, what it carried, and
+/// the collector's answer.
+type Upload = (u32, u64, u64, Tally, Result<WriteBundleResponse, Status>);
 
 /// Uploads the spool's records in order, `in_flight` at a time, settling each once the
 /// collector has acknowledged (or refused) it. Runs until the output is dropped or closed.
@@ -409,8 +529,9 @@ async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usiz
         let Some(up) = out.upgrade() else { return };
         let changed = spool.changed();
         // Fill the window.
-        let mut idle = false;
-        while sends.len() < in_flight {
+        // A collector whose store is damaged can store nothing: the rest stays in the spool.
+        let mut idle = up.failure().is_some();
+        while !idle && sends.len() < in_flight {
             let sp = spool.clone();
             let next = tokio::task::spawn_blocking(move || sp.next_record()).await;
             match next {
@@ -425,9 +546,8 @@ async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usiz
                             .unwrap_or_else(|e| e.into_inner())
                             .remove(&(rec.segment, rec.offset));
                         // Leftovers of an earlier butler are counted from their encoding.
-                        let res =
-                            res.map(|()| known.unwrap_or_else(|| Tally::of_encoded(&rec.payload)));
-                        (rec.segment, rec.offset, len, res)
+                        let tally = known.unwrap_or_else(|| Tally::of_encoded(&rec.payload));
+                        (rec.segment, rec.offset, len, tally, res)
                     });
                 }
                 Ok(Ok(None)) => {
@@ -445,12 +565,14 @@ async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usiz
             Some(done) = sends.join_next(), if !sends.is_empty() => {
                 let Some(up) = out.upgrade() else { return };
                 match done {
-                    Ok((seg, off, len, Ok(tally))) => {
-                        up.acknowledged(&tally);
+                    Ok((seg, off, len, tally, Ok(resp))) => {
+                        up.acknowledged(&tally, &resp.refused);
                         spool.settle(seg, off, len, true);
                     }
-                    Ok((seg, off, len, Err(_))) => {
-                        up.stats.failed(len);
+                    // Left in the spool, unsettled, for a later `resume` once it is repaired.
+                    Ok((_, _, _, _, Err(status))) if status.code() == Code::DataLoss => {}
+                    Ok((seg, off, len, tally, Err(status))) => {
+                        up.lost(&tally, &status_reason(&status));
                         spool.settle(seg, off, len, false);
                     }
                     Err(e) => tracing::error!(error = %e, "an upload task failed"),
@@ -459,6 +581,33 @@ async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usiz
             () = changed, if idle || sends.is_empty() => {}
         }
     }
+}
+
+/// Records lost entries on a stream, keeping the first reason.
+fn add_loss(s: &mut StreamAck, entries: u64, bytes: u64, reason: String) {
+    s.lost_entries += entries;
+    s.lost_bytes += bytes;
+    s.lost.get_or_insert(reason);
+}
+
+/// Why the collector refused a stream, for people: `conflict: …`, `invalid: …`.
+fn refusal_reason(r: &StreamRefusal) -> String {
+    let kind = match Reason::try_from(r.reason) {
+        Ok(Reason::Conflict) => "conflict",
+        Ok(Reason::Invalid) => "invalid",
+        _ => "refused",
+    };
+    format!("{kind}: {}", r.message)
+}
+
+/// Why the collector refused a whole bundle, for people.
+fn status_reason(status: &Status) -> String {
+    let kind = match status.code() {
+        Code::DataLoss => "collector store damaged",
+        Code::InvalidArgument | Code::OutOfRange => "invalid bundle",
+        _ => "refused",
+    };
+    format!("{kind} ({:?}): {}", status.code(), status.message())
 }
 
 /// Whether a failed call may succeed if tried again.
@@ -506,16 +655,16 @@ impl Output for GrpcOutput {
             return Ok(());
         }
         match sh.deliver(&data).await {
-            Ok(()) => {
-                sh.acknowledged(&tally);
+            Ok(resp) => {
+                // Refused streams are counted as lost; the bundle is acknowledged for the rest.
+                sh.acknowledged(&tally, &resp.refused);
                 Ok(())
             }
             Err(status) => {
-                sh.stats.failed(payload);
+                sh.lost(&tally, &status_reason(&status));
                 Err(OutputError::Other(format!(
-                    "collector refused a bundle: {}: {}",
-                    status.code(),
-                    status.message()
+                    "collector refused a bundle of {payload} bytes: {}",
+                    status_reason(&status)
                 )))
             }
         }
@@ -543,6 +692,16 @@ impl Output for GrpcOutput {
 
     fn coordinator_host(&self) -> Option<String> {
         Some(format!("grpc://{}", self.shared.target))
+    }
+
+    fn holds_sends(&self) -> bool {
+        // A send is an append that waits for room on the spool's disk: it keeps its bundle
+        // for as long as that takes. After an append failed otherwise, bundles go unspooled
+        // and the flush timeout applies to them.
+        self.shared
+            .spool
+            .as_ref()
+            .is_some_and(|sp| sp.stats().write_errors == 0)
     }
 
     async fn close(&self) -> Result<(), OutputError> {

@@ -173,6 +173,14 @@ pub trait Output: Send + Sync + fmt::Debug {
     /// Counters.
     fn stats(&self) -> OutputStats;
 
+    /// Whether every `send` still running keeps its bundle safe by itself, however long it
+    /// takes (a send waiting for room on a full spool disk), so that the butler waits for it
+    /// past its flush timeout rather than give the bundle up. The default, `false`: a send
+    /// waits on a remote end, and is abandoned (and counted) at the flush timeout.
+    fn holds_sends(&self) -> bool {
+        false
+    }
+
     /// What children should see as `LOGDOG_COORDINATOR_HOST`, if anything.
     fn coordinator_host(&self) -> Option<String> {
         None

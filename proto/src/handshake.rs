@@ -141,13 +141,20 @@ pub fn parse_header(json: &[u8]) -> Result<LogStreamDescriptor, HandshakeError> 
     }
     let name = name.ok_or(HandshakeError::MissingName)?;
     types::validate_stream_name(&name)?;
+    let content_type = content_type
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| default_content_type(kind).to_string());
+    // The collector refuses a descriptor over these limits (and with it every other stream
+    // sharing its bundles), so the stream is refused here, where its writer can be told.
+    types::validate_descriptor_fields(
+        &content_type,
+        tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )?;
     Ok(LogStreamDescriptor {
         prefix: String::new(),
         name,
         stream_type: kind as i32,
-        content_type: content_type
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| default_content_type(kind).to_string()),
+        content_type,
         timestamp,
         tags,
         binary_file_ext: String::new(),
@@ -367,6 +374,29 @@ mod tests {
             let err = parse_header(json).unwrap_err();
             assert_eq!(err.kind(), kind, "{}: {err}", String::from_utf8_lossy(json));
         }
+    }
+
+    #[test]
+    fn descriptors_the_collector_would_refuse_are_refused() {
+        // 20 tags of 4,000 bytes: each within limits, together over the total.
+        let tags: Vec<String> = (0..20)
+            .map(|i| format!("\"k{i}\":\"{}\"", "v".repeat(4000)))
+            .collect();
+        let many = format!(r#"{{"name":"n","tags":{{{}}}}}"#, tags.join(","));
+        let long_ct = format!(r#"{{"name":"n","contentType":"{}"}}"#, "c".repeat(1025));
+        let count: Vec<String> = (0..65).map(|i| format!("\"k{i}\":\"\"")).collect();
+        let count = format!(r#"{{"name":"n","tags":{{{}}}}}"#, count.join(","));
+        for (json, needle) in [
+            (many, "more than 32768 bytes"),
+            (long_ct, "content type"),
+            (count, "more than 64 tags"),
+        ] {
+            let err = parse_header(json.as_bytes()).unwrap_err();
+            assert_eq!(err.kind(), "invalid_name_or_tag", "{err}");
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+        let ok_ct = format!(r#"{{"name":"n","contentType":"{}"}}"#, "c".repeat(1024));
+        parse_header(ok_ct.as_bytes()).unwrap();
     }
 
     #[test]
