@@ -408,6 +408,49 @@ proptest! {
         prop_assert_eq!(kept, want);
     }
 
+    /// The butler's handshake and the collector refuse exactly the same descriptors, even with
+    /// the longest name and prefix there may be: a stream the butler takes is never refused
+    /// by the collector for its descriptor.
+    #[test]
+    fn the_butler_and_the_collector_agree_on_descriptors(
+        content_type in 1usize..1100,
+        tags in prop::collection::btree_map("[a-z][a-z0-9]{0,7}", 0usize..4200, 0..70),
+    ) {
+        let content_type = "c".repeat(content_type);
+        let tags: std::collections::BTreeMap<String, String> =
+            tags.into_iter().map(|(k, n)| (k, "v".repeat(n))).collect();
+        let name = format!("{}/{}", "n".repeat(2047), "m".repeat(2048));
+        let header = serde_json::json!({
+            "name": name,
+            "type": "text",
+            "contentType": content_type,
+            "tags": tags,
+        });
+        let butler = logdog_proto::handshake::parse_header(header.to_string().as_bytes());
+        let desc = logpb::LogStreamDescriptor {
+            name,
+            content_type,
+            timestamp: Some(prost_types::Timestamp::default()),
+            tags: tags.into_iter().collect(),
+            ..Default::default()
+        };
+        let b = logpb::ButlerLogBundle {
+            project: "p".into(),
+            prefix: "x".repeat(types::MAX_STREAM_NAME_LEN),
+            entries: vec![logpb::butler_log_bundle::Entry { desc: Some(desc), ..Default::default() }],
+            ..Default::default()
+        };
+        let view = pb::BundleView::decode(b.encode_to_vec().as_slice()).expect("a view");
+        let collector = validate::streams(&view).expect("the bundle itself is fine");
+        prop_assert_eq!(
+            butler.is_ok(),
+            collector.refused.is_empty(),
+            "butler: {:?}; collector: {:?}",
+            butler.err(),
+            collector.refused
+        );
+    }
+
     #[test]
     fn mutated_bundles_never_panic_and_what_passes_is_sound(
         b in valid_bundle(),
