@@ -58,14 +58,6 @@ fn result_json(path: &Path) -> Value {
     serde_json::from_slice(&read(path)).expect("the result file is JSON")
 }
 
-fn put_uvarint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8 & 0x7F) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Long lines and large datagrams.
 
@@ -111,7 +103,7 @@ fn a_nine_mib_line_and_datagram_are_at_most_two_entries_each() {
     r.assert_code(0);
     assert_eq!(read(&stream_path(&out, "stdout")), line, "stdout differs");
     let mut framed = Vec::new();
-    put_uvarint(&mut framed, (line.len() - 1) as u64);
+    logdog_proto::handshake::put_uvarint(&mut framed, (line.len() - 1) as u64);
     framed.extend_from_slice(&line[..line.len() - 1]);
     assert!(
         read(&stream_path(&out, "big/datagram")) == framed,

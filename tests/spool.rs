@@ -438,18 +438,7 @@ fn a_full_spool_disk_holds_the_command_back_and_loses_nothing() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut g = Guarded::spawn(&mut cmd);
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = g.child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
-            let Ok(line) = line else { break };
-            all.push_str(&line);
-            all.push('\n');
-            let _ = tx.send(line);
-        }
-        all
-    });
+    let (rx, reader) = stderr_lines(&mut g);
     // The butler says loudly that the spool's disk is full...
     loop {
         let line = rx
@@ -602,18 +591,7 @@ fn a_spool_disk_too_small_for_the_run_gives_nothing_up_and_resume_completes_ever
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut g = Guarded::spawn(&mut cmd);
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = g.child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
-            let Ok(line) = line else { break };
-            all.push_str(&line);
-            all.push('\n');
-            let _ = tx.send(line);
-        }
-        all
-    });
+    let (rx, reader) = stderr_lines(&mut g);
     let mut seen = String::new();
     let mut wait_for = |needle: &str| loop {
         let line = rx
@@ -878,4 +856,27 @@ fn with_a_spool_a_full_collector_disk_leaves_the_rest_in_the_spool() {
     );
     let _ = kill(collector.pid(), Signal::SIGTERM);
     collector.wait();
+}
+
+/// Reads the stderr of `g` line by line: each line as it comes on the channel, and all of it
+/// from the thread once the pipe closes.
+fn stderr_lines(
+    g: &mut Guarded,
+) -> (
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<String>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = g.child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+    (rx, reader)
 }
