@@ -7,8 +7,8 @@
 //!   (`logdog cat` and `tail`, the viewer's rows and raw download, the tail server), and
 //!   `logdog_collector verify` lists them;
 //! - a second collector on one data directory is refused at start;
-//! - a store damaged at start is reported clearly; damage found while running is `DATA_LOSS`,
-//!   which a butler does not retry;
+//! - a store damaged at start is reported clearly; damaged entries found while running refuse
+//!   their stream alone (`DAMAGED`), and the rest of the bundle is stored;
 //! - a full disk is `UNAVAILABLE` (retried), stores nothing of the bundle, and the same bundle
 //!   is stored once there is room again.
 
@@ -213,8 +213,9 @@ fn different_bytes_or_another_descriptor_at_a_stored_stream_are_a_conflict() {
     // The store holds what was first written, and only that.
     assert_eq!(cat(&col, "stdout"), text_of(0, 1000, "forged"));
     assert_eq!(cat(&col, "other"), text_of(0, 3, "fine"));
+    drop((c, rt));
     let log = col.stop_with_log();
-    assert!(log.contains("conflict"), "{log}");
+    assert!(log.contains("kind=\"conflict\""), "{log}");
 }
 
 #[test]
@@ -445,7 +446,7 @@ fn a_second_collector_on_the_same_data_directory_is_refused_at_start() {
 }
 
 #[test]
-fn a_store_damaged_at_start_is_reported_and_damage_found_while_running_is_data_loss() {
+fn a_store_damaged_at_start_is_reported_and_damage_found_while_running_refuses_its_stream() {
     let data = common::tempdir();
     let dir = data.path().join("data");
     let col = Collector::start(&dir, "127.0.0.1:0");
@@ -454,7 +455,8 @@ fn a_store_damaged_at_start_is_reported_and_damage_found_while_running_is_data_l
     let b = bundle(vec![stream(desc("s"), lines(0, 50, "line"), None)]);
     rt.block_on(write(&mut c, &b)).expect("write");
     // A segment cut short under the running collector: a retry of the stored bundle cannot
-    // be told from a conflict without the lost bytes, and no retry will ever succeed.
+    // be told from a conflict without the lost bytes, and no retry will ever succeed. That
+    // stream is refused as damaged; another stream in the same bundle is stored.
     let seg = dir.join("segments/00000001.seg");
     let len = std::fs::metadata(&seg).expect("segment").len();
     std::fs::OpenOptions::new()
@@ -462,9 +464,16 @@ fn a_store_damaged_at_start_is_reported_and_damage_found_while_running_is_data_l
         .open(&seg)
         .and_then(|f| f.set_len(len / 2))
         .expect("truncate");
-    let err = rt.block_on(write(&mut c, &b)).expect_err("damaged");
-    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
-    assert!(err.message().contains("proj/pfx/+/s entry"), "{err:?}");
+    let mut retry = b.clone();
+    retry
+        .entries
+        .push(stream(desc("new"), lines(0, 5, "new"), Some(4)));
+    let r = rt.block_on(write(&mut c, &retry)).expect("write");
+    assert_eq!(r.stored, 5, "{r:?}");
+    assert_eq!(r.refused.len(), 1, "{r:?}");
+    assert_eq!(r.refused[0].reason, Reason::Damaged as i32, "{r:?}");
+    assert!(r.refused[0].message.contains("proj/pfx/+/s entry"), "{r:?}");
+    assert_eq!(cat(&col, "new"), text_of(0, 5, "new"));
     let out = logdog(&col.addr, &["cat", "proj/pfx/+/s"]);
     assert_ne!(out.code(), 0);
     assert!(
@@ -472,9 +481,17 @@ fn a_store_damaged_at_start_is_reported_and_damage_found_while_running_is_data_l
         "{}",
         out.stderr_str()
     );
+    drop((c, rt));
     col.stop();
 
-    // At start: refused, clearly, naming the file and how to list the damage.
+    // At start: a segment shorter than the index says is refused, clearly, naming the file
+    // and how to list the damage. (The write above grew the file again.)
+    let grown = std::fs::metadata(&seg).expect("segment").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncate");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_logdog_collector"));
     cmd.args(["--listen", "127.0.0.1:0", "--data"]).arg(&dir);
     let out = run(&mut cmd, Input::Null);
@@ -497,7 +514,7 @@ fn a_store_damaged_at_start_is_reported_and_damage_found_while_running_is_data_l
     std::fs::OpenOptions::new()
         .write(true)
         .open(&seg)
-        .and_then(|f| f.set_len(len))
+        .and_then(|f| f.set_len(grown))
         .expect("restore the length");
     let db = dir.join("collector.sqlite");
     let mut bytes = std::fs::read(&db).expect("index");

@@ -358,3 +358,34 @@ async fn follow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A damaged index is permanent (`DATA_LOSS`, not retried); a full disk or a busy store is
+    /// transient (`UNAVAILABLE`).
+    #[test]
+    fn store_failures_map_to_permanent_or_transient_statuses() {
+        let sqlite = |code| {
+            StoreError::from(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                Some("boom".into()),
+            ))
+        };
+        let corrupt = sqlite(rusqlite::ffi::SQLITE_CORRUPT);
+        assert!(matches!(corrupt, StoreError::Damaged(_)), "{corrupt:?}");
+        assert_eq!(store_error(corrupt).code(), tonic::Code::DataLoss);
+        let notadb = sqlite(rusqlite::ffi::SQLITE_NOTADB);
+        assert_eq!(store_error(notadb).code(), tonic::Code::DataLoss);
+        let full = sqlite(rusqlite::ffi::SQLITE_FULL);
+        assert!(matches!(full, StoreError::DiskFull(_)), "{full:?}");
+        let status = store_error(full);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("disk full"), "{status:?}");
+        assert_eq!(
+            store_error(sqlite(rusqlite::ffi::SQLITE_BUSY)).code(),
+            tonic::Code::Unavailable
+        );
+    }
+}

@@ -605,13 +605,22 @@ impl Store {
                     (Some(rec), Some(t)) => past.exists(params![rec.id as i64, t])?.then_some(t),
                     _ => None,
                 };
-                let plan = match plan(segments, &key, stored.as_ref(), &desc, e, &nearby, beyond)? {
+                // Damage confined to this stream's stored entries refuses this stream alone;
+                // anything else fails the write.
+                let verdict = match plan(segments, &key, stored.as_ref(), &desc, e, &nearby, beyond)
+                {
+                    Ok(Ok(plan)) => Ok(plan),
+                    Ok(Err(conflict)) => Err((RefusalKind::Conflict, conflict)),
+                    Err(StoreError::Damaged(what)) => Err((RefusalKind::Damaged, what)),
+                    Err(other) => return Err(other),
+                };
+                let plan = match verdict {
                     Ok(plan) => plan,
-                    Err(message) => {
-                        tracing::warn!(stream = %path_of(&key), %message, "refused a stream's part of a bundle: conflict");
+                    Err((kind, message)) => {
+                        tracing::warn!(stream = %path_of(&key), %message, kind = kind.as_str(), "refused a stream's part of a bundle");
                         out.refused.push(Refusal {
                             name: key.name.clone(),
-                            kind: RefusalKind::Conflict,
+                            kind,
                             message,
                             entries: u32::try_from(e.logs.len()).unwrap_or(u32::MAX),
                         });

@@ -50,6 +50,8 @@ pub enum RefusalKind {
     Invalid,
     /// It contradicts what is stored.
     Conflict,
+    /// Stored entries it must be compared with are damaged.
+    Damaged,
 }
 
 /// One stream of a bundle that is not stored.
@@ -65,12 +67,24 @@ pub struct Refusal {
     pub entries: u32,
 }
 
+impl RefusalKind {
+    /// Its name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::Invalid => "invalid",
+            RefusalKind::Conflict => "conflict",
+            RefusalKind::Damaged => "damaged",
+        }
+    }
+}
+
 impl Refusal {
     /// As sent back in `WriteBundleResponse.refused`.
     pub fn to_proto(&self) -> pb::StreamRefusal {
         let reason = match self.kind {
             RefusalKind::Invalid => pb::stream_refusal::Reason::Invalid,
             RefusalKind::Conflict => pb::stream_refusal::Reason::Conflict,
+            RefusalKind::Damaged => pb::stream_refusal::Reason::Damaged,
         };
         pb::StreamRefusal {
             name: self.name.clone(),

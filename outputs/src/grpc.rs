@@ -595,6 +595,7 @@ fn refusal_reason(r: &StreamRefusal) -> String {
     let kind = match Reason::try_from(r.reason) {
         Ok(Reason::Conflict) => "conflict",
         Ok(Reason::Invalid) => "invalid",
+        Ok(Reason::Damaged) => "damaged at the collector",
         _ => "refused",
     };
     format!("{kind}: {}", r.message)
