@@ -16,8 +16,8 @@ use crate::store::{
 };
 use crate::validate::next_sequence;
 
-/// Damage reported per stream before the rest of that stream's is only counted.
-const SHOWN_PER_STREAM: usize = 20;
+/// Damage listed per stream; the rest of that stream's is only counted.
+pub const SHOWN_PER_STREAM: usize = 20;
 
 /// What a scan found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -18,7 +18,7 @@
 //!
 //! With a [`Spool`] ([`GrpcOutput::with_spool`]), each bundle is appended to the spool before
 //! it is sent and discarded once acknowledged, so a bundle survives the butler's own crash;
-//! [`GrpcOutput::recover`] uploads what an earlier butler left in the spool.
+//! the uploader it starts sends what an earlier butler left in the spool first.
 
 use std::sync::Arc;
 use std::time::Duration;
