@@ -186,8 +186,9 @@ struct Inner {
     /// Held for the store's life: one collector per directory.
     _lock: std::fs::File,
     path: std::path::PathBuf,
-    /// The one writer (SQLite has one writer at a time anyway) and the active segment.
-    writer: Mutex<Writer>,
+    /// The one writer (SQLite has one writer at a time anyway) and the active segment, taken
+    /// in arrival order (see [`FairLock`]).
+    writer: FairLock<Writer>,
     /// Idle read connections; WAL lets readers run beside the writer.
     readers: Mutex<Vec<Connection>>,
     /// The entries' bytes.
@@ -431,7 +432,7 @@ impl Store {
             inner: Arc::new(Inner {
                 _lock: lock,
                 path,
-                writer: Mutex::new(Writer { conn, appender }),
+                writer: FairLock::new(Writer { conn, appender }),
                 readers: Mutex::new(Vec::new()),
                 segments: Segments::new(&seg_dir),
                 activity: tokio::sync::watch::channel(0).0,
@@ -511,15 +512,60 @@ impl Store {
     /// Streams that contradict what is stored are refused one by one (in
     /// [`WriteOutcome::refused`]) and the rest is stored.
     ///
+    /// **Fairness.** A bundle of more than [`PART_ENTRIES`] entries is stored in parts of at
+    /// most that many, each its own transaction, and the writer is handed to waiting writers
+    /// (in arrival order) between parts: one huge bundle of tiny entries delays other bundles
+    /// by one part, not by the whole bundle. A conflict found in a later part refuses the rest
+    /// of that stream; its earlier parts stay stored (they are byte-identical retries when
+    /// the bundle comes again).
+    ///
     /// # Errors
-    /// A database or disk failure; nothing of the bundle is stored then.
+    /// A database or disk failure; nothing of the failing part (or of the parts after it) is
+    /// stored then.
     pub fn write(
         &self,
         project: &str,
         prefix: &str,
         streams: &[CheckedEntry],
     ) -> Result<WriteOutcome, StoreError> {
-        let mut writer = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = streams.iter().map(|e| e.logs.len()).sum();
+        if total <= PART_ENTRIES {
+            return self.write_part(project, prefix, streams);
+        }
+        let mut out = WriteOutcome::default();
+        for part in parts(streams, PART_ENTRIES) {
+            // A stream refused in an earlier part takes nothing from the later ones.
+            let (skipped, part): (Vec<_>, Vec<_>) = part
+                .into_iter()
+                .partition(|e| out.refused.iter().any(|r| r.name == e.desc.name));
+            for e in skipped {
+                if let Some(r) = out.refused.iter_mut().find(|r| r.name == e.desc.name) {
+                    r.entries = r
+                        .entries
+                        .saturating_add(u32::try_from(e.logs.len()).unwrap_or(u32::MAX));
+                }
+            }
+            let done = self.write_part(project, prefix, &part)?;
+            out.stored += done.stored;
+            out.duplicates += done.duplicates;
+            for key in done.touched {
+                if !out.touched.contains(&key) {
+                    out.touched.push(key);
+                }
+            }
+            out.refused.extend(done.refused);
+        }
+        Ok(out)
+    }
+
+    /// Stores `streams` in one transaction.
+    fn write_part(
+        &self,
+        project: &str,
+        prefix: &str,
+        streams: &[CheckedEntry],
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut writer = self.inner.writer.lock();
         let Writer { conn, appender } = &mut *writer;
         appender.rotate_if_full().map_err(segment_error)?;
         let res = Self::write_locked(
@@ -692,6 +738,113 @@ impl Store {
         appender.flush().map_err(segment_error)?;
         tx.commit()?;
         Ok(out)
+    }
+}
+
+/// Most entries stored in one transaction: a larger bundle is stored in parts (see
+/// [`Store::write`]). About 20 ms of work on a small machine.
+pub const PART_ENTRIES: usize = 8192;
+
+/// Cuts a bundle's streams into parts of at most `max` entries, keeping stream order and, within
+/// a stream, index order; a stream's terminal index goes with its last part.
+fn parts(streams: &[CheckedEntry], max: usize) -> Vec<Vec<CheckedEntry>> {
+    let mut out = Vec::new();
+    let mut part: Vec<CheckedEntry> = Vec::new();
+    let mut room = max;
+    for e in streams {
+        let mut from = 0;
+        loop {
+            let take = (e.logs.len() - from).min(room);
+            let to = from + take;
+            let last = to == e.logs.len();
+            part.push(CheckedEntry {
+                desc: e.desc.clone(),
+                terminal: if last { e.terminal } else { None },
+                logs: e.logs[from..to].to_vec(),
+                sequences: e.sequences.get(from..to).unwrap_or_default().to_vec(),
+            });
+            room -= take;
+            from = to;
+            if room == 0 {
+                out.push(std::mem::take(&mut part));
+                room = max;
+            }
+            if last {
+                break;
+            }
+        }
+    }
+    if !part.is_empty() {
+        out.push(part);
+    }
+    out
+}
+
+/// A mutex handed out in arrival order: a writer that takes it again right after releasing it
+/// queues behind those already waiting, so a long run of parts cannot starve other writers (a
+/// plain mutex lets the releasing thread win again and again).
+#[derive(Debug)]
+struct FairLock<T> {
+    state: Mutex<Tickets>,
+    turn: std::sync::Condvar,
+    value: Mutex<T>,
+}
+
+#[derive(Debug, Default)]
+struct Tickets {
+    next: u64,
+    serving: u64,
+}
+
+/// Holds a [`FairLock`]; the next ticket is served when dropped.
+struct FairGuard<'a, T> {
+    lock: &'a FairLock<T>,
+    value: std::sync::MutexGuard<'a, T>,
+}
+
+impl<T> FairLock<T> {
+    fn new(value: T) -> Self {
+        Self {
+            state: Mutex::new(Tickets::default()),
+            turn: std::sync::Condvar::new(),
+            value: Mutex::new(value),
+        }
+    }
+
+    fn lock(&self) -> FairGuard<'_, T> {
+        let mut t = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = t.next;
+        t.next += 1;
+        while t.serving != mine {
+            t = self.turn.wait(t).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(t);
+        FairGuard {
+            lock: self,
+            value: self.value.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for FairGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> std::ops::DerefMut for FairGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.value
+    }
+}
+
+impl<T> Drop for FairGuard<'_, T> {
+    fn drop(&mut self) {
+        let mut t = self.lock.state.lock().unwrap_or_else(|e| e.into_inner());
+        t.serving += 1;
+        drop(t);
+        self.lock.turn.notify_all();
     }
 }
 

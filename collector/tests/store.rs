@@ -452,3 +452,54 @@ async fn followers_wait_for_a_quiet_gap_in_the_writes_or_at_most_their_limit() {
         "waited {waited:?}"
     );
 }
+
+#[test]
+fn a_huge_bundle_is_stored_in_parts_and_a_conflict_in_a_later_part_refuses_the_rest() {
+    use logdog_collector::store::PART_ENTRIES;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let n = PART_ENTRIES * 2 + 100;
+    let text: Vec<String> = (0..n).map(|i| format!("l{i}")).collect();
+    let lines: Vec<&str> = text.iter().map(String::as_str).collect();
+    let out = store
+        .write(
+            "proj",
+            "pre",
+            &[
+                checked("small", 0, &["a", "b"], Some(1)),
+                checked("big", 0, &lines, Some(n as i64 - 1)),
+            ],
+        )
+        .expect("write");
+    assert_eq!((out.stored as usize, out.refused.len()), (n + 2, 0));
+    assert_eq!(out.touched.len(), 2, "{:?}", out.touched);
+    assert_eq!(lines_of(&store, "big"), lines);
+    let info = store.stream(&key("big")).expect("read").expect("big");
+    assert!(info.state.complete, "{:?}", info.state);
+    // The same bundle again: all duplicates, whatever part they fall in.
+    let out = store
+        .write(
+            "proj",
+            "pre",
+            &[checked("big", 0, &lines, Some(n as i64 - 1))],
+        )
+        .expect("retry");
+    assert_eq!((out.stored, out.duplicates as usize), (0, n));
+
+    // Another stream whose second part conflicts with what is stored: its first part is
+    // stored, the rest is refused and counted.
+    store
+        .write(
+            "proj",
+            "pre",
+            &[checked("c", PART_ENTRIES as u64 + 5, &["other"], None)],
+        )
+        .expect("write");
+    let out = store
+        .write("proj", "pre", &[checked("c", 0, &lines, None)])
+        .expect("write");
+    assert_eq!(out.stored as usize, PART_ENTRIES, "{out:?}");
+    assert_eq!(out.refused.len(), 1, "{out:?}");
+    assert_eq!(out.refused[0].entries as usize, n - PART_ENTRIES, "{out:?}");
+    assert!(out.refused[0].message.contains("differs"), "{out:?}");
+}
