@@ -208,6 +208,18 @@ fn idle_connections_past_the_cap_cannot_keep_a_request_out() {
         "took {:?}",
         started.elapsed()
     );
+    // The oldest idle connection was told why it was dropped.
+    let mut told = String::new();
+    idle[0]
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("setting a timeout");
+    idle[0]
+        .read_to_string(&mut told)
+        .expect("reading the oldest idle connection");
+    assert_eq!(
+        told,
+        "error: dropped: no request line yet and the server needs the slot\n"
+    );
     // The collector holds about the cap's worth of connections, not the flood.
     let now = fds(pid);
     assert!(

@@ -147,8 +147,8 @@ enum ConnError {
     /// The server is stopping.
     #[error("the server is stopping")]
     Stopping,
-    /// The connection sent no request and its slot went to a newer one.
-    #[error("dropped: no request line yet and the connection table is full")]
+    /// The connection sent no request and its slot was needed.
+    #[error("dropped: no request line yet and the server needs the slot")]
     Evicted,
 }
 
@@ -171,8 +171,9 @@ impl TailServer {
         self
     }
 
-    /// Closes the oldest connection that has not sent its request yet and returns its slot.
-    fn evict_oldest(&self, table: &PendingTable) -> Option<OwnedSemaphorePermit> {
+    /// Closes the oldest connection that has not sent its request yet and returns its slot;
+    /// `why` is for the log.
+    fn evict_oldest(&self, table: &PendingTable, why: &str) -> Option<OwnedSemaphorePermit> {
         let (_, pending) = table
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -183,7 +184,8 @@ impl TailServer {
         tracing::info!(
             evicted = n,
             max = self.max_connections,
-            "tail connection dropped: no request line yet and the connection table is full"
+            why,
+            "tail connection dropped: no request line yet"
         );
         Some(pending.permit)
     }
@@ -222,7 +224,7 @@ impl TailServer {
                     tracing::warn!(error = %e, errors = n, "tail server: accept failed");
                     // Out of file descriptors, most likely: close a connection that has not
                     // asked for anything, and give connections time to close.
-                    drop(self.evict_oldest(&table));
+                    drop(self.evict_oldest(&table, "accept failed"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -231,7 +233,7 @@ impl TailServer {
             // A free slot, or the slot of the oldest connection still without a request.
             let permit = match limit.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
-                Err(_) => self.evict_oldest(&table),
+                Err(_) => self.evict_oldest(&table, "the connection table is full"),
             };
             let Some(permit) = permit else {
                 let n = self.stats.turned_away.fetch_add(1, Ordering::Relaxed) + 1;
