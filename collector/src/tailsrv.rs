@@ -19,16 +19,25 @@
 //! stream; it holds one chunk of entries at a time (shared with the other connections at the
 //! same place, see [`crate::chunks`]) and no lock while it writes to its socket, so a slow
 //! reader only ever slows itself.
+//!
+//! Hostile clients are bounded: a follower waiting for new bytes also watches its client's
+//! side of the connection, and end of input or an error there ends the connection at once
+//! (so a client that closes its sending side is served what is stored and then let go). At
+//! most [`DEFAULT_MAX_CONNECTIONS`] connections (or [`TailServer::with_max_connections`])
+//! are open at once; when the table is full, a new connection takes the slot of the oldest
+//! one that has not sent its request yet, and is turned away with an `error:` line only if
+//! every slot is serving a request.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -41,8 +50,8 @@ use crate::watchers::Watchers;
 pub const MAX_REQUEST_LINE: usize = 4096;
 /// How long a client has to send its request line.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections served at once; more wait in the accept queue.
-const MAX_CONNECTIONS: usize = 4096;
+/// Connections open at once by default (see [`TailServer::with_max_connections`]).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// About what a connection buffers at most (one chunk's bytes; see [`crate::chunks`]).
 const READ_BUDGET: usize = 256 * 1024;
 /// A follower re-reads the store this often even without a wake-up.
@@ -61,6 +70,12 @@ pub struct TailStats {
     pub errors: AtomicU64,
     /// Stream bytes sent.
     pub bytes_sent: AtomicU64,
+    /// Connections without a request yet, closed to make room for a newer one.
+    pub evicted: AtomicU64,
+    /// Connections closed at once because every slot was serving a request.
+    pub turned_away: AtomicU64,
+    /// Followers whose client went away (end of input or an error) while they waited.
+    pub gone: AtomicU64,
 }
 
 /// The tail server. Cheap to clone.
@@ -71,6 +86,41 @@ pub struct TailServer {
     /// Reads shared by the connections following the same stream.
     chunks: ChunkCache,
     stats: Arc<TailStats>,
+    max_connections: usize,
+}
+
+/// A connection that has not sent its request yet: its slot, and how to tell it to go.
+#[derive(Debug)]
+struct Pending {
+    permit: OwnedSemaphorePermit,
+    evict: oneshot::Sender<()>,
+}
+
+/// Connections waiting for their request line, oldest (lowest id) first.
+type PendingTable = Arc<Mutex<BTreeMap<u64, Pending>>>;
+
+/// A connection's place in the [`PendingTable`] until it has read its request; leaving it
+/// early (an error, a timeout) gives its slot back.
+struct Admission {
+    id: u64,
+    table: PendingTable,
+    evicted: oneshot::Receiver<()>,
+}
+
+impl Admission {
+    /// Takes the slot out of the table for the rest of the connection; `None` if the
+    /// connection was evicted meanwhile.
+    fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.remove(&self.id).map(|p| p.permit)
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.remove(&self.id);
+    }
 }
 
 /// A parsed request line.
@@ -97,6 +147,9 @@ enum ConnError {
     /// The server is stopping.
     #[error("the server is stopping")]
     Stopping,
+    /// The connection sent no request and its slot was needed.
+    #[error("dropped: no request line yet and the server needs the slot")]
+    Evicted,
 }
 
 impl TailServer {
@@ -107,7 +160,34 @@ impl TailServer {
             watchers,
             chunks: ChunkCache::new(),
             stats: Arc::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
+    }
+
+    /// Caps the connections open at once at `n` (at least 1).
+    #[must_use]
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Closes the oldest connection that has not sent its request yet and returns its slot;
+    /// `why` is for the log.
+    fn evict_oldest(&self, table: &PendingTable, why: &str) -> Option<OwnedSemaphorePermit> {
+        let (_, pending) = table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_first()?;
+        // The connection may be ending anyway; its slot is free either way.
+        let _ = pending.evict.send(());
+        let n = self.stats.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(
+            evicted = n,
+            max = self.max_connections,
+            why,
+            "tail connection dropped: no request line yet"
+        );
+        Some(pending.permit)
     }
 
     /// Its counters.
@@ -126,18 +206,13 @@ impl TailServer {
         shutdown: impl Future<Output = ()> + Send,
     ) -> io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let limit = Arc::new(Semaphore::new(self.max_connections));
+        let table = PendingTable::default();
+        let mut next_id = 0u64;
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             while tasks.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                p = limit.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                () = &mut shutdown => break,
-            };
             let accepted = tokio::select! {
                 r = listener.accept() => r,
                 () = &mut shutdown => break,
@@ -147,20 +222,58 @@ impl TailServer {
                 Err(e) => {
                     let n = self.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
                     tracing::warn!(error = %e, errors = n, "tail server: accept failed");
-                    // Out of file descriptors, most likely: give connections time to close.
+                    // Out of file descriptors, most likely: close a connection that has not
+                    // asked for anything, and give connections time to close.
+                    drop(self.evict_oldest(&table, "accept failed"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
             self.stats.connections.fetch_add(1, Ordering::Relaxed);
+            // A free slot, or the slot of the oldest connection still without a request.
+            let permit = match limit.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => self.evict_oldest(&table, "the connection table is full"),
+            };
+            let Some(permit) = permit else {
+                let n = self.stats.turned_away.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(peer = %peer, turned_away = n, max = self.max_connections,
+                    "tail connection turned away: every slot is serving a request");
+                // Best effort, never waiting: the socket's send buffer is empty. What the
+                // client sent already is read first, so that closing does not reset the
+                // connection and lose the line.
+                let mut sink = [0u8; 1024];
+                for _ in 0..64 {
+                    if !matches!(socket.try_read(&mut sink), Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+                let line = format!(
+                    "error: too many connections (at most {})\n",
+                    self.max_connections
+                );
+                let _ = socket.try_write(line.as_bytes());
+                continue;
+            };
+            let (evict, evicted) = oneshot::channel();
+            let id = next_id;
+            next_id += 1;
+            table
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, Pending { permit, evict });
+            let admission = Admission {
+                id,
+                table: table.clone(),
+                evicted,
+            };
             let server = self.clone();
             let stop = stop_rx.clone();
             tasks.spawn(
                 async move {
                     server.stats.active.fetch_add(1, Ordering::Relaxed);
-                    server.connection(socket, stop).await;
+                    server.connection(socket, stop, admission).await;
                     server.stats.active.fetch_sub(1, Ordering::Relaxed);
-                    drop(permit);
                 }
                 .instrument(tracing::info_span!("tail", peer = %peer)),
             );
@@ -172,13 +285,21 @@ impl TailServer {
             connections = self.stats.connections.load(Ordering::Relaxed),
             refused = self.stats.refused.load(Ordering::Relaxed),
             errors = self.stats.errors.load(Ordering::Relaxed),
+            evicted = self.stats.evicted.load(Ordering::Relaxed),
+            turned_away = self.stats.turned_away.load(Ordering::Relaxed),
+            gone = self.stats.gone.load(Ordering::Relaxed),
             "tail server stopped"
         );
         Ok(())
     }
 
     /// Serves one connection to its end, logging and counting what went wrong.
-    async fn connection(&self, socket: TcpStream, mut stop: watch::Receiver<bool>) {
+    async fn connection(
+        &self,
+        socket: TcpStream,
+        mut stop: watch::Receiver<bool>,
+        mut admission: Admission,
+    ) {
         let _ = socket.set_nodelay(true);
         let (mut rd, mut wr) = socket.into_split();
         let result = async {
@@ -189,16 +310,27 @@ impl TailServer {
                         "no request line within {}s", REQUEST_TIMEOUT.as_secs()
                     ))),
                 },
+                _ = &mut admission.evicted => return Err(ConnError::Evicted),
                 () = stopped(&mut stop) => return Err(ConnError::Stopping),
+            };
+            // Held until the connection ends: this slot can no longer be taken.
+            let Some(_slot) = admission.admit() else {
+                return Err(ConnError::Evicted);
             };
             match parse_request(&line).map_err(ConnError::Refused)? {
                 Request::List(under) => self.list(under, &mut wr).await,
-                Request::Stream(key, start) => self.follow(key, start, &mut wr, &mut stop).await,
+                Request::Stream(key, start) => {
+                    self.follow(key, start, &mut rd, &mut wr, &mut stop).await
+                }
             }
         }
         .await;
         match result {
             Ok(()) | Err(ConnError::Stopping) => {}
+            Err(e @ ConnError::Evicted) => {
+                // Counted and logged where it was evicted.
+                let _ = wr.write_all(format!("error: {e}\n").as_bytes()).await;
+            }
             Err(ConnError::Refused(msg)) => {
                 let n = self.stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::info!(reason = %msg, refused = n, "tail request refused");
@@ -251,6 +383,7 @@ impl TailServer {
         &self,
         key: StreamKey,
         start: ByteStart,
+        rd: &mut (impl AsyncRead + Unpin),
         wr: &mut (impl AsyncWrite + Unpin),
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), ConnError> {
@@ -307,6 +440,12 @@ impl TailServer {
                 changed = changes.changed() => if changed.is_err() { return Ok(()) },
                 () = stopped(stop) => return Err(ConnError::Stopping),
                 () = tokio::time::sleep(SAFETY_NET) => {}
+                // Nothing to write, so only a read can tell that the client has gone.
+                () = client_gone(rd) => {
+                    let n = self.stats.gone.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::debug!(stream = %key.name, gone = n, "tail follower's client went away");
+                    return Ok(());
+                }
             }
         }
     }
@@ -315,6 +454,17 @@ impl TailServer {
 /// Resolves once the server is stopping.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Resolves at end of input or an error on the client's side of the connection; bytes the
+/// client sends after its request are read and ignored.
+async fn client_gone(rd: &mut (impl AsyncRead + Unpin)) {
+    let mut sink = [0u8; 512];
+    while let Ok(n) = rd.read(&mut sink).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 /// Whether an I/O error just means the client went away.

@@ -34,6 +34,10 @@ struct Cli {
     /// address is printed on stdout as LOGDOG_TAIL=ADDR).
     #[arg(long, value_name = "ADDR")]
     tail: Option<String>,
+    /// Tail server connections open at once; when full, a new connection takes the slot of
+    /// the oldest one that has not sent its request yet.
+    #[arg(long, value_name = "N", default_value_t = logdog_collector::tailsrv::DEFAULT_MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    tail_max_connections: u32,
     /// Niceness (0-19) of the threads serving the web viewer and the tail server: storing
     /// bundles comes first, and readers are served with the CPU it leaves.
     #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
@@ -216,7 +220,8 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
     });
     let tail = tail.map(|(listener, a)| {
         tracing::info!(addr = %a, "tail server listening");
-        let server = TailServer::new(store.clone(), watchers.clone());
+        let server = TailServer::new(store.clone(), watchers.clone())
+            .with_max_connections(cli.tail_max_connections as usize);
         let stop = stopped();
         readers.spawn(async move {
             let listener = TcpListener::from_std(listener)?;
