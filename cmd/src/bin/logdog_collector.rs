@@ -159,6 +159,10 @@ fn bind(what: &str, addr: &str) -> anyhow::Result<(std::net::TcpListener, Socket
 }
 
 async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Result<()> {
+    // Signals are caught before the address is printed: a supervisor that stops the collector
+    // as soon as it is up gets a clean stop, not the default action's kill.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let store = Store::open(&cli.data)
         .with_context(|| format!("cannot open the store in {}", cli.data.display()))?;
     let listener = TcpListener::bind(&cli.listen)
@@ -187,8 +191,6 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
 
     // One stop signal for every server: SIGTERM or SIGINT.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
