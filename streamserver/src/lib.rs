@@ -42,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// Default time a client has to complete its handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -418,10 +419,33 @@ impl StreamServer {
                         "stream server: connection limit reached; new clients wait to be accepted"
                     );
                 }
+                let oldest = handshakes.oldest_started();
                 tokio::select! {
                     biased;
                     () = &mut shutdown => break,
                     permit = connections.clone().acquire_owned() => slot = permit.ok(),
+                    // Connections still in their handshake may hold every slot (a low
+                    // open-file limit): a new client then takes the slot of the oldest, as it
+                    // would take its place in a full pending table.
+                    // Only a handshake idle for IDLE_HANDSHAKE gives way: a client whose
+                    // handshake is already on its way keeps its slot, and the new one waits.
+                    res = async {
+                        if let Some(t) = oldest {
+                            tokio::time::sleep_until(t + IDLE_HANDSHAKE).await;
+                        }
+                        listener.accept().await
+                    }, if oldest.is_some() => match res {
+                        Ok((conn, _)) => {
+                            handshakes.evict_oldest_idle();
+                            // The evicted task drops its connection, and so its slot, at once.
+                            let permit = connections.clone().acquire_owned().await.ok();
+                            handshakes.spawn(&mut pending, conn, permit);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "stream server: accept failed; will retry");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
                     Some(_) = pending.join_next(), if !pending.is_empty() => {}
                 }
                 continue;
@@ -491,11 +515,17 @@ impl StreamServer {
     }
 }
 
+/// How long a handshake must have been in progress before a new connection may take its
+/// connection slot (see [`StreamServer::run`]). A client writes its handshake as soon as it
+/// connects, so one still pending after this long is idle, not merely unread yet.
+const IDLE_HANDSHAKE: Duration = Duration::from_secs(2);
+
 /// The handshakes in progress, oldest first, each with the way to evict it.
 #[derive(Default)]
 struct PendingTable {
     next: u64,
-    table: BTreeMap<u64, oneshot::Sender<()>>,
+    /// By arrival: when the connection was accepted, and the way to evict it.
+    table: BTreeMap<u64, (Instant, oneshot::Sender<()>)>,
 }
 
 /// Why a handshake did not produce a stream.
@@ -542,6 +572,46 @@ struct Handshakes {
 }
 
 impl Handshakes {
+    /// When the oldest handshake in progress started, if there is one.
+    fn oldest_started(&self) -> Option<Instant> {
+        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.table.first_key_value().map(|(_, (started, _))| *started)
+    }
+
+    /// Closes the oldest connection still in its handshake if it has been so for
+    /// [`IDLE_HANDSHAKE`], to make room.
+    fn evict_oldest_idle(&self) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = t
+            .table
+            .first_key_value()
+            .is_some_and(|(_, (started, _))| started.elapsed() >= IDLE_HANDSHAKE);
+        if idle {
+            self.evict_oldest_of(&mut t);
+        }
+    }
+
+    /// Closes the oldest connection still in its handshake, if any.
+    fn evict_oldest_of(&self, t: &mut PendingTable) {
+        let Some((_, (_, oldest))) = t.table.pop_first() else {
+            return;
+        };
+        // Firing the sender wakes the task, which closes its connection and so frees its
+        // connection slot.
+        let _ = oldest.send(());
+        let n = count(&self.stats, EVICTED);
+        // One line for the first eviction, then one each time the count doubles: a flood of
+        // connections must not also flood the log.
+        if n.is_power_of_two() {
+            tracing::warn!(
+                reason = EVICTED,
+                pending = t.table.len() + 1,
+                evicted = n,
+                "stream server: closed the oldest pending handshake to make room for a new connection"
+            );
+        }
+    }
+
     /// Starts reading the handshake of a connection just accepted, evicting the oldest
     /// pending handshake first if the table is full.
     fn spawn(
@@ -557,28 +627,12 @@ impl Handshakes {
         let (evict, evicted) = oneshot::channel();
         let id = {
             let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
-            if t.table.len() >= self.max_pending
-                && let Some((_, oldest)) = t.table.pop_first()
-            {
-                // Dropping or firing the sender both wake the task, which closes its
-                // connection and frees its connection slot.
-                let _ = oldest.send(());
-                let n = count(&self.stats, EVICTED);
-                // One line for the first eviction, then one each time the count doubles: a
-                // flood of connections must not also flood the log.
-                if n.is_power_of_two() {
-                    tracing::warn!(
-                        reason = EVICTED,
-                        limit = self.max_pending,
-                        evicted = n,
-                        "stream server: {} handshakes pending; closed the oldest to make room",
-                        self.max_pending
-                    );
-                }
+            if t.table.len() >= self.max_pending {
+                self.evict_oldest_of(&mut t);
             }
             let id = t.next;
             t.next += 1;
-            t.table.insert(id, evict);
+            t.table.insert(id, (Instant::now(), evict));
             id
         };
         let streams = self.streams.clone();

@@ -239,3 +239,43 @@ async fn handshakes_over_the_byte_budget_are_refused_and_counted() {
 fn the_handshake_budget_has_a_sane_default() {
     assert_eq!(logdog_streamserver::DEFAULT_HANDSHAKE_BUDGET, 64 * ONE_MIB);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_holding_every_connection_slot_do_not_lock_out_a_real_stream() {
+    // A low open-file limit: the connection limit is reached long before the pending table.
+    const SLOTS: usize = 8;
+    within(async {
+        let server = StreamServer::bind_private()
+            .unwrap()
+            .with_handshake_timeout(Duration::from_secs(3600))
+            .with_max_connections(SLOTS);
+        let path = server.path().to_owned();
+        let stats = server.stats();
+        let (tx, mut rx) = mpsc::channel(8);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let run = tokio::spawn(server.run(tx, async move {
+            let _ = stopped.await;
+        }));
+
+        let mut silent = Vec::new();
+        for _ in 0..SLOTS {
+            silent.push(connect(&path).await);
+        }
+        until("every silent connection accepted", || {
+            stats.accepted() == SLOTS as u64
+        })
+        .await;
+        // The real stream is accepted by evicting the oldest silent connection.
+        real_stream_arrives(&path, &mut rx, "real").await;
+        assert_eq!(rejected(&stats, "evicted"), 1);
+        wait_closed(&mut silent[0]).await;
+        // And again, while the first real stream's slot is free again.
+        real_stream_arrives(&path, &mut rx, "again").await;
+
+        drop(silent);
+        stop.send(()).unwrap();
+        run.await.unwrap();
+        assert_eq!(stats.streams(), 2);
+    })
+    .await;
+}
