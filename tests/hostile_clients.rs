@@ -161,3 +161,25 @@ fn silent_clients_are_evicted_and_streams_beyond_max_streams_are_refused() {
         );
     }
 }
+
+#[test]
+fn max_streams_is_taken_by_run_and_serve_and_must_be_positive() {
+    let tmp = tempdir();
+    let out = dir_output(&tmp.path().join("out"));
+    for sub in [&["serve"][..], &["run", "--", "true"][..]] {
+        let mut args = vec!["--output", &out, sub[0], "--max-streams", "0"];
+        args.extend_from_slice(&sub[1..]);
+        let r = common::run_butler(tmp.path(), &args);
+        assert_eq!(r.code(), 2, "{args:?}: stderr:\n{}", r.stderr_str());
+        assert!(
+            r.stderr_str().contains("--max-streams"),
+            "{}",
+            r.stderr_str()
+        );
+    }
+    let r = common::run_butler(
+        tmp.path(),
+        &["--output", &out, "run", "--max-streams", "3", "--", "true"],
+    );
+    assert_eq!(r.code(), 0, "stderr:\n{}", r.stderr_str());
+}
