@@ -25,7 +25,8 @@
 //!   open-file limit less [`FD_RESERVE`], so the output always has descriptors for its files.
 //!   Clients beyond that wait in the socket's listen queue ([`LISTEN_BACKLOG`] long; a client
 //!   whose `connect` finds it full waits in `connect`) until a stream ends: none is lost to
-//!   `EMFILE`.
+//!   `EMFILE`. Should handshakes idle for a while hold every slot, a waiting client takes the
+//!   slot of the oldest (counted as [`EVICTED`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
