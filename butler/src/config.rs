@@ -26,7 +26,14 @@ pub struct ButlerConfig {
     /// Once every stream has ended, how long the output may take to acknowledge what is still
     /// in flight; what it has not acknowledged by then is reported as undelivered.
     pub flush_timeout: Duration,
+    /// Most streams from stream servers that may be open at once (streams added directly
+    /// count towards it too); a stream beyond it is refused. Bounds what clients can make the
+    /// butler hold: each open stream has its own buffer.
+    pub max_streams: usize,
 }
+
+/// Default for [`ButlerConfig::max_streams`].
+pub const DEFAULT_MAX_STREAMS: usize = 4096;
 
 impl Default for ButlerConfig {
     fn default() -> Self {
@@ -38,6 +45,7 @@ impl Default for ButlerConfig {
             max_buffered_bytes: 5 * 1024 * 1024,
             read_size: 64 * 1024,
             flush_timeout: Duration::from_secs(60),
+            max_streams: DEFAULT_MAX_STREAMS,
         }
     }
 }

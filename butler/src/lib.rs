@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use callbacks::{EntryCallback, RegistrationCallback};
-pub use config::{ButlerConfig, ConfigError};
+pub use config::{ButlerConfig, ConfigError, DEFAULT_MAX_STREAMS};
 
 /// Anything a stream can be read from.
 pub type Source = Box<dyn AsyncRead + Send + Unpin>;
@@ -65,6 +65,14 @@ pub enum ButlerError {
     /// The butler has finished and takes no more streams.
     #[error("butler has stopped")]
     Stopped,
+    /// [`ButlerConfig::max_streams`] streams were already open.
+    #[error("stream {name:?} refused: {limit} streams already open (the butler's --max-streams)")]
+    TooManyStreams {
+        /// The stream.
+        name: String,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl ButlerError {
@@ -76,6 +84,7 @@ impl ButlerError {
             ButlerError::Refused { .. } => "refused",
             ButlerError::NamespaceClosed { .. } => "namespace_closed",
             ButlerError::Stopped => "butler_stopped",
+            ButlerError::TooManyStreams { .. } => "too_many_streams",
         }
     }
 }
@@ -407,13 +416,27 @@ impl Actor {
                     let _ = reply.send(res);
                 }
                 Command::FromServer(ns, stats) => {
+                    // Streams that have ended no longer count against the limit.
+                    while let Some(done) = self.readers.try_join_next() {
+                        if let Ok(r) = done {
+                            self.stream_done(r);
+                        }
+                    }
+                    self.check_drains();
                     let name = ns.desc.name.clone();
                     let src = StreamSource {
                         reader: Box::new(ns.reader),
                         desc: ns.desc,
                         tee: None,
                     };
-                    let res = self.add(src).await;
+                    let res = if self.open.len() >= self.cfg.max_streams {
+                        Err(ButlerError::TooManyStreams {
+                            name: name.clone(),
+                            limit: self.cfg.max_streams,
+                        })
+                    } else {
+                        self.add(src).await
+                    };
                     if let Err(e) = &res {
                         tracing::warn!(error = %e, "stream server: refused a stream");
                         count_rejection(&stats, e.kind());

@@ -77,3 +77,69 @@ async fn server_streams_are_captured_and_refusals_counted() {
     assert!(!path.exists());
     assert!(!path.parent().unwrap().exists());
 }
+
+/// Reads the verdict line a client asked for.
+async fn verdict(conn: &mut UnixStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        match conn.read(&mut byte).await.unwrap() {
+            0 => break,
+            _ => line.push(byte[0]),
+        }
+    }
+    String::from_utf8(line).unwrap()
+}
+
+#[tokio::test]
+async fn streams_beyond_max_streams_are_refused_until_one_ends() {
+    let out = MemoryOutput::default();
+    let cfg = ButlerConfig {
+        max_streams: 1,
+        ..Default::default()
+    };
+    let butler = Butler::spawn(cfg, Arc::new(out.clone())).unwrap();
+    let server = StreamServer::bind_private().unwrap();
+    let path = server.path().to_path_buf();
+    let stats = server.stats();
+    butler.add_stream_server(server).await.unwrap();
+
+    let mut first = open(&path, r#"{"name":"first/a","verdict":true}"#).await;
+    assert_eq!(verdict(&mut first).await, "accepted\n");
+    let mut over = open(&path, r#"{"name":"over","verdict":true}"#).await;
+    let line = verdict(&mut over).await;
+    assert!(
+        line.starts_with("refused: ") && line.contains("1 streams already open"),
+        "{line:?}"
+    );
+    drop(over);
+
+    // Once the open stream has ended, there is room again.
+    first.write_all(b"a\n").await.unwrap();
+    drop(first);
+    let drained = tokio::time::timeout(
+        Duration::from_secs(60),
+        butler.drain_namespace("first", std::future::pending()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(drained, Ok(()));
+    let mut next = open(&path, r#"{"name":"next","verdict":true}"#).await;
+    assert_eq!(verdict(&mut next).await, "accepted\n");
+    next.write_all(b"next\n").await.unwrap();
+    drop(next);
+
+    butler.activate().await;
+    let report = tokio::time::timeout(Duration::from_secs(60), butler.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stream_bytes("first/a").unwrap(), b"a\n");
+    assert_eq!(out.stream_bytes("next").unwrap(), b"next\n");
+    assert!(out.stream_bytes("over").is_none());
+    assert_eq!(report.rejected.get("too_many_streams"), Some(&1));
+    assert_eq!(stats.rejected().get("too_many_streams"), Some(&1));
+    assert_eq!(report.refused_streams.len(), 1);
+    assert_eq!(report.refused_streams[0].name, "over");
+}

@@ -92,6 +92,14 @@ pub struct PipeArgs {
     pub name: String,
 }
 
+/// A `--max-streams` value: a whole number, at least 1.
+fn parse_max_streams(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a number of streams (1 or more)")),
+    }
+}
+
 fn parse_stream_type(s: &str) -> Result<StreamType, String> {
     match s {
         "text" => Ok(StreamType::Text),
@@ -112,6 +120,10 @@ pub struct ServeArgs {
     /// Time a client has to complete its handshake.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+    /// Most streams open at once; a stream opened beyond it is refused (with the reason, for
+    /// a client that asks) and listed at the end.
+    #[arg(long, default_value_t = logdog_butler::DEFAULT_MAX_STREAMS, value_parser = parse_max_streams)]
+    pub max_streams: usize,
 }
 
 /// `run` arguments.
@@ -141,6 +153,10 @@ pub struct RunArgs {
     /// After forwarding SIGINT/SIGTERM, how long the command gets before SIGKILL.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace_period: Duration,
+    /// Most streams open at once; a stream opened beyond it is refused (with the reason, for
+    /// a client that asks) and listed at the end.
+    #[arg(long, default_value_t = logdog_butler::DEFAULT_MAX_STREAMS, value_parser = parse_max_streams)]
+    pub max_streams: usize,
     /// The command and its arguments (after `--`).
     #[arg(
         required = true,

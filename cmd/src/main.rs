@@ -176,8 +176,9 @@ impl Started {
     }
 }
 
-/// Builds the output and starts a butler from the global flags.
-pub fn start_butler(g: &Global) -> Result<Started, Failure> {
+/// Builds the output and starts a butler from the global flags, allowing `max_streams` open
+/// streams.
+pub fn start_butler(g: &Global, max_streams: usize) -> Result<Started, Failure> {
     let prefix = g
         .prefix
         .clone()
@@ -188,6 +189,7 @@ pub fn start_butler(g: &Global) -> Result<Started, Failure> {
         global_tags: g.tags.iter().cloned().collect(),
         max_buffer_age: g.max_buffer_age,
         flush_timeout: g.flush_timeout,
+        max_streams,
         ..Default::default()
     };
     cfg.validate().map_err(|e| Failure::Usage(e.to_string()))?;

@@ -167,7 +167,7 @@ async fn run_command(
         spec.check_limits(&global).map_err(Failure::Usage)?;
     }
     let mut signals = Signals::new()?;
-    let started = start_butler(g)?;
+    let started = start_butler(g, args.max_streams)?;
     let crate::Started {
         butler,
         output,

@@ -28,7 +28,7 @@ pub async fn serve(g: &Global, args: ServeArgs) -> Result<u8, Failure> {
     .map_err(Failure::Runtime)?
     .with_handshake_timeout(args.handshake_timeout);
     let mut signals = Signals::new()?;
-    let started = start_butler(g)?;
+    let started = start_butler(g, args.max_streams)?;
     let butler = &started.butler;
     let address = server.address();
     butler

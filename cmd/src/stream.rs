@@ -32,7 +32,7 @@ pub async fn stream(g: &Global, args: StreamArgs) -> Result<u8, Failure> {
             .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot open {}: {e}", args.source)))?;
         Box::new(f)
     };
-    let started = start_butler(g)?;
+    let started = start_butler(g, logdog_butler::DEFAULT_MAX_STREAMS)?;
     let butler = &started.butler;
     butler
         .add_stream(StreamSource {

@@ -10,9 +10,12 @@
 //! - A client that does not finish its handshake within a timeout is dropped, so it can never
 //!   hold up shutdown.
 //! - At most [`DEFAULT_MAX_PENDING_HANDSHAKES`] connections (configurable) may be in their
-//!   handshake at once; a connection beyond that is closed at once and counted as
-//!   `too_many_handshakes`, so a flood of idle connections costs a bounded amount of memory
-//!   and never delays streams that are already open.
+//!   handshake at once. A connection accepted while that many are pending evicts the oldest
+//!   of them (counted as [`EVICTED`]): a flood of idle connections costs a bounded amount of
+//!   memory, never delays streams that are already open, and cannot lock new streams out.
+//! - The headers of handshakes in progress may hold at most [`DEFAULT_HANDSHAKE_BUDGET`] bytes
+//!   together (configurable): a handshake whose declared header length does not fit in what
+//!   is left is closed at once, counted as [`HANDSHAKE_BUDGET`].
 //! - On shutdown the server first accepts every connection already queued on the socket:
 //!   a client whose `connect` succeeded is never dropped.
 //! - Every rejection is logged with its reason and counted in [`ServerStats`]. The wire stays
@@ -22,7 +25,8 @@
 //!   open-file limit less [`FD_RESERVE`], so the output always has descriptors for its files.
 //!   Clients beyond that wait in the socket's listen queue ([`LISTEN_BACKLOG`] long; a client
 //!   whose `connect` finds it full waits in `connect`) until a stream ends: none is lost to
-//!   `EMFILE`.
+//!   `EMFILE`. Should handshakes idle for a while hold every slot, a waiting client takes the
+//!   slot of the oldest (counted as [`EVICTED`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -37,8 +41,9 @@ use logdog_proto::handshake::{
 use logdog_proto::logpb::LogStreamDescriptor;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// Default time a client has to complete its handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,10 +53,20 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// runaway process that connects without speaking holds at most this many sockets.
 pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 4096;
 
-/// The rejection kind counted for a connection refused because
-/// [`max_pending_handshakes`](StreamServer::with_max_pending_handshakes) handshakes were
-/// already in progress.
-pub const TOO_MANY_HANDSHAKES: &str = "too_many_handshakes";
+/// The rejection kind counted for a pending handshake closed to make room for a newer
+/// connection when [`max_pending_handshakes`](StreamServer::with_max_pending_handshakes)
+/// handshakes were already in progress.
+pub const EVICTED: &str = "evicted";
+
+/// Default total of declared header lengths that handshakes in progress may hold at once.
+/// Real headers are a few hundred bytes (at most about 40 KiB under the descriptor limits), so
+/// this admits well over a thousand of the largest at once while clients declaring 1 MiB
+/// headers can hold at most 64 MiB.
+pub const DEFAULT_HANDSHAKE_BUDGET: u64 = 64 << 20;
+
+/// The rejection kind counted for a handshake whose declared header length did not fit in
+/// what was left of the [handshake budget](StreamServer::with_handshake_budget).
+pub const HANDSHAKE_BUDGET: &str = "handshake_budget";
 
 /// File descriptors the stream server leaves to the rest of the process (the output's files,
 /// the child's pipes, the runtime) when it sizes its connection limit.
@@ -152,6 +167,7 @@ pub struct ServerStats {
 struct StatsInner {
     accepted: u64,
     streams: u64,
+    handshake_bytes: u64,
     rejected: BTreeMap<&'static str, u64>,
 }
 
@@ -169,6 +185,12 @@ impl ServerStats {
     /// Rejected connections, by kind of rejection.
     pub fn rejected(&self) -> BTreeMap<&'static str, u64> {
         self.lock().rejected.clone()
+    }
+
+    /// Bytes of the handshake budget held right now: the declared header lengths of the
+    /// handshakes being read.
+    pub fn handshake_bytes(&self) -> u64 {
+        self.lock().handshake_bytes
     }
 
     /// Total rejected connections.
@@ -191,6 +213,7 @@ pub struct StreamServer {
     dir: Option<tempfile::TempDir>,
     handshake_timeout: Duration,
     max_pending: usize,
+    handshake_budget: u64,
     /// `None`: [`default_max_connections`] when the server starts running.
     max_connections: Option<usize>,
     stats: ServerStats,
@@ -206,12 +229,23 @@ pub async fn read_handshake<R: AsyncRead + Unpin>(
     parse_header(&read_header(r).await?)
 }
 
-/// Reads the magic and the length-prefixed header, returning the header's bytes unparsed.
-async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, HandshakeError> {
-    let eof = |e: std::io::Error| match e.kind() {
+/// Maps a read error inside a handshake to the handshake error it means.
+fn eof(e: std::io::Error) -> HandshakeError {
+    match e.kind() {
         std::io::ErrorKind::UnexpectedEof => HandshakeError::Truncated,
         _ => HandshakeError::Io(e.to_string()),
-    };
+    }
+}
+
+/// Reads the magic and the length-prefixed header, returning the header's bytes unparsed.
+async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, HandshakeError> {
+    let len = read_header_length(r).await?;
+    read_header_body(r, len).await
+}
+
+/// Reads the magic and the header's declared length, refusing a length over
+/// [`MAX_HEADER_SIZE`].
+async fn read_header_length<R: AsyncRead + Unpin>(r: &mut R) -> Result<u64, HandshakeError> {
     let mut magic = [0u8; 6];
     r.read_exact(&mut magic).await.map_err(eof)?;
     if &magic != MAGIC {
@@ -234,7 +268,16 @@ async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, Handsha
     if len > MAX_HEADER_SIZE {
         return Err(HandshakeError::HeaderTooLarge(len));
     }
-    let mut header = vec![0u8; len as usize];
+    Ok(len)
+}
+
+/// Reads a header of `len` bytes (at most [`MAX_HEADER_SIZE`]).
+async fn read_header_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: u64,
+) -> Result<Vec<u8>, HandshakeError> {
+    let len = usize::try_from(len.min(MAX_HEADER_SIZE)).unwrap_or(0);
+    let mut header = vec![0u8; len];
     r.read_exact(&mut header).await.map_err(eof)?;
     Ok(header)
 }
@@ -284,6 +327,7 @@ impl StreamServer {
             dir,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
+            handshake_budget: DEFAULT_HANDSHAKE_BUDGET,
             max_connections: None,
             stats: ServerStats::default(),
         }
@@ -303,10 +347,19 @@ impl StreamServer {
     }
 
     /// Sets how many connections may be in their handshake at once (at least 1). A
-    /// connection accepted while that many are pending is closed without a word and counted
-    /// as [`TOO_MANY_HANDSHAKES`].
+    /// connection accepted while that many are pending evicts the oldest of them, which is
+    /// closed without a word and counted as [`EVICTED`].
     pub fn with_max_pending_handshakes(mut self, max: usize) -> Self {
         self.max_pending = max.max(1);
+        self
+    }
+
+    /// Sets how many header bytes the handshakes in progress may hold together (by default
+    /// [`DEFAULT_HANDSHAKE_BUDGET`]; at least [`MAX_HEADER_SIZE`], so any valid header can
+    /// fit). A handshake whose declared length does not fit in what is left is closed at once
+    /// and counted as [`HANDSHAKE_BUDGET`].
+    pub fn with_handshake_budget(mut self, bytes: u64) -> Self {
+        self.handshake_budget = bytes.max(MAX_HEADER_SIZE);
         self
     }
 
@@ -335,17 +388,21 @@ impl StreamServer {
             dir,
             handshake_timeout,
             max_pending,
+            handshake_budget,
             max_connections,
             stats,
         } = self;
         let max_connections = max_connections.unwrap_or_else(default_max_connections);
         let connections = Arc::new(Semaphore::new(max_connections));
-        let slots = Arc::new(Semaphore::new(max_pending));
+        let budget = usize::try_from(handshake_budget)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
         let handshakes = Handshakes {
             streams,
             timeout: handshake_timeout,
-            slots,
+            table: Arc::new(Mutex::new(PendingTable::default())),
             max_pending,
+            budget: Arc::new(Semaphore::new(budget)),
             stats: stats.clone(),
         };
         let mut pending = JoinSet::new();
@@ -363,10 +420,33 @@ impl StreamServer {
                         "stream server: connection limit reached; new clients wait to be accepted"
                     );
                 }
+                let oldest = handshakes.oldest_started();
                 tokio::select! {
                     biased;
                     () = &mut shutdown => break,
                     permit = connections.clone().acquire_owned() => slot = permit.ok(),
+                    // Connections still in their handshake may hold every slot (a low
+                    // open-file limit): a new client then takes the slot of the oldest, as it
+                    // would take its place in a full pending table.
+                    // Only a handshake idle for IDLE_HANDSHAKE gives way: a client whose
+                    // handshake is already on its way keeps its slot, and the new one waits.
+                    res = async {
+                        if let Some(t) = oldest {
+                            tokio::time::sleep_until(t + IDLE_HANDSHAKE).await;
+                        }
+                        listener.accept().await
+                    }, if oldest.is_some() => match res {
+                        Ok((conn, _)) => {
+                            handshakes.evict_oldest_idle();
+                            // The evicted task drops its connection, and so its slot, at once.
+                            let permit = connections.clone().acquire_owned().await.ok();
+                            handshakes.spawn(&mut pending, conn, permit);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "stream server: accept failed; will retry");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
                     Some(_) = pending.join_next(), if !pending.is_empty() => {}
                 }
                 continue;
@@ -436,67 +516,195 @@ impl StreamServer {
     }
 }
 
+/// How long a handshake must have been in progress before a new connection may take its
+/// connection slot (see [`StreamServer::run`]). A client writes its handshake as soon as it
+/// connects, so one still pending after this long is idle, not merely unread yet.
+const IDLE_HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// The handshakes in progress, oldest first, each with the way to evict it.
+#[derive(Default)]
+struct PendingTable {
+    next: u64,
+    /// By arrival: when the connection was accepted, and the way to evict it.
+    table: BTreeMap<u64, (Instant, oneshot::Sender<()>)>,
+}
+
+/// Why a handshake did not produce a stream.
+enum Failed {
+    /// The handshake itself was bad, or timed out.
+    Handshake(HandshakeError),
+    /// Evicted to make room for a newer connection (already counted by the accept loop).
+    Evicted,
+    /// The declared header length did not fit in what was left of the budget.
+    OverBudget(u64),
+}
+
+/// Header bytes a handshake holds of the budget, given back (and uncounted) on drop.
+struct BudgetHold {
+    _permit: OwnedSemaphorePermit,
+    bytes: u64,
+    stats: ServerStats,
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        let mut s = self.stats.lock();
+        s.handshake_bytes = s.handshake_bytes.saturating_sub(self.bytes);
+    }
+}
+
+/// Counts a rejection of `kind` and returns how many there have been, for throttled logging.
+fn count(stats: &ServerStats, kind: &'static str) -> u64 {
+    let mut s = stats.lock();
+    let n = s.rejected.entry(kind).or_default();
+    *n += 1;
+    *n
+}
+
 /// What every handshake task needs, shared by the accept loop.
 struct Handshakes {
     streams: mpsc::Sender<NewStream>,
     timeout: Duration,
-    /// One permit per handshake in progress.
-    slots: Arc<Semaphore>,
+    table: Arc<Mutex<PendingTable>>,
     max_pending: usize,
+    /// One permit per header byte being read.
+    budget: Arc<Semaphore>,
     stats: ServerStats,
 }
 
 impl Handshakes {
-    /// Starts reading the handshake of a connection just accepted, or refuses the connection
-    /// if too many handshakes are in progress.
+    /// When the oldest handshake in progress started, if there is one.
+    fn oldest_started(&self) -> Option<Instant> {
+        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.table.first_key_value().map(|(_, (started, _))| *started)
+    }
+
+    /// Closes the oldest connection still in its handshake if it has been so for
+    /// [`IDLE_HANDSHAKE`], to make room.
+    fn evict_oldest_idle(&self) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = t
+            .table
+            .first_key_value()
+            .is_some_and(|(_, (started, _))| started.elapsed() >= IDLE_HANDSHAKE);
+        if idle {
+            self.evict_oldest_of(&mut t);
+        }
+    }
+
+    /// Closes the oldest connection still in its handshake, if any.
+    fn evict_oldest_of(&self, t: &mut PendingTable) {
+        let Some((_, (_, oldest))) = t.table.pop_first() else {
+            return;
+        };
+        // Firing the sender wakes the task, which closes its connection and so frees its
+        // connection slot.
+        let _ = oldest.send(());
+        let n = count(&self.stats, EVICTED);
+        // One line for the first eviction, then one each time the count doubles: a flood of
+        // connections must not also flood the log.
+        if n.is_power_of_two() {
+            tracing::warn!(
+                reason = EVICTED,
+                pending = t.table.len() + 1,
+                evicted = n,
+                "stream server: closed the oldest pending handshake to make room for a new connection"
+            );
+        }
+    }
+
+    /// Starts reading the handshake of a connection just accepted, evicting the oldest
+    /// pending handshake first if the table is full.
     fn spawn(
         &self,
         pending: &mut JoinSet<()>,
         conn: UnixStream,
-        connection_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        connection_slot: Option<OwnedSemaphorePermit>,
     ) {
         // Reap finished tasks here too: while connections keep arriving, the accept branch
         // always wins the (biased) select and the join branch may not run.
         while pending.try_join_next().is_some() {}
         self.stats.lock().accepted += 1;
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            let refused = {
-                let mut s = self.stats.lock();
-                let n = s.rejected.entry(TOO_MANY_HANDSHAKES).or_default();
-                *n += 1;
-                *n
-            };
-            // One line for the first refusal, then one each time the count doubles: a flood
-            // of connections must not also flood the log.
-            if refused.is_power_of_two() {
-                tracing::warn!(
-                    reason = TOO_MANY_HANDSHAKES,
-                    limit = self.max_pending,
-                    refused,
-                    "stream server: refused a connection: {} handshakes already pending",
-                    self.max_pending
-                );
+        let (evict, evicted) = oneshot::channel();
+        let id = {
+            let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+            if t.table.len() >= self.max_pending {
+                self.evict_oldest_of(&mut t);
             }
-            drop(conn);
-            return;
+            let id = t.next;
+            t.next += 1;
+            t.table.insert(id, (Instant::now(), evict));
+            id
         };
         let streams = self.streams.clone();
         let timeout = self.timeout;
         let stats = self.stats.clone();
+        let table = self.table.clone();
+        let budget = self.budget.clone();
         pending.spawn(async move {
             let mut reader = BufReader::new(Connection {
                 stream: conn,
                 _slot: connection_slot,
             });
-            let header = match tokio::time::timeout(timeout, read_header(&mut reader)).await {
-                Ok(r) => r,
-                Err(_) => Err(HandshakeError::Timeout(timeout.as_millis() as u64)),
+            let read = async {
+                let len = read_header_length(&mut reader)
+                    .await
+                    .map_err(Failed::Handshake)?;
+                // `len` is at most MAX_HEADER_SIZE (1 MiB), so it fits a u32.
+                let permits = u32::try_from(len).map_err(|_| Failed::OverBudget(len))?;
+                let permit = budget
+                    .try_acquire_many_owned(permits)
+                    .map_err(|_| Failed::OverBudget(len))?;
+                stats.lock().handshake_bytes += len;
+                let hold = BudgetHold {
+                    _permit: permit,
+                    bytes: len,
+                    stats: stats.clone(),
+                };
+                let header = read_header_body(&mut reader, len)
+                    .await
+                    .map_err(Failed::Handshake)?;
+                Ok((header, hold))
             };
-            // The handshake is over either way: free its slot before anything can block.
-            drop(slot);
+            let header = tokio::select! {
+                biased;
+                _ = evicted => Err(Failed::Evicted),
+                r = tokio::time::timeout(timeout, read) => match r {
+                    Ok(r) => r,
+                    Err(_) => Err(Failed::Handshake(HandshakeError::Timeout(timeout.as_millis() as u64))),
+                },
+            };
+            // The handshake is over either way: leave the table before anything can block.
+            table
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .table
+                .remove(&id);
+            let header = match header {
+                Ok(h) => h,
+                Err(Failed::Evicted) => return,
+                Err(Failed::OverBudget(len)) => {
+                    let n = count(&stats, HANDSHAKE_BUDGET);
+                    if n.is_power_of_two() {
+                        tracing::warn!(
+                            reason = HANDSHAKE_BUDGET,
+                            declared = len,
+                            refused = n,
+                            "stream server: refused a handshake: its {len}-byte header does not fit in the handshake budget"
+                        );
+                    }
+                    return;
+                }
+                Err(Failed::Handshake(e)) => {
+                    tracing::warn!(reason = e.kind(), error = %e, "stream server: rejected a connection");
+                    count(&stats, e.kind());
+                    return;
+                }
+            };
             // A client that asked for a verdict gets one, even for a header refused here.
             let mut verdict = None;
-            let res = header.and_then(|h| {
+            let res = {
+                let (h, _hold) = header;
                 if asks_for_verdict(&h) {
                     match VerdictSender::new(reader.get_ref().get_ref()) {
                         Ok(v) => verdict = Some(v),
@@ -504,7 +712,7 @@ impl Handshakes {
                     }
                 }
                 parse_header(&h)
-            });
+            };
             match res {
                 Ok(desc) => {
                     stats.lock().streams += 1;
@@ -512,7 +720,7 @@ impl Handshakes {
                     let stream = NewStream { desc, reader, verdict };
                     if let Err(mpsc::error::SendError(stream)) = streams.send(stream).await {
                         tracing::error!(stream = %name, "stream server: butler gone; stream dropped");
-                        *stats.lock().rejected.entry("butler_gone").or_default() += 1;
+                        count(&stats, "butler_gone");
                         if let Some(v) = stream.verdict {
                             v.send(&Verdict::Refused("the butler has stopped".into()));
                         }
@@ -520,7 +728,7 @@ impl Handshakes {
                 }
                 Err(e) => {
                     tracing::warn!(reason = e.kind(), error = %e, "stream server: rejected a connection");
-                    *stats.lock().rejected.entry(e.kind()).or_default() += 1;
+                    count(&stats, e.kind());
                     if let Some(v) = verdict {
                         v.send(&Verdict::Refused(e.to_string()));
                     }

@@ -936,11 +936,10 @@ async fn a_silent_client_does_not_hold_shutdown() {
 // Pending handshakes.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_pending_handshake_limit_are_refused_and_counted() {
+async fn a_full_pending_table_evicts_the_oldest_handshake_for_a_new_connection() {
     const MAX: usize = 3;
-    const REFUSED: u64 = 5;
     within(async {
-        // Silent clients must hold their slots for the whole test, never time out.
+        // Silent clients must hold their places for the whole test, never time out.
         let server = StreamServer::bind_private()
             .unwrap()
             .with_handshake_timeout(Duration::from_secs(3600))
@@ -948,7 +947,7 @@ async fn connections_beyond_the_pending_handshake_limit_are_refused_and_counted(
         let path = server.path().to_owned();
         let stats = server.stats();
         // Take streams straight off the channel: a stream arrives here as soon as its
-        // handshake is over, and the server has freed its slot by then.
+        // handshake is over, and the server has left the pending table by then.
         let (tx, mut rx) = mpsc::channel(8);
         let (stop, stopped) = oneshot::channel::<()>();
         let run = tokio::spawn(server.run(tx, async move {
@@ -965,20 +964,34 @@ async fn connections_beyond_the_pending_handshake_limit_are_refused_and_counted(
         } = rx.recv().await.expect("the established stream");
         assert_eq!(desc.name, "established");
 
-        // Fill every slot with clients that connect and never speak.
+        // Fill the table with clients that connect and never speak.
         let mut silent = Vec::new();
         for _ in 0..MAX {
             silent.push(connect(&path).await);
         }
-        // Connections are accepted in order, so each of these comes after all the silent ones
-        // and finds no free slot: closed without a byte, and counted.
-        for i in 0..REFUSED {
-            let json = format!(r#"{{"name":"refused-{i}"}}"#);
-            send_rejected(&path, &stream_bytes(&json, b"never read\n"), false).await;
+        // Connections are accepted in order: each real stream below finds the table full and
+        // evicts the oldest silent client, which is closed without a byte, and counted.
+        for (i, oldest) in [0usize, 1].into_iter().enumerate() {
+            let name = format!("real-{i}");
+            let mut c = connect(&path).await;
+            c.write_all(&stream_bytes(&format!(r#"{{"name":"{name}"}}"#), b"real\n"))
+                .await
+                .unwrap();
+            c.shutdown().await.unwrap();
+            wait_closed(&mut silent[oldest]).await;
             assert_eq!(
                 stats.rejected(),
-                BTreeMap::from([("too_many_handshakes", i + 1)])
+                BTreeMap::from([("evicted", i as u64 + 1)])
             );
+            let NewStream {
+                desc, mut reader, ..
+            } = rx.recv().await.expect("the real stream");
+            assert_eq!(desc.name, name);
+            let mut payload = Vec::new();
+            reader.read_to_end(&mut payload).await.unwrap();
+            assert_eq!(payload, b"real\n");
+            // Fill the table again.
+            silent.push(connect(&path).await);
         }
 
         // The established stream never noticed.
@@ -990,34 +1003,19 @@ async fn connections_beyond_the_pending_handshake_limit_are_refused_and_counted(
         drop(reader);
         wait_closed(&mut open).await;
 
-        // A silent client that goes away frees its slot, and the next stream gets it.
-        silent[0].shutdown().await.unwrap();
-        wait_closed(&mut silent[0]).await;
-        let mut late = connect(&path).await;
-        late.write_all(&stream_bytes(r#"{"name":"late"}"#, b"late\n"))
-            .await
-            .unwrap();
-        late.shutdown().await.unwrap();
-        let NewStream {
-            desc, mut reader, ..
-        } = rx.recv().await.expect("the late stream");
-        assert_eq!(desc.name, "late");
-        let mut payload = Vec::new();
-        reader.read_to_end(&mut payload).await.unwrap();
-        assert_eq!(payload, b"late\n");
-
-        for mut c in silent.drain(1..) {
+        // The silent clients still pending end on their own, as truncated handshakes.
+        for mut c in silent.drain(2..) {
             c.shutdown().await.unwrap();
             wait_closed(&mut c).await;
         }
         stop.send(()).unwrap();
         run.await.unwrap();
         assert!(rx.recv().await.is_none());
-        assert_eq!(stats.accepted(), 2 + MAX as u64 + REFUSED);
-        assert_eq!(stats.streams(), 2);
+        assert_eq!(stats.accepted(), 3 + MAX as u64 + 2);
+        assert_eq!(stats.streams(), 3);
         assert_eq!(
             stats.rejected(),
-            BTreeMap::from([("too_many_handshakes", REFUSED), ("truncated", MAX as u64)])
+            BTreeMap::from([("evicted", 2), ("truncated", MAX as u64)])
         );
     })
     .await;
@@ -1026,10 +1024,7 @@ async fn connections_beyond_the_pending_handshake_limit_are_refused_and_counted(
 #[test]
 fn the_pending_handshake_limit_has_a_sane_default() {
     assert_eq!(logdog_streamserver::DEFAULT_MAX_PENDING_HANDSHAKES, 4096);
-    assert_eq!(
-        logdog_streamserver::TOO_MANY_HANDSHAKES,
-        "too_many_handshakes"
-    );
+    assert_eq!(logdog_streamserver::EVICTED, "evicted");
 }
 
 // ---------------------------------------------------------------------------------------------
