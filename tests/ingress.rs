@@ -277,3 +277,107 @@ fn stalled_uploads_stay_within_the_budget_and_honest_writes_go_through() {
         "refusals are logged:\n{log}"
     );
 }
+
+async fn channel(addr: &str) -> Result<CollectorClient<Channel>, tonic::transport::Error> {
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .expect("a URI")
+        .connect()
+        .await?;
+    Ok(CollectorClient::new(ch))
+}
+
+async fn write_once(c: &mut CollectorClient<Channel>, name: &str) -> Result<(), tonic::Status> {
+    c.write_bundle(WriteBundleRequest {
+        bundle: bundle(name, 10, 1).encode_to_vec().into(),
+    })
+    .await
+    .map(drop)
+}
+
+#[test]
+fn connections_and_calls_per_connection_are_capped() {
+    let dir = tempdir();
+    let c = Collector::start_with(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &["--max-connections", "4"],
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        // Calls per connection: the collector's HTTP/2 settings allow 32 streams at once.
+        let tcp = tokio::net::TcpStream::connect(&c.addr)
+            .await
+            .expect("connect");
+        let (h2, conn) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+        tokio::spawn(conn);
+        let start = Instant::now();
+        while h2.current_max_send_streams() != 32 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "max concurrent streams: {}",
+                h2.current_max_send_streams()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(h2);
+
+        // Four connections, each proven accepted by a call.
+        let start = Instant::now();
+        let mut open = Vec::new();
+        while open.len() < 4 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "cannot open 4 connections"
+            );
+            // The probe connection above may still be closing.
+            if let Ok(mut ch) = channel(&c.addr).await
+                && write_once(&mut ch, &format!("s{}", open.len()))
+                    .await
+                    .is_ok()
+            {
+                open.push(ch);
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // A fifth is closed on arrival: the client sees a retriable failure.
+        let fifth = match channel(&c.addr).await {
+            Err(_) => None,
+            Ok(mut ch) => Some(write_once(&mut ch, "fifth").await),
+        };
+        if let Some(r) = fifth {
+            let s = r.expect_err("a fifth connection must be refused");
+            assert!(
+                matches!(
+                    s.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled
+                ),
+                "{s:?}"
+            );
+        }
+        // The ones open still work; once one closes, a new connection gets its slot.
+        write_once(&mut open[0], "still")
+            .await
+            .expect("an open connection");
+        open.pop();
+        let start = Instant::now();
+        loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the slot was not freed"
+            );
+            if let Ok(mut ch) = channel(&c.addr).await
+                && write_once(&mut ch, "later").await.is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let log = c.stop_with_log();
+    assert!(log.contains("maximum of connections"), "{log}");
+}
