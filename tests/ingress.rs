@@ -18,8 +18,10 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 const MIB: u64 = 1 << 20;
-/// The budget the collector under test is given.
-const BUDGET: u64 = 64 * MIB;
+/// The budget the collector under test is given: exactly what two hostile calls reserve (the
+/// collector counts in KiB; a call reserves its 5-byte gRPC header and announced length), so
+/// that the stalled calls fill it and an honest call must wait or retry.
+const BUDGET: u64 = 2 * (ANNOUNCED + 1024);
 /// What each hostile call announces, and what it sends before it stalls.
 const ANNOUNCED: u64 = 32 * MIB;
 const SENT: u64 = 30 * MIB;
@@ -120,10 +122,10 @@ async fn write_retrying(addr: &str, b: &logpb::ButlerLogBundle, limit: Duration)
     }
 }
 
-/// One hostile call on its own connection: announces `ANNOUNCED` bytes, sends up to `SENT`
+/// One hostile call on its own connection: announces `announced` bytes, sends up to `SENT`
 /// as fast as the collector's flow control lets it, then stalls. Returns once the collector
 /// ends the call (or the connection).
-async fn stall(addr: String, sent: Arc<AtomicU64>) {
+async fn stall(addr: String, announced: u64, sent: Arc<AtomicU64>) {
     let tcp = tokio::net::TcpStream::connect(&addr)
         .await
         .expect("connect");
@@ -139,7 +141,7 @@ async fn stall(addr: String, sent: Arc<AtomicU64>) {
     .expect("a request");
     let (response, mut body) = h2.send_request(req, false).expect("send_request");
     let mut header = vec![0u8];
-    header.extend_from_slice(&(ANNOUNCED as u32).to_be_bytes());
+    header.extend_from_slice(&(announced as u32).to_be_bytes());
     let send = async move {
         let mut left = SENT as usize;
         let mut first = Some(Bytes::from(header));
@@ -204,7 +206,7 @@ fn stalled_uploads_stay_within_the_budget_and_honest_writes_go_through() {
         for _ in 0..STALLERS {
             let (addr, sent, ended) = (c.addr.clone(), sent.clone(), ended.clone());
             stallers.push(tokio::spawn(async move {
-                stall(addr, sent).await;
+                stall(addr, ANNOUNCED, sent).await;
                 ended.fetch_add(1, Ordering::Relaxed);
             }));
         }
@@ -243,12 +245,13 @@ fn stalled_uploads_stay_within_the_budget_and_honest_writes_go_through() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        write_retrying(
-            &c.addr,
-            &bundle("honest", 1000, 100),
-            Duration::from_secs(60),
-        )
-        .await;
+        let t = Instant::now();
+        let refused =
+            write_retrying(&c.addr, &bundle("honest", 1000, 100), Duration::from_secs(60)).await;
+        eprintln!(
+            "honest write: stored after {:?}, {refused} retriable refusals first",
+            t.elapsed()
+        );
         let peak = watch.await.expect("the RSS watch");
         for s in stallers {
             s.await.expect("a stalled call");
@@ -259,17 +262,24 @@ fn stalled_uploads_stay_within_the_budget_and_honest_writes_go_through() {
             peak / MIB,
             ceiling / MIB
         );
-        // Nothing is held once they are gone: a bundle of nearly the budget goes through.
-        let retries = write_retrying(
-            &c.addr,
-            &bundle("after", 64 * 1024, 200),
-            Duration::from_secs(60),
-        )
-        .await;
-        assert_eq!(
-            retries, 0,
-            "the budget was still held after the stalled calls ended"
-        );
+        // Nothing is held once they are gone: two new calls of 31 MiB each, nearly the whole
+        // budget, are both read in full (a single call left holding its 32 MiB would stop one).
+        let sent = Arc::new(AtomicU64::new(0));
+        let again: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(stall(c.addr.clone(), 31 * MIB, sent.clone())))
+            .collect();
+        let start = Instant::now();
+        while sent.load(Ordering::Relaxed) < 2 * (SENT + 5) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the budget was still held after the stalled calls ended: the new calls sent only {} bytes",
+                sent.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for s in again {
+            s.await.expect("a stalled call");
+        }
     });
     let log = c.stop_with_log();
     assert!(
