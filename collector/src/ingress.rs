@@ -431,3 +431,60 @@ pub(crate) fn incoming(
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(max_inflight_bytes: u64, largest: u64) -> BudgetBody {
+        let limits = Limits {
+            max_inflight_bytes,
+            ..Limits::default()
+        };
+        BudgetBody {
+            inner: Body::empty(),
+            budget: Budget::new(&limits, largest),
+            held: Arc::default(),
+            held_units: 0,
+            header: [0; 5],
+            have: 0,
+            remaining: 0,
+            waiting: None,
+            deadline: Box::pin(tokio::time::sleep(limits.read_deadline)),
+            method: "/test".into(),
+            done: false,
+        }
+    }
+
+    fn header(len: u32) -> Vec<u8> {
+        let mut h = vec![0];
+        h.extend_from_slice(&len.to_be_bytes());
+        h
+    }
+
+    #[tokio::test]
+    async fn each_message_reserves_its_announced_length_once_its_header_is_complete() {
+        let mut b = body(1 << 30, 1 << 25);
+        let h = header(10 * 1024);
+        // The header split across chunks: nothing until it is whole.
+        assert_eq!(b.scan(&h[..2]), 0);
+        assert_eq!(b.scan(&h[2..]), 11); // 10 KiB + 5 bytes, rounded up to KiB
+        // The body itself reserves nothing more.
+        assert_eq!(b.scan(&[0; 10 * 1024]), 0);
+        // Two messages in one chunk.
+        let mut two = header(1);
+        two.push(0);
+        two.extend(header(2048));
+        assert_eq!(b.scan(&two), 3);
+    }
+
+    #[tokio::test]
+    async fn oversized_messages_reserve_nothing_and_no_call_reserves_more_than_the_budget() {
+        // Longer than the decoder accepts: it refuses the message unread.
+        let mut b = body(1 << 30, 1 << 20);
+        assert_eq!(b.scan(&header((1 << 20) + 1)), 0);
+        // Longer than the whole budget: all of it, rather than waiting forever.
+        let mut b = body(64 * 1024, 1 << 25);
+        assert_eq!(b.scan(&header(1 << 24)), 64);
+    }
+}
