@@ -17,6 +17,7 @@
 //!   terminal indices and completeness).
 //! - [`watchers`]: the hub that wakes followers when a stream changes.
 //! - [`service`]: the gRPC services.
+//! - [`ingress`]: ceilings on connections, calls, request-body memory and read time.
 //! - [`chunks`]: store reads shared by the followers of a stream.
 //! - [`reader`]: reading streams as bytes from an offset or as rows (lines, datagrams).
 //! - [`web`]: the web viewer (pages, JSON API, live event streams, raw bytes).
@@ -24,6 +25,7 @@
 //! - [`verify`]: a full scan of a store for damage (`logdog_collector verify`).
 
 pub mod chunks;
+pub mod ingress;
 pub mod path;
 pub mod reader;
 pub mod segments;
@@ -37,6 +39,7 @@ pub mod web;
 
 use std::future::Future;
 
+pub use ingress::Limits;
 pub use service::{CollectorService, LogsService, MAX_BUNDLE_SIZE, MAX_GET_BYTES};
 pub use store::Store;
 pub use tailsrv::TailServer;
@@ -67,12 +70,36 @@ pub async fn serve_with(
     watchers: Watchers,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_limited(listener, store, watchers, &Limits::default(), shutdown).await
+}
+
+/// Like [`serve_with`], with the ingress ceilings `limits` (see [`ingress`]).
+///
+/// # Errors
+/// The server failed.
+pub async fn serve_limited(
+    listener: TcpListener,
+    store: Store,
+    watchers: Watchers,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let (collector, logs) = service::services_with(store, watchers);
+    // The write path decodes messages of up to twice `MAX_BUNDLE_SIZE` (see `services_with`).
+    let budget = ingress::Budget::new(limits, 2 * MAX_BUNDLE_SIZE as u64);
     tonic::transport::Server::builder()
-        .add_service(collector)
-        .add_service(logs)
+        // Fixed windows bound what a call that is not being read can park in memory.
+        .initial_stream_window_size(ingress::STREAM_WINDOW)
+        .initial_connection_window_size(ingress::CONNECTION_WINDOW)
+        .http2_adaptive_window(Some(false))
+        .max_concurrent_streams(ingress::MAX_CALLS_PER_CONNECTION)
+        // Dead peers give their connection slot back.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .add_service(ingress::Budgeted::new(collector, budget.clone()))
+        .add_service(ingress::Budgeted::new(logs, budget))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            ingress::incoming(listener, limits.max_connections),
             shutdown,
         )
         .await

@@ -45,6 +45,17 @@ struct Cli {
     /// Directory of the embedded store (created if missing). One collector per directory.
     #[arg(long, default_value = "./collector-data", global = true)]
     data: PathBuf,
+    /// Bytes of gRPC request messages that calls in progress may hold at once; past it a call
+    /// waits (unread) for room until its read deadline, then gets RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = logdog_collector::ingress::DEFAULT_MAX_INFLIGHT_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    max_inflight_bytes: u64,
+    /// How long a gRPC call's request may take to arrive before the call is ended
+    /// (DEADLINE_EXCEEDED).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    read_deadline: std::time::Duration,
+    /// gRPC connections open at once; past it new connections are closed on arrival.
+    #[arg(long, default_value_t = logdog_collector::ingress::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -231,8 +242,14 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
         })
     });
     let grace = stopped();
+    let limits = logdog_collector::Limits {
+        max_inflight_bytes: cli.max_inflight_bytes,
+        read_deadline: cli.read_deadline,
+        max_connections: cli.max_connections,
+    };
     let servers = async move {
-        let grpc = logdog_collector::serve_with(listener, store, watchers, stopped()).await;
+        let grpc =
+            logdog_collector::serve_limited(listener, store, watchers, &limits, stopped()).await;
         for (what, task) in [("web viewer", web), ("tail server", tail)] {
             if let Some(task) = task {
                 task.await

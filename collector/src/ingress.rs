@@ -1,0 +1,490 @@
+//! Ceilings on the gRPC ingress, so that hostile or broken clients cannot grow the
+//! collector's memory without bound or keep honest butlers out.
+//!
+//! - Connections: at most [`Limits::max_connections`] at once; past it a new connection is
+//!   accepted and closed at once (clients see `UNAVAILABLE` and retry).
+//! - Calls: at most [`MAX_CALLS_PER_CONNECTION`] concurrent HTTP/2 streams per connection.
+//! - Request bodies: every gRPC message reserves its announced length (the 5-byte gRPC frame
+//!   header) from one budget of [`Limits::max_inflight_bytes`] before any of its bytes are
+//!   handed to the decoder, and keeps it until its call has been answered. A call that cannot
+//!   reserve waits without reading, so HTTP/2 flow control stops its sender after at most one
+//!   connection window ([`CONNECTION_WINDOW`]) of unread bytes.
+//! - Read deadline: a call whose request body has not fully arrived within
+//!   [`Limits::read_deadline`] is ended: `DEADLINE_EXCEEDED` if it was sending too slowly,
+//!   `RESOURCE_EXHAUSTED` if it was still waiting for the budget. Both are retriable.
+//!
+//! So request bodies hold at most about `max_inflight_bytes + max_connections ×
+//! CONNECTION_WINDOW` bytes, whatever clients announce and however they stall.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codegen::{Service, http};
+use tonic::server::NamedService;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// Default [`Limits::max_inflight_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 256 << 20;
+/// Default [`Limits::read_deadline`].
+pub const DEFAULT_READ_DEADLINE: Duration = Duration::from_secs(60);
+/// Default [`Limits::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Concurrent calls (HTTP/2 streams) a connection may have open.
+pub const MAX_CALLS_PER_CONNECTION: u32 = 32;
+/// HTTP/2 receive window of one call: bytes its sender may have in flight unread.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+/// HTTP/2 receive window of one connection, shared by its calls.
+pub const CONNECTION_WINDOW: u32 = 1 << 20;
+/// The budget is counted in units of this many bytes (semaphore permits are `u32`).
+const UNIT: u64 = 1024;
+
+/// The ingress's ceilings (see the [module](self) documentation).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Bytes of request messages that calls in progress may hold at once.
+    pub max_inflight_bytes: u64,
+    /// How long a call's request body may take to arrive.
+    pub read_deadline: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
+            read_deadline: DEFAULT_READ_DEADLINE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Refusals so far, for the log lines that report them.
+#[derive(Debug, Default)]
+struct Counters {
+    budget_waits: AtomicU64,
+    slow_bodies: AtomicU64,
+}
+
+/// The request-body budget shared by every call.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    sem: Arc<Semaphore>,
+    units: u32,
+    /// Messages longer than this are refused by the decoder before it reads them, so they
+    /// reserve nothing.
+    largest: u64,
+    read_deadline: Duration,
+    counters: Counters,
+}
+
+impl Budget {
+    /// A budget for `limits`, for services that refuse messages over `largest` bytes.
+    pub(crate) fn new(limits: &Limits, largest: u64) -> Arc<Self> {
+        let units = (limits.max_inflight_bytes / UNIT).clamp(1, u64::from(u32::MAX >> 3));
+        let units = u32::try_from(units).unwrap_or(u32::MAX >> 3);
+        Arc::new(Self {
+            sem: Arc::new(Semaphore::new(units as usize)),
+            units,
+            largest,
+            read_deadline: limits.read_deadline,
+            counters: Counters::default(),
+        })
+    }
+}
+
+/// A service whose calls' request bodies draw on a [`Budget`] and obey its read deadline.
+#[derive(Clone, Debug)]
+pub(crate) struct Budgeted<S> {
+    inner: S,
+    budget: Arc<Budget>,
+}
+
+impl<S> Budgeted<S> {
+    pub(crate) fn new(inner: S, budget: Arc<Budget>) -> Self {
+        Self { inner, budget }
+    }
+}
+
+impl<S: NamedService> NamedService for Budgeted<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type Held = Arc<Mutex<Vec<OwnedSemaphorePermit>>>;
+
+impl<S> Service<http::Request<Body>> for Budgeted<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // The reservations live until both the body and the call are done: the decoded
+        // message stays in memory while the call is handled.
+        let held: Held = Arc::default();
+        let (parts, body) = req.into_parts();
+        let body = BudgetBody {
+            inner: body,
+            budget: self.budget.clone(),
+            held: held.clone(),
+            held_units: 0,
+            header: [0; 5],
+            have: 0,
+            remaining: 0,
+            waiting: None,
+            deadline: Box::pin(tokio::time::sleep(self.budget.read_deadline)),
+            method: parts.uri.path().to_string(),
+            done: false,
+        };
+        let call = self
+            .inner
+            .call(http::Request::from_parts(parts, Body::new(body)));
+        Box::pin(async move {
+            let response = call.await;
+            drop(held);
+            response
+        })
+    }
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// A request body that reserves each message's announced length before passing its bytes on.
+struct BudgetBody {
+    inner: Body,
+    budget: Arc<Budget>,
+    held: Held,
+    held_units: u32,
+    /// The gRPC frame header being read (compression flag, then the length, big-endian).
+    header: [u8; 5],
+    have: usize,
+    /// Bytes of the current message not yet seen.
+    remaining: u64,
+    /// A chunk held back until its reservation is granted.
+    waiting: Option<(Bytes, Acquire)>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    method: String,
+    done: bool,
+}
+
+impl BudgetBody {
+    /// Walks `data` through the gRPC framing; returns the units to reserve for the messages
+    /// whose headers it completes.
+    fn scan(&mut self, data: &[u8]) -> u32 {
+        let mut need = 0u64;
+        let mut rest = data;
+        while !rest.is_empty() {
+            if self.remaining > 0 {
+                let n = rest
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                rest = &rest[n..];
+                self.remaining -= n as u64;
+                continue;
+            }
+            let n = rest.len().min(5 - self.have);
+            self.header[self.have..self.have + n].copy_from_slice(&rest[..n]);
+            self.have += n;
+            rest = &rest[n..];
+            if self.have == 5 {
+                self.have = 0;
+                let len = u64::from(u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]));
+                self.remaining = len;
+                if len <= self.budget.largest {
+                    need += len + 5;
+                }
+            }
+        }
+        // A message larger than the whole budget takes all of it rather than waiting forever.
+        let units = need.div_ceil(UNIT);
+        let room = u64::from(self.budget.units - self.held_units);
+        u32::try_from(units.min(room)).unwrap_or(0)
+    }
+
+    fn hold(&mut self, permit: OwnedSemaphorePermit) {
+        self.held_units += u32::try_from(permit.num_permits()).unwrap_or(0);
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(permit);
+    }
+
+    fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.done = true;
+        self.waiting = None;
+        Poll::Ready(Some(Err(status)))
+    }
+}
+
+impl http_body::Body for BudgetBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some((_, acquire)) = &mut this.waiting {
+            return match acquire.as_mut().poll(cx) {
+                Poll::Ready(Ok(permit)) => {
+                    this.hold(permit);
+                    match this.waiting.take() {
+                        Some((data, _)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                        None => Poll::Pending,
+                    }
+                }
+                Poll::Ready(Err(_)) => this.fail(Status::unavailable("the collector is stopping")),
+                Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
+                    let n = this
+                        .budget
+                        .counters
+                        .budget_waits
+                        .fetch_add(1, Ordering::Relaxed)
+                        + 1;
+                    tracing::warn!(method = %this.method, refused = n, "ended a call that waited for the in-flight request budget until its read deadline");
+                    this.fail(Status::resource_exhausted(
+                        "the collector's in-flight request budget is full; retry later",
+                    ))
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            let n = this
+                .budget
+                .counters
+                .slow_bodies
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
+            tracing::warn!(method = %this.method, refused = n, deadline = ?this.budget.read_deadline, "ended a call whose request did not arrive within the read deadline");
+            return this.fail(Status::deadline_exceeded(format!(
+                "the request did not arrive within the collector's read deadline of {:?}",
+                this.budget.read_deadline
+            )));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let data = match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                };
+                let units = this.scan(&data);
+                if units == 0 {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                match this.budget.sem.clone().try_acquire_many_owned(units) {
+                    Ok(permit) => {
+                        this.hold(permit);
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Err(TryAcquireError::NoPermits) => {
+                        // Wait without reading further: flow control holds the sender back.
+                        let acquire = this.budget.sem.clone().acquire_many_owned(units);
+                        this.waiting = Some((data, Box::pin(acquire)));
+                        Pin::new(this).poll_frame(cx)
+                    }
+                    Err(TryAcquireError::Closed) => {
+                        this.fail(Status::unavailable("the collector is stopping"))
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(e))) => this.fail(e),
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || (self.waiting.is_none() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.waiting {
+            Some(_) => SizeHint::default(),
+            None => self.inner.size_hint(),
+        }
+    }
+}
+
+/// A connection holding one of the connection slots until it closes.
+#[derive(Debug)]
+pub(crate) struct Capped {
+    io: TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for Capped {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for Capped {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Capped {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The connections accepted on `listener`, at most `max` open at once: past it a connection
+/// is closed as soon as it is accepted (counted and logged). Accepting stops when the stream
+/// is dropped.
+pub(crate) fn incoming(
+    listener: TcpListener,
+    max: usize,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Capped>> {
+    let (tx, rx) = mpsc::channel(1);
+    let slots = Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS)));
+    tokio::spawn(async move {
+        let mut refused = 0u64;
+        loop {
+            let accepted = tokio::select! {
+                () = tx.closed() => return,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((io, peer)) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let _ = io.set_nodelay(true);
+                        if tx.send(Ok(Capped { io, _slot: slot })).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => {
+                        refused += 1;
+                        tracing::warn!(%peer, max, refused, "closed a connection: the collector has its maximum of connections open");
+                    }
+                },
+                Err(e) => {
+                    // Out of file descriptors, typically: pause rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(max_inflight_bytes: u64, largest: u64) -> BudgetBody {
+        let limits = Limits {
+            max_inflight_bytes,
+            ..Limits::default()
+        };
+        BudgetBody {
+            inner: Body::empty(),
+            budget: Budget::new(&limits, largest),
+            held: Arc::default(),
+            held_units: 0,
+            header: [0; 5],
+            have: 0,
+            remaining: 0,
+            waiting: None,
+            deadline: Box::pin(tokio::time::sleep(limits.read_deadline)),
+            method: "/test".into(),
+            done: false,
+        }
+    }
+
+    fn header(len: u32) -> Vec<u8> {
+        let mut h = vec![0];
+        h.extend_from_slice(&len.to_be_bytes());
+        h
+    }
+
+    #[tokio::test]
+    async fn each_message_reserves_its_announced_length_once_its_header_is_complete() {
+        let mut b = body(1 << 30, 1 << 25);
+        let h = header(10 * 1024);
+        // The header split across chunks: nothing until it is whole.
+        assert_eq!(b.scan(&h[..2]), 0);
+        assert_eq!(b.scan(&h[2..]), 11); // 10 KiB + 5 bytes, rounded up to KiB
+        // The body itself reserves nothing more.
+        assert_eq!(b.scan(&[0; 10 * 1024]), 0);
+        // Two messages in one chunk.
+        let mut two = header(1);
+        two.push(0);
+        two.extend(header(2048));
+        assert_eq!(b.scan(&two), 3);
+    }
+
+    #[tokio::test]
+    async fn oversized_messages_reserve_nothing_and_no_call_reserves_more_than_the_budget() {
+        // Longer than the decoder accepts: it refuses the message unread.
+        let mut b = body(1 << 30, 1 << 20);
+        assert_eq!(b.scan(&header((1 << 20) + 1)), 0);
+        // Longer than the whole budget: all of it, rather than waiting forever.
+        let mut b = body(64 * 1024, 1 << 25);
+        assert_eq!(b.scan(&header(1 << 24)), 64);
+    }
+}
