@@ -716,7 +716,8 @@ fn sigterm_stops_the_collector_even_while_a_follower_waits_on_an_open_stream() {
             "--",
             "sh",
             "-c",
-            r#"echo first; while [ ! -e "$1" ]; do sleep 0.05; done"#,
+            // Also ends once the test's directory is gone (a failed test leaves no loop).
+            r#"echo first; while [ ! -e "$1" ] && [ -d "${1%/*}" ]; do sleep 0.05; done"#,
             "sh",
             stop.to_str().unwrap(),
         ],
