@@ -51,6 +51,9 @@ use crate::validate::{CheckedEntry, Refusal, RefusalKind, Sequence, next_sequenc
 /// are read without a checksum check.
 const LAYOUT_VERSION: i64 = 3;
 
+/// Read connections kept open between reads.
+const MAX_IDLE_READERS: usize = 4;
+
 /// Identifies a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamKey {
@@ -500,11 +503,12 @@ impl Store {
             None => open_conn(&self.inner.path)?,
         };
         let out = f(&conn);
-        self.inner
-            .readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(conn);
+        let mut idle = self.inner.readers.lock().unwrap_or_else(|e| e.into_inner());
+        // A burst of readers opens as many connections as run at once; only a few are kept
+        // (each holds descriptors for the database, its WAL and its shared memory).
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
         out
     }
 
