@@ -167,7 +167,11 @@ fn slow_readers_hold_bounded_memory_and_give_it_back() {
         std::thread::sleep(Duration::from_millis(250));
         let now = rss(pid);
         highest = highest.max(now);
-        steady = if now <= last + (1 << 20) { steady + 1 } else { 0 };
+        steady = if now <= last + (1 << 20) {
+            steady + 1
+        } else {
+            0
+        };
         last = now;
         assert!(
             highest <= bound,

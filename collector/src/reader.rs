@@ -324,6 +324,15 @@ pub fn base_time_ms(desc: &logpb::LogStreamDescriptor) -> i64 {
         .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
 
+/// How many parts [`RowAssembler::push_part`] can add an entry in: its lines if it is text,
+/// else 1.
+pub fn parts(e: &LogEntry) -> usize {
+    match &e.content {
+        Some(Content::Text(t)) => t.lines.len(),
+        _ => 1,
+    }
+}
+
 /// Turns entries, in order, into rows; keeps an unfinished row between calls.
 #[derive(Debug, Clone)]
 pub struct RowAssembler {
@@ -345,10 +354,20 @@ impl RowAssembler {
 
     /// Adds an entry; finished rows go to `out`.
     pub fn push(&mut self, e: &LogEntry, out: &mut Vec<Row>) {
+        self.push_part(e, 0..usize::MAX, out);
+    }
+
+    /// Adds the lines `lines` of a text entry (the whole of any other entry); finished rows go
+    /// to `out`. Adding an entry's lines in consecutive ranges is adding the entry, a few rows
+    /// at a time (see [`parts`]).
+    pub fn push_part(&mut self, e: &LogEntry, lines: std::ops::Range<usize>, out: &mut Vec<Row>) {
         let t = entry_time_ms(self.base_ms, e);
         match &e.content {
             Some(Content::Text(text)) => {
-                for (i, line) in text.lines.iter().enumerate() {
+                let end = lines.end.min(text.lines.len());
+                let start = lines.start.min(end);
+                for (i, line) in text.lines[start..end].iter().enumerate() {
+                    let i = start + i;
                     let n = e.sequence + i as u64;
                     let mut row = match self.pending.take() {
                         Some(p) if p.n == n => p,
