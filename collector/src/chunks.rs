@@ -78,6 +78,20 @@ impl ChunkCache {
     ) -> Result<Arc<Chunk>, ReadError> {
         // Writes first: a follower waits (a little) while bundles are being stored.
         store.quiet(QUIET_GAP, YIELD_AT_MOST).await;
+        self.read_now(store, stream, start).await
+    }
+
+    /// Like [`ChunkCache::read`], without first waiting for writes to pause (for a download of
+    /// what is already stored, which does not wait for writers either).
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn read_now(
+        &self,
+        store: &Store,
+        stream: &StreamKey,
+        start: u64,
+    ) -> Result<Arc<Chunk>, ReadError> {
         let key = ChunkKey {
             stream: stream.clone(),
             start,

@@ -97,6 +97,41 @@ pub fn entry_bytes(e: &LogEntry, out: &mut Vec<u8>) {
     }
 }
 
+/// Bytes of binary data in one piece of an entry (see [`pieces`]).
+const PIECE_BYTES: usize = 16 * 1024;
+
+/// How many pieces a reader may copy an entry in, so that one entry of megabytes is never
+/// copied whole: a text entry's lines, a binary entry's data [`PIECE_BYTES`] at a time, a
+/// datagram whole; at least 1.
+pub fn pieces(e: &LogEntry) -> usize {
+    let n = match &e.content {
+        Some(Content::Text(t)) => t.lines.len(),
+        Some(Content::Binary(b)) => b.data.len().div_ceil(PIECE_BYTES),
+        _ => 1,
+    };
+    n.max(1)
+}
+
+/// Appends the bytes of piece `i` of `e` (see [`pieces`]): pieces `0..pieces(e)` in turn
+/// append what [`entry_bytes`] does.
+pub fn piece_bytes(e: &LogEntry, i: usize, out: &mut Vec<u8>) {
+    match &e.content {
+        Some(Content::Text(t)) => {
+            if let Some(l) = t.lines.get(i) {
+                out.extend_from_slice(&l.value);
+                out.extend_from_slice(l.delimiter.as_bytes());
+            }
+        }
+        Some(Content::Binary(b)) => {
+            let start = (i * PIECE_BYTES).min(b.data.len());
+            let end = (start + PIECE_BYTES).min(b.data.len());
+            out.extend_from_slice(&b.data[start..end]);
+        }
+        _ if i == 0 => entry_bytes(e, out),
+        _ => {}
+    }
+}
+
 /// How many bytes [`entry_bytes`] appends for `e`.
 pub fn entry_len(e: &LogEntry) -> u64 {
     let uvarint_len = |mut n: u64| {
@@ -181,6 +216,22 @@ pub struct ByteCursor {
 }
 
 impl ByteCursor {
+    /// Appends piece `i` of `e` (see [`pieces`]; the entry at `self.next`, its pieces in
+    /// order) to `out`, dropping the bytes still to skip; moves past the entry after its last
+    /// piece. The pieces of an entry in turn do what [`ByteCursor::take`] does.
+    pub fn take_piece(&mut self, e: &LogEntry, i: usize, out: &mut Vec<u8>) {
+        let start = out.len();
+        piece_bytes(e, i, out);
+        if self.skip > 0 {
+            let drop = (self.skip as usize).min(out.len() - start);
+            out.drain(start..start + drop);
+            self.skip -= drop as u64;
+        }
+        if i + 1 >= pieces(e) {
+            self.next = e.stream_index + 1;
+        }
+    }
+
     /// Appends the bytes of `entries` (read from `self.next` on) to `out`, dropping the bytes
     /// still to skip, and moves past them.
     pub fn take(&mut self, entries: &[LogEntry], out: &mut Vec<u8>) {
@@ -324,15 +375,6 @@ pub fn base_time_ms(desc: &logpb::LogStreamDescriptor) -> i64 {
         .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
 
-/// How many parts [`RowAssembler::push_part`] can add an entry in: its lines if it is text,
-/// else 1.
-pub fn parts(e: &LogEntry) -> usize {
-    match &e.content {
-        Some(Content::Text(t)) => t.lines.len(),
-        _ => 1,
-    }
-}
-
 /// Turns entries, in order, into rows; keeps an unfinished row between calls.
 #[derive(Debug, Clone)]
 pub struct RowAssembler {
@@ -359,10 +401,12 @@ impl RowAssembler {
 
     /// Adds the lines `lines` of a text entry (the whole of any other entry); finished rows go
     /// to `out`. Adding an entry's lines in consecutive ranges is adding the entry, a few rows
-    /// at a time (see [`parts`]).
+    /// at a time (see [`pieces`]).
     pub fn push_part(&mut self, e: &LogEntry, lines: std::ops::Range<usize>, out: &mut Vec<Row>) {
         let t = entry_time_ms(self.base_ms, e);
         match &e.content {
+            // Other entries are one piece: added with the range starting at 0.
+            _ if lines.start > 0 && !matches!(e.content, Some(Content::Text(_))) => {}
             Some(Content::Text(text)) => {
                 let end = lines.end.min(text.lines.len());
                 let start = lines.start.min(end);

@@ -414,9 +414,14 @@ impl TailServer {
             if !chunk.entries.is_empty() {
                 // The chunk is shared with the other followers at this place; its bytes are
                 // copied and written a piece of about WRITE_BUDGET at a time.
-                for (i, e) in chunk.entries.iter().enumerate() {
-                    cursor.take(std::slice::from_ref(e), &mut buf);
-                    let last = i + 1 == chunk.entries.len();
+                let (mut at, mut piece) = (0, 0);
+                while let Some(e) = chunk.entries.get(at) {
+                    cursor.take_piece(e, piece, &mut buf);
+                    piece += 1;
+                    if piece == reader::pieces(e) {
+                        (at, piece) = (at + 1, 0);
+                    }
+                    let last = at == chunk.entries.len();
                     if buf.is_empty() || (buf.len() < WRITE_BUDGET && !last) {
                         continue;
                     }

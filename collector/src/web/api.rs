@@ -490,7 +490,7 @@ impl Follower {
                 let mut batch = RowsBatch::default();
                 for e in &chunk.entries {
                     // A line at a time: one entry may hold megabytes of lines.
-                    for i in 0..reader::parts(e) {
+                    for i in 0..reader::pieces(e) {
                         self.asm.push_part(e, i..i + 1, &mut rows);
                         for row in rows.drain(..) {
                             self.next_row = row.n + 1;
@@ -609,32 +609,42 @@ pub(super) async fn raw(
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let store = st.store.clone();
     let k = key.clone();
+    let chunks = st.chunks.clone();
     tokio::spawn(async move {
         let _reader = crate::trim::Reader::new();
         let mut next = 0u64;
+        let mut buf = Vec::new();
         while next < end {
-            let (s, kk, from) = (store.clone(), k.clone(), next);
-            let entries = match reader::blocking(move || {
-                s.entries(&kk, from, (end - from) as usize, READ_BUDGET)
-            })
-            .await
-            {
-                Ok(e) => e,
+            // Through the shared chunks: downloaders at the same place hold one copy.
+            let chunk = match chunks.read_now(&store, &k, next).await {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "web viewer: raw read failed");
                     let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                     return;
                 }
             };
-            let Some(last) = entries.last() else { return };
-            next = last.stream_index + 1;
-            let mut buf = Vec::new();
-            for e in &entries {
-                reader::entry_bytes(e, &mut buf);
+            if chunk.entries.is_empty() {
+                break;
             }
-            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
-                return;
+            for e in chunk.entries.iter().take_while(|e| e.stream_index < end) {
+                for i in 0..reader::pieces(e) {
+                    reader::piece_bytes(e, i, &mut buf);
+                    if buf.len() >= READ_BUDGET {
+                        let piece = Bytes::from(std::mem::take(&mut buf));
+                        if tx.send(Ok(piece)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                next = e.stream_index + 1;
             }
+            if next < chunk.entries[0].stream_index + chunk.entries.len() as u64 {
+                break; // at `end`
+            }
+        }
+        if !buf.is_empty() {
+            let _ = tx.send(Ok(Bytes::from(buf))).await;
         }
     });
     let mut resp = Body::from_stream(ReceiverStream::new(rx)).into_response();
