@@ -433,7 +433,7 @@ impl RowsBatch {
 /// A server-sent event, `data` being one line (compact JSON has no line breaks), in a buffer of
 /// exactly its size: a slow browser holds a few of these.
 fn sse_event(kind: &str, id: Option<u64>, data: &str) -> Bytes {
-    let mut out = String::with_capacity(data.len() + kind.len() + 40);
+    let mut out = String::with_capacity(data.len() + kind.len() + 64);
     out.push_str("event: ");
     out.push_str(kind);
     out.push('\n');
@@ -631,6 +631,8 @@ pub(super) async fn raw(
                 for i in 0..reader::pieces(e) {
                     reader::piece_bytes(e, i, &mut buf);
                     if buf.len() >= READ_BUDGET {
+                        // Queued pieces keep their buffer's spare room unless it is given back.
+                        buf.shrink_to_fit();
                         let piece = Bytes::from(std::mem::take(&mut buf));
                         if tx.send(Ok(piece)).await.is_err() {
                             return;
