@@ -641,6 +641,61 @@ mod tests {
         assert_eq!(total, "a\nb\r\npartial-end\nd\n".len() as u64);
     }
 
+    /// Entries copied a piece at a time give the same bytes and rows as whole entries, for
+    /// every starting skip.
+    #[test]
+    fn pieces_add_up_to_whole_entries() {
+        let binary = LogEntry {
+            stream_index: 2,
+            content: Some(Content::Binary(logdog_proto::logpb::Binary {
+                data: (0..40_000u32).map(|i| i as u8).collect::<Vec<u8>>().into(),
+            })),
+            ..Default::default()
+        };
+        let entries = [
+            text(0, 0, &[("a", "\n"), ("bc", "\r\n"), ("par", "")]),
+            text(2, 1, &[]),
+            binary,
+            text(2, 3, &[("tial", "\n"), ("d", "\n")]),
+        ];
+        assert_eq!(pieces(&entries[1]), 1);
+        assert_eq!(pieces(&entries[2]), 3);
+        let mut whole = Vec::new();
+        for e in &entries {
+            entry_bytes(e, &mut whole);
+        }
+        for skip in [0, 1, 4, 9, 20_000, 40_005, whole.len() as u64] {
+            let mut by_piece = ByteCursor { next: 0, skip };
+            let mut got = Vec::new();
+            for e in &entries {
+                for i in 0..pieces(e) {
+                    by_piece.take_piece(e, i, &mut got);
+                }
+            }
+            let mut at_once = ByteCursor { next: 0, skip };
+            let mut want = Vec::new();
+            at_once.take(&entries, &mut want);
+            assert_eq!(got, want, "skip {skip}");
+            assert_eq!(by_piece, at_once, "skip {skip}");
+        }
+        let texts = [&entries[0], &entries[1], &entries[3]];
+        let (mut a, mut b) = (RowAssembler::new(0, 0), RowAssembler::new(0, 0));
+        let (mut rows_a, mut rows_b) = (Vec::new(), Vec::new());
+        for e in texts {
+            a.push(e, &mut rows_a);
+            for i in 0..pieces(e) {
+                b.push_part(e, i..i + 1, &mut rows_b);
+            }
+        }
+        let view = |rows: &[Row]| -> Vec<(u64, Vec<u8>, bool)> {
+            rows.iter()
+                .map(|r| (r.n, r.bytes.clone(), r.partial))
+                .collect()
+        };
+        assert_eq!(view(&rows_a), view(&rows_b));
+        assert_eq!(rows_b.len(), 4);
+    }
+
     #[test]
     fn datagram_rows_and_framing() {
         let frag = |idx: u64, seq: u64, data: &str, p: Option<Partial>| LogEntry {
