@@ -1,4 +1,5 @@
-//! Reads shared by followers: a hundred readers of one busy stream cost about one store read.
+//! Reads shared by followers (and raw downloads): a hundred readers of one busy stream cost about
+//! one store read, and readers at the same place hold one copy of what they read.
 //!
 //! Followers read a stream in *chunks* of consecutive entries. A chunk starting at entry `s`
 //! ends at the next multiple of [`ALIGN`] (or earlier: at the byte budget, or where the stored
