@@ -8,14 +8,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{Collector, Guarded, butler, tempdir, write_text_file};
-use nix::sys::socket::{
-    AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket, sockopt,
-};
+use socket2::{Domain, Socket, Type};
 
 /// Size of the stream.
 const SIZE: u64 = 32 << 20;
@@ -47,17 +44,14 @@ fn rss(pid: i32) -> u64 {
 /// the server quickly instead of having the kernel buffer megabytes for it.
 fn small_connect(addr: &str) -> TcpStream {
     let sa: SocketAddrV4 = addr.parse().expect("an IPv4 address");
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .expect("a socket");
-    setsockopt(&fd, sockopt::RcvBuf, &4096).expect("setting SO_RCVBUF");
-    connect(fd.as_raw_fd(), &SockaddrIn::from(sa))
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("setting SO_RCVBUF");
+    socket
+        .connect(&sa.into())
         .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    let s = TcpStream::from(fd);
+    let s = TcpStream::from(socket);
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s
 }
