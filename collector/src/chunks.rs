@@ -1,4 +1,5 @@
-//! Reads shared by followers: a hundred readers of one busy stream cost about one store read.
+//! Reads shared by followers (and raw downloads): a hundred readers of one busy stream cost about
+//! one store read, and readers at the same place hold one copy of what they read.
 //!
 //! Followers read a stream in *chunks* of consecutive entries. A chunk starting at entry `s`
 //! ends at the next multiple of [`ALIGN`] (or earlier: at the byte budget, or where the stored
@@ -78,6 +79,20 @@ impl ChunkCache {
     ) -> Result<Arc<Chunk>, ReadError> {
         // Writes first: a follower waits (a little) while bundles are being stored.
         store.quiet(QUIET_GAP, YIELD_AT_MOST).await;
+        self.read_now(store, stream, start).await
+    }
+
+    /// Like [`ChunkCache::read`], without first waiting for writes to pause (for a download of
+    /// what is already stored, which does not wait for writers either).
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn read_now(
+        &self,
+        store: &Store,
+        stream: &StreamKey,
+        start: u64,
+    ) -> Result<Arc<Chunk>, ReadError> {
         let key = ChunkKey {
             stream: stream.clone(),
             start,

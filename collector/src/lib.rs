@@ -32,6 +32,7 @@ pub mod segments;
 pub mod service;
 pub mod store;
 pub mod tailsrv;
+pub mod trim;
 pub mod validate;
 pub mod verify;
 pub mod watchers;

@@ -97,6 +97,41 @@ pub fn entry_bytes(e: &LogEntry, out: &mut Vec<u8>) {
     }
 }
 
+/// Bytes of binary data in one piece of an entry (see [`pieces`]).
+const PIECE_BYTES: usize = 16 * 1024;
+
+/// How many pieces a reader may copy an entry in, so that one entry of megabytes is never
+/// copied whole: a text entry's lines, a binary entry's data [`PIECE_BYTES`] at a time, a
+/// datagram whole; at least 1.
+pub fn pieces(e: &LogEntry) -> usize {
+    let n = match &e.content {
+        Some(Content::Text(t)) => t.lines.len(),
+        Some(Content::Binary(b)) => b.data.len().div_ceil(PIECE_BYTES),
+        _ => 1,
+    };
+    n.max(1)
+}
+
+/// Appends the bytes of piece `i` of `e` (see [`pieces`]): pieces `0..pieces(e)` in turn
+/// append what [`entry_bytes`] does.
+pub fn piece_bytes(e: &LogEntry, i: usize, out: &mut Vec<u8>) {
+    match &e.content {
+        Some(Content::Text(t)) => {
+            if let Some(l) = t.lines.get(i) {
+                out.extend_from_slice(&l.value);
+                out.extend_from_slice(l.delimiter.as_bytes());
+            }
+        }
+        Some(Content::Binary(b)) => {
+            let start = (i * PIECE_BYTES).min(b.data.len());
+            let end = (start + PIECE_BYTES).min(b.data.len());
+            out.extend_from_slice(&b.data[start..end]);
+        }
+        _ if i == 0 => entry_bytes(e, out),
+        _ => {}
+    }
+}
+
 /// How many bytes [`entry_bytes`] appends for `e`.
 pub fn entry_len(e: &LogEntry) -> u64 {
     let uvarint_len = |mut n: u64| {
@@ -181,6 +216,22 @@ pub struct ByteCursor {
 }
 
 impl ByteCursor {
+    /// Appends piece `i` of `e` (see [`pieces`]; the entry at `self.next`, its pieces in
+    /// order) to `out`, dropping the bytes still to skip; moves past the entry after its last
+    /// piece. The pieces of an entry in turn do what [`ByteCursor::take`] does.
+    pub fn take_piece(&mut self, e: &LogEntry, i: usize, out: &mut Vec<u8>) {
+        let start = out.len();
+        piece_bytes(e, i, out);
+        if self.skip > 0 {
+            let drop = (self.skip as usize).min(out.len() - start);
+            out.drain(start..start + drop);
+            self.skip -= drop as u64;
+        }
+        if i + 1 >= pieces(e) {
+            self.next = e.stream_index + 1;
+        }
+    }
+
     /// Appends the bytes of `entries` (read from `self.next` on) to `out`, dropping the bytes
     /// still to skip, and moves past them.
     pub fn take(&mut self, entries: &[LogEntry], out: &mut Vec<u8>) {
@@ -345,10 +396,22 @@ impl RowAssembler {
 
     /// Adds an entry; finished rows go to `out`.
     pub fn push(&mut self, e: &LogEntry, out: &mut Vec<Row>) {
+        self.push_part(e, 0..usize::MAX, out);
+    }
+
+    /// Adds the lines `lines` of a text entry (the whole of any other entry); finished rows go
+    /// to `out`. Adding an entry's lines in consecutive ranges is adding the entry, a few rows
+    /// at a time (see [`pieces`]).
+    pub fn push_part(&mut self, e: &LogEntry, lines: std::ops::Range<usize>, out: &mut Vec<Row>) {
         let t = entry_time_ms(self.base_ms, e);
         match &e.content {
+            // Other entries are one piece: added with the range starting at 0.
+            _ if lines.start > 0 && !matches!(e.content, Some(Content::Text(_))) => {}
             Some(Content::Text(text)) => {
-                for (i, line) in text.lines.iter().enumerate() {
+                let end = lines.end.min(text.lines.len());
+                let start = lines.start.min(end);
+                for (i, line) in text.lines[start..end].iter().enumerate() {
+                    let i = start + i;
                     let n = e.sequence + i as u64;
                     let mut row = match self.pending.take() {
                         Some(p) if p.n == n => p,
@@ -576,6 +639,61 @@ mod tests {
         assert!(asm.pending().is_none());
         let total: u64 = entries.iter().map(entry_len).sum();
         assert_eq!(total, "a\nb\r\npartial-end\nd\n".len() as u64);
+    }
+
+    /// Entries copied a piece at a time give the same bytes and rows as whole entries, for
+    /// every starting skip.
+    #[test]
+    fn pieces_add_up_to_whole_entries() {
+        let binary = LogEntry {
+            stream_index: 2,
+            content: Some(Content::Binary(logdog_proto::logpb::Binary {
+                data: (0..40_000u32).map(|i| i as u8).collect::<Vec<u8>>().into(),
+            })),
+            ..Default::default()
+        };
+        let entries = [
+            text(0, 0, &[("a", "\n"), ("bc", "\r\n"), ("par", "")]),
+            text(2, 1, &[]),
+            binary,
+            text(2, 3, &[("tial", "\n"), ("d", "\n")]),
+        ];
+        assert_eq!(pieces(&entries[1]), 1);
+        assert_eq!(pieces(&entries[2]), 3);
+        let mut whole = Vec::new();
+        for e in &entries {
+            entry_bytes(e, &mut whole);
+        }
+        for skip in [0, 1, 4, 9, 20_000, 40_005, whole.len() as u64] {
+            let mut by_piece = ByteCursor { next: 0, skip };
+            let mut got = Vec::new();
+            for e in &entries {
+                for i in 0..pieces(e) {
+                    by_piece.take_piece(e, i, &mut got);
+                }
+            }
+            let mut at_once = ByteCursor { next: 0, skip };
+            let mut want = Vec::new();
+            at_once.take(&entries, &mut want);
+            assert_eq!(got, want, "skip {skip}");
+            assert_eq!(by_piece, at_once, "skip {skip}");
+        }
+        let texts = [&entries[0], &entries[1], &entries[3]];
+        let (mut a, mut b) = (RowAssembler::new(0, 0), RowAssembler::new(0, 0));
+        let (mut rows_a, mut rows_b) = (Vec::new(), Vec::new());
+        for e in texts {
+            a.push(e, &mut rows_a);
+            for i in 0..pieces(e) {
+                b.push_part(e, i..i + 1, &mut rows_b);
+            }
+        }
+        let view = |rows: &[Row]| -> Vec<(u64, Vec<u8>, bool)> {
+            rows.iter()
+                .map(|r| (r.n, r.bytes.clone(), r.partial))
+                .collect()
+        };
+        assert_eq!(view(&rows_a), view(&rows_b));
+        assert_eq!(rows_b.len(), 4);
     }
 
     #[test]

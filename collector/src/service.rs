@@ -22,6 +22,9 @@ pub const MAX_BUNDLE_SIZE: usize = 16 * 1024 * 1024;
 const MAX_QUERY_RESULTS: usize = 500;
 /// Default byte budget of a `Get` or of one `Follow` message.
 const DEFAULT_GET_BYTES: usize = 4 * 1024 * 1024;
+/// Byte budget of the entries of one `Follow` message (one larger entry is still sent whole):
+/// small, since every live follower holds a message or two.
+pub const FOLLOW_BYTES: usize = 128 * 1024;
 /// Largest byte budget a `Get` may ask for: a larger `byte_count` is lowered to this, so one
 /// request cannot make the collector read a whole huge stream into memory (and its answer
 /// always fits the 64 MiB response limit). Readers page with `index`.
@@ -286,7 +289,8 @@ impl Logs for LogsService {
         let key = key_of(&r.project, &r.path)?;
         // Subscribe before the first read, so no write between them is missed.
         let changes = self.watchers.subscribe(&key);
-        let (tx, rx) = mpsc::channel(4);
+        // One message queued: a slow follower holds about two messages.
+        let (tx, rx) = mpsc::channel(1);
         tokio::spawn(follow(self.store.clone(), key, r.index, changes, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -303,6 +307,7 @@ async fn follow(
     mut changes: watch::Receiver<u64>,
     tx: mpsc::Sender<Result<pb::FollowResponse, Status>>,
 ) {
+    let _reader = crate::trim::Reader::new();
     let mut sent_desc = false;
     let mut last_state: Option<pb::LogStreamState> = None;
     loop {
@@ -311,7 +316,7 @@ async fn follow(
         let read = blocking(move || {
             let info = s.stream(&k)?;
             let logs = match &info {
-                Some(_) => s.entries(&k, next, usize::MAX, DEFAULT_GET_BYTES)?,
+                Some(_) => s.entries(&k, next, usize::MAX, FOLLOW_BYTES)?,
                 None => Vec::new(),
             };
             Ok((info, logs))

@@ -52,8 +52,9 @@ pub const MAX_REQUEST_LINE: usize = 4096;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections open at once by default (see [`TailServer::with_max_connections`]).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-/// About what a connection buffers at most (one chunk's bytes; see [`crate::chunks`]).
-const READ_BUDGET: usize = 256 * 1024;
+/// A follower writes once it has copied this many bytes of the (shared) chunk it reads, so a
+/// slow client holds about this much beyond the chunk (see [`crate::chunks`]).
+const WRITE_BUDGET: usize = 64 * 1024;
 /// A follower re-reads the store this often even without a wake-up.
 const SAFETY_NET: Duration = Duration::from_secs(5);
 
@@ -405,15 +406,25 @@ impl TailServer {
             )));
         };
         tracing::debug!(stream = %key.name, ?start, next = cursor.next, skip = cursor.skip, "following");
+        let _reader = crate::trim::Reader::new();
         let mut buf = Vec::new();
         loop {
             changes.mark_unchanged();
             let chunk = self.chunks.read(&self.store, &key, cursor.next).await?;
             if !chunk.entries.is_empty() {
-                buf.clear();
-                cursor.take(&chunk.entries, &mut buf);
-                drop(chunk);
-                if !buf.is_empty() {
+                // The chunk is shared with the other followers at this place; its bytes are
+                // copied and written a piece of about WRITE_BUDGET at a time.
+                let (mut at, mut piece) = (0, 0);
+                while let Some(e) = chunk.entries.get(at) {
+                    cursor.take_piece(e, piece, &mut buf);
+                    piece += 1;
+                    if piece == reader::pieces(e) {
+                        (at, piece) = (at + 1, 0);
+                    }
+                    let last = at == chunk.entries.len();
+                    if buf.is_empty() || (buf.len() < WRITE_BUDGET && !last) {
+                        continue;
+                    }
                     tokio::select! {
                         r = wr.write_all(&buf) => r?,
                         () = stopped(stop) => return Err(ConnError::Stopping),
@@ -421,9 +432,10 @@ impl TailServer {
                     self.stats
                         .bytes_sent
                         .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                }
-                if buf.capacity() > 4 * READ_BUDGET {
-                    buf = Vec::new(); // after one huge entry, do not keep its buffer
+                    buf.clear();
+                    if buf.capacity() > 4 * WRITE_BUDGET {
+                        buf = Vec::new(); // after one huge entry, do not keep its buffer
+                    }
                 }
                 continue;
             }

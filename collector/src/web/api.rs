@@ -8,7 +8,6 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use logdog_proto::logpb::StreamType;
 use serde::ser::SerializeSeq;
@@ -26,12 +25,18 @@ const DEFAULT_ROWS: usize = 500;
 const MAX_ROWS: usize = 5000;
 /// Most streams listed at once.
 const MAX_LISTED: usize = 10_000;
-/// Byte budget of one read of a raw download.
-const READ_BUDGET: usize = 256 * 1024;
+/// Byte budget of one read of a raw download: a slow downloader holds about this much (one
+/// piece queued, one being written).
+const READ_BUDGET: usize = 64 * 1024;
+/// A `rows` event is sent once its JSON reaches this size (one row may make it larger), so a
+/// slow follower holds a few events of this size, however big the chunk it reads.
+const EVENT_BUDGET: usize = 64 * 1024;
 /// Bytes of a binary datagram shown (as hex).
 const HEX_PREVIEW: usize = 256;
 /// A follower re-reads the store this often even without a wake-up.
 const SAFETY_NET: Duration = Duration::from_secs(5);
+/// An idle event stream gets a comment this often, so that proxies keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Serialize)]
 struct ErrorJson {
@@ -362,7 +367,8 @@ pub(super) async fn events(
     })
     .await?;
     let (info, entry) = start.ok_or_else(|| ApiError::stream_not_found(&key))?;
-    let (tx, rx) = mpsc::channel(2);
+    // One event queued (and one with hyper): a slow browser holds little.
+    let (tx, rx) = mpsc::channel(1);
     let follower = Follower {
         st,
         key,
@@ -373,18 +379,71 @@ pub(super) async fn events(
         changes,
         tx,
         _permit: permit,
+        _reader: crate::trim::Reader::new(),
     };
     tokio::spawn(follower.run());
-    Ok(Sse::new(ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    let mut resp = Body::from_stream(ReceiverStream::new(rx)).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
 }
 
-/// The data of a `rows` event.
-#[derive(Debug, Serialize)]
-struct RowsEvent<'a> {
-    rows: &'a [RowJson],
-    next: u64,
+/// The data of a `rows` event, `{"rows": [...], "next": N}`, built row by row.
+#[derive(Debug, Default)]
+struct RowsBatch {
+    /// `[` and the rows so far, separated by commas.
+    json: String,
+}
+
+impl RowsBatch {
+    fn push(&mut self, kind: StreamType, row: &Row) {
+        // Plain data: serialising it cannot fail.
+        if let Ok(r) = serde_json::to_string(&row_json(kind, row)) {
+            self.json.push(if self.json.is_empty() { '[' } else { ',' });
+            self.json.push_str(&r);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.json.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.json.len()
+    }
+
+    /// The event, with `next` as its id; the batch is empty again.
+    fn take(&mut self, next: u64) -> Bytes {
+        let mut rows = std::mem::take(&mut self.json);
+        if rows.is_empty() {
+            rows.push('[');
+        }
+        sse_event(
+            "rows",
+            Some(next),
+            &format!("{{\"rows\":{rows}],\"next\":{next}}}"),
+        )
+    }
+}
+
+/// A server-sent event, `data` being one line (compact JSON has no line breaks), in a buffer of
+/// exactly its size: a slow browser holds a few of these.
+fn sse_event(kind: &str, id: Option<u64>, data: &str) -> Bytes {
+    let mut out = String::with_capacity(data.len() + kind.len() + 64);
+    out.push_str("event: ");
+    out.push_str(kind);
+    out.push('\n');
+    if let Some(id) = id {
+        out.push_str(&format!("id: {id}\n"));
+    }
+    out.push_str("data: ");
+    out.push_str(data);
+    out.push_str("\n\n");
+    Bytes::from(out)
 }
 
 /// Feeds one event stream.
@@ -396,19 +455,19 @@ struct Follower {
     next_entry: u64,
     next_row: u64,
     changes: tokio::sync::watch::Receiver<u64>,
-    tx: mpsc::Sender<Result<Event, Infallible>>,
+    tx: mpsc::Sender<Result<Bytes, Infallible>>,
     _permit: OwnedSemaphorePermit,
+    _reader: crate::trim::Reader,
 }
 
 impl Follower {
     async fn run(mut self) {
         let mut stop = self.st.stop.clone();
-        let first = Event::default()
-            .retry(Duration::from_secs(2))
-            .comment("follow");
+        let first = Bytes::from_static(b": follow\nretry: 2000\n\n");
         if self.tx.send(Ok(first)).await.is_err() {
             return;
         }
+        let mut idle_since = tokio::time::Instant::now();
         let mut last_state: Option<&'static str> = None;
         loop {
             self.changes.mark_unchanged();
@@ -425,20 +484,32 @@ impl Follower {
                 }
             };
             if !chunk.entries.is_empty() {
+                // The chunk is shared with the other followers at this place; the rows are
+                // rendered and sent an event at a time, so only one event is built at once.
                 let mut rows = Vec::new();
+                let mut batch = RowsBatch::default();
                 for e in &chunk.entries {
-                    self.asm.push(e, &mut rows);
+                    // A line at a time: one entry may hold megabytes of lines.
+                    for i in 0..reader::pieces(e) {
+                        self.asm.push_part(e, i..i + 1, &mut rows);
+                        for row in rows.drain(..) {
+                            self.next_row = row.n + 1;
+                            batch.push(self.kind, &row);
+                            if batch.len() >= EVENT_BUDGET
+                                && !self.send(batch.take(self.next_row), &mut stop).await
+                            {
+                                return;
+                            }
+                        }
+                    }
                     self.next_entry = e.stream_index + 1;
                 }
                 drop(chunk);
-                if let Some(last) = rows.last() {
-                    self.next_row = last.n + 1;
-                }
                 if let Some(p) = self.asm.pending() {
                     self.next_row = p.n;
-                    rows.push(p.clone());
+                    batch.push(self.kind, p);
                 }
-                if !rows.is_empty() && !self.send(self.rows_event(&rows), &mut stop).await {
+                if !batch.is_empty() && !self.send(batch.take(self.next_row), &mut stop).await {
                     return;
                 }
                 continue;
@@ -458,10 +529,7 @@ impl Follower {
             if last_state != Some(s.state) {
                 last_state = Some(s.state);
                 let data = serde_json::to_string(&s).unwrap_or_default();
-                if !self
-                    .send(Event::default().event("state").data(data), &mut stop)
-                    .await
-                {
+                if !self.send(sse_event("state", None, &data), &mut stop).await {
                     return;
                 }
             }
@@ -474,36 +542,39 @@ impl Follower {
                         return;
                     }
                 }
-                let _ = self
-                    .send(Event::default().event("end").data("{}"), &mut stop)
-                    .await;
+                let _ = self.send(sse_event("end", None, "{}"), &mut stop).await;
                 return;
             }
             tokio::select! {
                 changed = self.changes.changed() => if changed.is_err() { return },
                 () = self.tx.closed() => return,
                 _ = stop.wait_for(|s| *s) => return,
-                () = tokio::time::sleep(SAFETY_NET) => {}
+                () = tokio::time::sleep(SAFETY_NET) => {
+                    if idle_since.elapsed() < KEEP_ALIVE {
+                        continue;
+                    }
+                }
             }
+            if idle_since.elapsed() >= KEEP_ALIVE
+                && !self.send(Bytes::from_static(b":\n\n"), &mut stop).await
+            {
+                return;
+            }
+            idle_since = tokio::time::Instant::now();
         }
     }
 
     /// A `rows` event: the rows, and the row to resume from as its id.
-    fn rows_event(&self, rows: &[Row]) -> Event {
-        let json: Vec<RowJson> = rows.iter().map(|r| row_json(self.kind, r)).collect();
-        let data = serde_json::to_string(&RowsEvent {
-            rows: &json,
-            next: self.next_row,
-        })
-        .unwrap_or_default();
-        Event::default()
-            .event("rows")
-            .id(self.next_row.to_string())
-            .data(data)
+    fn rows_event(&self, rows: &[Row]) -> Bytes {
+        let mut batch = RowsBatch::default();
+        for r in rows {
+            batch.push(self.kind, r);
+        }
+        batch.take(self.next_row)
     }
 
     /// Sends an event; false once the browser is gone or the server is stopping.
-    async fn send(&self, event: Event, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    async fn send(&self, event: Bytes, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
         tokio::select! {
             r = self.tx.send(Ok(event)) => r.is_ok(),
             _ = stop.wait_for(|s| *s) => false,
@@ -534,34 +605,48 @@ pub(super) async fn raw(
         .ok_or_else(|| ApiError::stream_not_found(&key))?;
     let kind = reader::stream_type(&info.desc);
     let end = info.state.contiguous;
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    // One piece queued (and one with hyper): a slow downloader holds little.
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let store = st.store.clone();
     let k = key.clone();
+    let chunks = st.chunks.clone();
     tokio::spawn(async move {
+        let _reader = crate::trim::Reader::new();
         let mut next = 0u64;
+        let mut buf = Vec::new();
         while next < end {
-            let (s, kk, from) = (store.clone(), k.clone(), next);
-            let entries = match reader::blocking(move || {
-                s.entries(&kk, from, (end - from) as usize, READ_BUDGET)
-            })
-            .await
-            {
-                Ok(e) => e,
+            // Through the shared chunks: downloaders at the same place hold one copy.
+            let chunk = match chunks.read_now(&store, &k, next).await {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "web viewer: raw read failed");
                     let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                     return;
                 }
             };
-            let Some(last) = entries.last() else { return };
-            next = last.stream_index + 1;
-            let mut buf = Vec::new();
-            for e in &entries {
-                reader::entry_bytes(e, &mut buf);
+            if chunk.entries.is_empty() {
+                break;
             }
-            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
-                return;
+            for e in chunk.entries.iter().take_while(|e| e.stream_index < end) {
+                for i in 0..reader::pieces(e) {
+                    reader::piece_bytes(e, i, &mut buf);
+                    if buf.len() >= READ_BUDGET {
+                        // Queued pieces keep their buffer's spare room unless it is given back.
+                        buf.shrink_to_fit();
+                        let piece = Bytes::from(std::mem::take(&mut buf));
+                        if tx.send(Ok(piece)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                next = e.stream_index + 1;
             }
+            if next < chunk.entries[0].stream_index + chunk.entries.len() as u64 {
+                break; // at `end`
+            }
+        }
+        if !buf.is_empty() {
+            let _ = tx.send(Ok(Bytes::from(buf))).await;
         }
     });
     let mut resp = Body::from_stream(ReceiverStream::new(rx)).into_response();

@@ -3,11 +3,16 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
@@ -33,6 +38,10 @@ pub(super) struct AppState {
     pub(super) chunks: ChunkCache,
 }
 
+/// What a connection buffers for writing before it waits for the client: hyper's default is
+/// about 400 KiB, which hundreds of slow readers would each hold.
+const CONN_WRITE_BUFFER: usize = 64 * 1024;
+
 /// Serves the web viewer on `listener` until `shutdown` resolves; then ends the live event
 /// streams, lets the requests in progress finish and returns.
 ///
@@ -46,12 +55,41 @@ pub async fn serve(
 ) -> io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = router(store, watchers, stop_rx);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(CONN_WRITE_BUFFER);
+    builder.http2().max_send_buf_size(CONN_WRITE_BUFFER);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (socket, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "web viewer: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let conn = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(socket),
+                TowerToHyperService::new(app.clone()),
+            )
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "web viewer connection ended");
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// The viewer's routes. `stop` turning true ends the live event streams.
