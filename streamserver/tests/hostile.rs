@@ -3,14 +3,16 @@
 //! server's memory stays bounded and a real stream still opens at once.
 
 use std::collections::BTreeMap;
-use std::io::ErrorKind;
 use std::path::Path;
 use std::time::Duration;
 
 use logdog_streamserver::{NewStream, ServerStats, StreamServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
+
+mod common;
+
+use common::{MAGIC, connect, raise_nofile_limit, uvarint, wait_closed};
 
 /// Overall limit for one test: a hang fails instead of blocking the suite.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -19,21 +21,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// the handshake timeout the silent clients are given, so only eviction can let it in.
 const AT_ONCE: Duration = Duration::from_secs(30);
 
-const MAGIC: [u8; 6] = [0x42, 0x54, 0x4C, 0x52, 0x31, 0x1E];
 const ONE_MIB: u64 = 1 << 20;
-
-fn uvarint(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let low = (v & 0x7F) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(low);
-            return out;
-        }
-        out.push(low | 0x80);
-    }
-}
 
 fn stream_bytes(json: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
@@ -43,53 +31,10 @@ fn stream_bytes(json: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn raise_nofile_limit(needed: u64) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
-    }
-    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    assert!(
-        soft >= needed,
-        "RLIMIT_NOFILE is {soft} even after raising it to the hard limit; this test needs {needed}"
-    );
-}
-
 async fn within<F: std::future::Future>(body: F) -> F::Output {
     tokio::time::timeout(LIMIT, body)
         .await
         .expect("test timed out")
-}
-
-async fn connect(path: &Path) -> UnixStream {
-    match UnixStream::connect(path).await {
-        Ok(c) => c,
-        // A non-blocking connect fails with EAGAIN when the backlog is full; a blocking one
-        // waits for room.
-        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-            let path = path.to_owned();
-            let c =
-                tokio::task::spawn_blocking(move || std::os::unix::net::UnixStream::connect(path))
-                    .await
-                    .expect("connect task")
-                    .expect("blocking connect");
-            c.set_nonblocking(true).expect("set_nonblocking");
-            UnixStream::from_std(c).expect("from_std")
-        }
-        Err(e) => panic!("connect {}: {e}", path.display()),
-    }
-}
-
-/// Waits for the server to close the connection.
-async fn wait_closed(conn: &mut UnixStream) {
-    let mut buf = [0u8; 64];
-    match conn.read(&mut buf).await {
-        Ok(0) => {}
-        Ok(n) => panic!("the server wrote {n} bytes back"),
-        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-        Err(e) => panic!("reading from the server: {e}"),
-    }
 }
 
 /// Polls `cond` until it holds, failing after a generous deadline.

@@ -25,6 +25,10 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
+mod common;
+
+use common::{MAGIC, connect, raise_nofile_limit, uvarint, wait_closed};
+
 /// Overall limit for one test: a hang fails instead of blocking the suite.
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -43,24 +47,6 @@ const ONE_MIB: u64 = 1_048_576;
 
 // ---------------------------------------------------------------------------------------------
 // The wire, by hand.
-
-/// ASCII `BTLR1` followed by the record separator 0x1E.
-const MAGIC: [u8; 6] = [0x42, 0x54, 0x4C, 0x52, 0x31, 0x1E];
-
-/// Unsigned LEB128, as Go's `binary.PutUvarint`: seven bits at a time, low bits first, the top
-/// bit set on every byte but the last.
-fn uvarint(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let low = (v & 0x7F) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(low);
-            return out;
-        }
-        out.push(low | 0x80);
-    }
-}
 
 /// Magic, header length, header.
 fn frame(header: &[u8]) -> Vec<u8> {
@@ -242,37 +228,6 @@ async fn within<F: Future>(body: F) -> F::Output {
 
 // ---------------------------------------------------------------------------------------------
 // Client side.
-
-async fn connect(path: &Path) -> UnixStream {
-    match UnixStream::connect(path).await {
-        Ok(c) => c,
-        // A non-blocking connect fails with EAGAIN when the backlog is full; a blocking one
-        // waits for room.
-        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-            let path = path.to_owned();
-            let c =
-                tokio::task::spawn_blocking(move || std::os::unix::net::UnixStream::connect(path))
-                    .await
-                    .expect("connect task")
-                    .expect("blocking connect");
-            c.set_nonblocking(true).expect("set_nonblocking");
-            UnixStream::from_std(c).expect("from_std")
-        }
-        Err(e) => panic!("connect {}: {e}", path.display()),
-    }
-}
-
-/// Waits for the server to close the connection, checking that it never writes back.
-async fn wait_closed(conn: &mut UnixStream) {
-    let mut buf = [0u8; 64];
-    match conn.read(&mut buf).await {
-        Ok(0) => {}
-        Ok(n) => panic!("the server wrote {n} bytes back: {:?}", &buf[..n]),
-        // Closing a Unix socket with unread data resets the peer.
-        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-        Err(e) => panic!("reading from the server: {e}"),
-    }
-}
 
 /// Opens one stream: writes everything, half-closes, and waits until the server has read it
 /// all and closed.
@@ -778,19 +733,6 @@ async fn every_rejection_is_counted_and_the_server_keeps_serving() {
 
 // ---------------------------------------------------------------------------------------------
 // Load.
-
-fn raise_nofile_limit(needed: u64) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
-    }
-    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    assert!(
-        soft >= needed,
-        "RLIMIT_NOFILE is {soft} even after raising it to the hard limit; this test needs {needed}"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_concurrent_streams_arrive_intact() {
