@@ -10,6 +10,8 @@
 //! write path notifies.
 //!
 //! # Layout
+//! - [`auth`]: tokens and who may write and read which projects.
+//! - [`tls`]: the certificate and key shared by the servers.
 //! - [`path`]: stream paths and query patterns.
 //! - [`validate`]: what a bundle must satisfy before anything of it is stored.
 //! - [`segments`]: append-only files holding the entries' bytes.
@@ -24,6 +26,7 @@
 //! - [`tailsrv`]: the tail server (a stream's bytes over plain TCP, then new ones).
 //! - [`verify`]: a full scan of a store for damage (`logdog_collector verify`).
 
+pub mod auth;
 pub mod chunks;
 pub mod ingress;
 pub mod path;
@@ -32,6 +35,7 @@ pub mod segments;
 pub mod service;
 pub mod store;
 pub mod tailsrv;
+pub mod tls;
 pub mod trim;
 pub mod validate;
 pub mod verify;
@@ -40,10 +44,12 @@ pub mod web;
 
 use std::future::Future;
 
+pub use auth::Auth;
 pub use ingress::Limits;
 pub use service::{CollectorService, LogsService, MAX_BUNDLE_SIZE, MAX_GET_BYTES};
 pub use store::Store;
 pub use tailsrv::TailServer;
+pub use tls::TlsIdentity;
 use tokio::net::TcpListener;
 pub use watchers::Watchers;
 
@@ -74,6 +80,15 @@ pub async fn serve_with(
     serve_limited(listener, store, watchers, &Limits::default(), shutdown).await
 }
 
+/// Who may use a server and how it is reached: the access policy and, optionally, TLS.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Who may write and read which projects (open by default).
+    pub auth: Auth,
+    /// The certificate and key to serve TLS with (plain TCP when `None`).
+    pub tls: Option<TlsIdentity>,
+}
+
 /// Like [`serve_with`], with the ingress ceilings `limits` (see [`ingress`]).
 ///
 /// # Errors
@@ -85,10 +100,37 @@ pub async fn serve_limited(
     limits: &Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let (collector, logs) = service::services_with(store, watchers);
+    serve_secured(
+        listener,
+        store,
+        watchers,
+        limits,
+        &Security::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Like [`serve_limited`], with the access policy and TLS of `security`.
+///
+/// # Errors
+/// The server failed, or the TLS configuration was refused.
+pub async fn serve_secured(
+    listener: TcpListener,
+    store: Store,
+    watchers: Watchers,
+    limits: &Limits,
+    security: &Security,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (collector, logs) = service::services_secured(store, watchers, security.auth.clone());
     // The write path decodes messages of up to twice `MAX_BUNDLE_SIZE` (see `services_with`).
     let budget = ingress::Budget::new(limits, 2 * MAX_BUNDLE_SIZE as u64);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &security.tls {
+        builder = builder.tls_config(tls.tonic())?;
+    }
+    builder
         // Fixed windows bound what a call that is not being read can park in memory.
         .initial_stream_window_size(ingress::STREAM_WINDOW)
         .initial_connection_window_size(ingress::CONNECTION_WINDOW)

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Auth;
 use crate::path::{Pattern, StreamPath};
 use crate::store::{Store, StoreError, StreamKey};
 use crate::validate;
@@ -35,6 +36,7 @@ pub const MAX_GET_BYTES: usize = 32 * 1024 * 1024;
 pub struct CollectorService {
     store: Store,
     watchers: Watchers,
+    auth: Auth,
 }
 
 /// The read service.
@@ -42,6 +44,7 @@ pub struct CollectorService {
 pub struct LogsService {
     store: Store,
     watchers: Watchers,
+    auth: Auth,
 }
 
 /// Both services over one store, ready to add to a tonic server.
@@ -55,13 +58,27 @@ pub fn services_with(
     store: Store,
     watchers: Watchers,
 ) -> (CollectorServer<CollectorService>, LogsServer<LogsService>) {
+    services_secured(store, watchers, Auth::open())
+}
+
+/// Like [`services_with`], letting only the callers that `auth` allows write and read.
+pub fn services_secured(
+    store: Store,
+    watchers: Watchers,
+    auth: Auth,
+) -> (CollectorServer<CollectorService>, LogsServer<LogsService>) {
     let collector = CollectorServer::new(CollectorService {
         store: store.clone(),
         watchers: watchers.clone(),
+        auth: auth.clone(),
     })
     .max_decoding_message_size(MAX_BUNDLE_SIZE * 2);
-    let logs = LogsServer::new(LogsService { store, watchers })
-        .max_encoding_message_size(64 * 1024 * 1024);
+    let logs = LogsServer::new(LogsService {
+        store,
+        watchers,
+        auth,
+    })
+    .max_encoding_message_size(64 * 1024 * 1024);
     (collector, logs)
 }
 

@@ -140,11 +140,26 @@ pub fn validate_descriptor_fields<'a>(
     Ok(())
 }
 
-/// Validates a project name: non-empty, `[a-z0-9_-]`, starting with `[a-z]`.
+/// Length of a prefix secret (`ButlerLogBundle.secret`), as in LogDog: the butler makes a
+/// random one per run and the collector binds the prefix to the first one it sees.
+pub const PREFIX_SECRET_LEN: usize = 36;
+
+/// Longest project name (LUCI's project ids are at most 40 characters).
+pub const MAX_PROJECT_LEN: usize = 40;
+
+/// Validates a project name: 1 to [`MAX_PROJECT_LEN`] characters of `[a-z0-9_-]`, starting
+/// with `[a-z]`.
 pub fn validate_project(project: &str) -> Result<(), InvalidName> {
     let Some(first) = project.chars().next() else {
         return Err(invalid("project", project, "must not be empty"));
     };
+    if project.len() > MAX_PROJECT_LEN {
+        return Err(invalid(
+            "project",
+            project,
+            format!("longer than {MAX_PROJECT_LEN} characters"),
+        ));
+    }
     if !first.is_ascii_lowercase() {
         return Err(invalid(
             "project",
@@ -216,9 +231,13 @@ mod tests {
         assert!(validate_tag(&"k".repeat(65), "x").is_err());
         assert!(validate_tag("k", &"v".repeat(4097)).is_err());
         validate_project("chromium-2_x").unwrap();
-        for bad in ["", "Chromium", "1abc", "a.b"] {
+        validate_project(&"p".repeat(MAX_PROJECT_LEN)).unwrap();
+        let long = "p".repeat(100_000);
+        for bad in ["", "Chromium", "1abc", "a.b", &long] {
             assert!(validate_project(bad).is_err(), "{bad:?} accepted");
         }
+        let e = validate_project(&long).unwrap_err().to_string();
+        assert!(e.len() < 300 && e.contains("longer than 40"), "{e}");
     }
 
     #[test]

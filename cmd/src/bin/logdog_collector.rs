@@ -56,6 +56,21 @@ struct Cli {
     /// gRPC connections open at once; past it new connections are closed on arrival.
     #[arg(long, default_value_t = logdog_collector::ingress::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_connections: usize,
+    /// Serve TLS on the gRPC port, the viewer and the tail server with this certificate chain
+    /// (PEM; needs --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Tokens that may write and read (a TOML file of token hashes, see `token new`). Without
+    /// it anyone who reaches the collector may write and read every project.
+    #[arg(long, value_name = "FILE")]
+    auth: Option<PathBuf>,
+    /// Listen on non-loopback addresses without --auth (anyone who can reach them may write
+    /// and read every project).
+    #[arg(long)]
+    insecure_no_auth: bool,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -66,12 +81,35 @@ enum Command {
     /// Scans the store in --data for damage (checksums, the index, sequences, counters) and
     /// lists what is damaged; exits 1 if anything is. Safe beside a running collector.
     Verify,
+    /// Manages tokens for --auth.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenCommand {
+    /// Prints a new random token and the entry (with its hash) to add to the --auth file.
+    /// The token itself is shown once and stored nowhere.
+    New {
+        /// The token's name, shown in log lines instead of the token.
+        name: String,
+        /// Projects it may write (comma-separated; `*`: all).
+        #[arg(long, value_delimiter = ',', value_name = "P,...")]
+        write: Vec<String>,
+        /// Projects it may read (comma-separated; `*`: all).
+        #[arg(long, value_delimiter = ',', value_name = "P,...")]
+        read: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Verify) = cli.command {
-        return verify(&cli.data);
+    match &cli.command {
+        Some(Command::Verify) => return verify(&cli.data),
+        Some(Command::Token(TokenCommand::New { name, write, read })) => {
+            return token_new(name, write, read);
+        }
+        None => {}
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
@@ -160,6 +198,84 @@ fn verify(dir: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `logdog_collector token new`: the token on stdout's first line, then its auth-file entry.
+fn token_new(name: &str, write: &[String], read: &[String]) -> ExitCode {
+    use logdog_collector::auth;
+    if write.is_empty() && read.is_empty() {
+        eprintln!("logdog_collector: a token needs --write or --read (projects, or *)");
+        return ExitCode::from(2);
+    }
+    for p in write.iter().chain(read).filter(|p| *p != "*") {
+        if let Err(e) = logdog_proto::types::validate_project(p) {
+            eprintln!("logdog_collector: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let token = match auth::new_token() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("logdog_collector: no random source: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("{token}");
+    eprintln!(
+        "# The token is above; give it to the client (LOGDOG_TOKEN or --token-file). \
+         Add this entry to the --auth file:"
+    );
+    print!(
+        "{}",
+        auth::toml_entry(name, &auth::token_hash(&token), write, read)
+    );
+    ExitCode::SUCCESS
+}
+
+/// The collector's access policy and TLS from the flags. Refuses to expose an open
+/// collector beyond loopback unless told to.
+fn security(cli: &Cli) -> anyhow::Result<logdog_collector::Security> {
+    let auth = match &cli.auth {
+        Some(path) => logdog_collector::Auth::load(path)?,
+        None => logdog_collector::Auth::open(),
+    };
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(logdog_collector::TlsIdentity::load(cert, key)?),
+        _ => None,
+    };
+    if auth.is_open() {
+        let exposed: Vec<&str> = std::iter::once(cli.listen.as_str())
+            .chain(cli.http.as_deref())
+            .chain(cli.tail.as_deref())
+            .filter(|a| !is_loopback(a))
+            .collect();
+        if !exposed.is_empty() && !cli.insecure_no_auth {
+            anyhow::bail!(
+                "refusing to listen on {} without --auth: anyone who reaches it could write and \
+                 read every project (give --auth FILE, or --insecure-no-auth to accept that)",
+                exposed.join(", ")
+            );
+        }
+        if !exposed.is_empty() {
+            tracing::warn!(addrs = %exposed.join(", "), "--insecure-no-auth: anyone who reaches these addresses may write and read every project");
+        }
+    } else {
+        tracing::info!(
+            tokens = auth.token_count(),
+            "auth on: every request needs a token"
+        );
+    }
+    Ok(logdog_collector::Security { auth, tls })
+}
+
+/// Whether `addr` (HOST:PORT) names only loopback. A host name other than `localhost` counts
+/// as exposed: it may resolve to anything.
+fn is_loopback(addr: &str) -> bool {
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return sa.ip().is_loopback();
+    }
+    addr.rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+}
+
 /// Binds `addr` for the server called `what`, ready to hand to any runtime.
 fn bind(what: &str, addr: &str) -> anyhow::Result<(std::net::TcpListener, SocketAddr)> {
     let listener = std::net::TcpListener::bind(addr)
@@ -174,6 +290,7 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
     // as soon as it is up gets a clean stop, not the default action's kill.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let security = security(&cli)?;
     let store = Store::open(&cli.data)
         .with_context(|| format!("cannot open the store in {}", cli.data.display()))?;
     let listener = TcpListener::bind(&cli.listen)
@@ -248,8 +365,15 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
         max_connections: cli.max_connections,
     };
     let servers = async move {
-        let grpc =
-            logdog_collector::serve_limited(listener, store, watchers, &limits, stopped()).await;
+        let grpc = logdog_collector::serve_secured(
+            listener,
+            store,
+            watchers,
+            &limits,
+            &security,
+            stopped(),
+        )
+        .await;
         for (what, task) in [("web viewer", web), ("tail server", tail)] {
             if let Some(task) = task {
                 task.await
