@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
