@@ -11,11 +11,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Auth;
+use crate::auth::{self, Auth, Denied, Right};
 use crate::path::{Pattern, StreamPath};
-use crate::store::{Store, StoreError, StreamKey};
+use crate::store::{Claim, NotOwner, Store, StoreError, StreamKey};
 use crate::validate;
 use crate::watchers::Watchers;
+use logdog_proto::types::PREFIX_SECRET_LEN;
 
 /// Largest bundle accepted, encoded.
 pub const MAX_BUNDLE_SIZE: usize = 16 * 1024 * 1024;
@@ -92,6 +93,23 @@ pub(crate) fn store_error(e: StoreError) -> Status {
     }
 }
 
+/// The bearer token of a request's `authorization` metadata, if any.
+fn token<T>(req: &Request<T>) -> Option<String> {
+    let value = req.metadata().get("authorization")?.to_str().ok()?;
+    let mut headers = tonic::codegen::http::HeaderMap::new();
+    headers.insert(
+        tonic::codegen::http::header::AUTHORIZATION,
+        value.parse().ok()?,
+    );
+    auth::bearer(&headers).map(str::to_string)
+}
+
+/// At most the first 64 characters of `s`, for log lines about refused requests (a refused
+/// project name may be huge).
+fn clip(s: &str) -> &str {
+    s.char_indices().nth(64).map_or(s, |(i, _)| &s[..i])
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Status> {
@@ -108,6 +126,7 @@ impl Collector for CollectorService {
         req: Request<pb::WriteBundleRequest>,
     ) -> Result<Response<pb::WriteBundleResponse>, Status> {
         let _writing = self.store.writing();
+        let token = token(&req);
         let data = req.into_inner().bundle;
         if data.len() > MAX_BUNDLE_SIZE {
             return Err(Status::invalid_argument(format!(
@@ -118,20 +137,54 @@ impl Collector for CollectorService {
         // A view that leaves each log entry encoded: entries are stored as they arrived.
         let bundle = pb::BundleView::decode(data)
             .map_err(|e| Status::invalid_argument(format!("not a ButlerLogBundle: {e}")))?;
-        let checked = match validate::streams(&bundle) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(project = %bundle.project, prefix = %bundle.prefix, error = %e, "refused a bundle");
-                return Err(Status::invalid_argument(e.0));
+        let bad = |e: String| {
+            tracing::warn!(project = %clip(&bundle.project), prefix = %clip(&bundle.prefix), error = %clip(&e), "refused a bundle");
+            Status::invalid_argument(e)
+        };
+        logdog_proto::types::validate_project(&bundle.project).map_err(|e| bad(e.to_string()))?;
+        logdog_proto::types::validate_prefix(&bundle.prefix).map_err(|e| bad(e.to_string()))?;
+        let what = format!("WriteBundle {}/{}", bundle.project, clip(&bundle.prefix));
+        let caller = self
+            .auth
+            .check(token.as_deref(), Right::Write, &bundle.project, &what)?;
+        let secret = match bundle.secret.len() {
+            0 => None,
+            PREFIX_SECRET_LEN => Some(bundle.secret.clone()),
+            n => {
+                return Err(bad(format!(
+                    "a prefix secret is {PREFIX_SECRET_LEN} bytes, not {n}"
+                )));
             }
         };
+        let checked = validate::streams(&bundle).map_err(|e| bad(e.0))?;
         for r in &checked.refused {
             tracing::warn!(project = %bundle.project, prefix = %bundle.prefix, stream = %r.name, error = %r.message, "refused a stream's part of a bundle");
         }
         let store = self.store.clone();
-        let (project, prefix) = (bundle.project, bundle.prefix);
+        let (project, prefix) = (bundle.project.clone(), bundle.prefix.clone());
         let streams = checked.streams;
-        let outcome = blocking(move || store.write(&project, &prefix, &streams)).await?;
+        let required = !self.auth.is_open();
+        let outcome = blocking(move || {
+            let claim = Claim {
+                secret: secret.as_deref(),
+                required,
+            };
+            store.write_claimed(&project, &prefix, &claim, &streams)
+        })
+        .await?;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(NotOwner(message)) => {
+                let denied = Denied::PermissionDenied(message);
+                return Err(self
+                    .auth
+                    .refuse(denied, &format!("{what} by {}", caller.name()))
+                    .into());
+            }
+        };
+        if outcome.registered {
+            tracing::info!(project = %bundle.project, prefix = %bundle.prefix, by = caller.name(), "prefix registered to the butler of its first bundle with a secret");
+        }
         self.watchers.notify(&outcome.touched);
         let refused = checked
             .refused
@@ -194,13 +247,25 @@ async fn stream_response(
     }))
 }
 
+impl LogsService {
+    /// Refuses (counted and logged) a caller that may not read `project`.
+    fn may_read(&self, token: Option<&str>, project: &str, what: &str) -> Result<(), Status> {
+        self.auth
+            .check(token, Right::Read, project, &format!("{what} {project}"))
+            .map(|_| ())
+            .map_err(Status::from)
+    }
+}
+
 type FollowStream = Pin<Box<dyn Stream<Item = Result<pb::FollowResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Logs for LogsService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let token = token(&req);
         let r = req.into_inner();
         let key = key_of(&r.project, &r.path)?;
+        self.may_read(token.as_deref(), &key.project, "Get")?;
         let store = self.store.clone();
         let k = key.clone();
         let max_bytes = match r.byte_count as usize {
@@ -232,8 +297,10 @@ impl Logs for LogsService {
         &self,
         req: Request<pb::TailRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let token = token(&req);
         let r = req.into_inner();
         let key = key_of(&r.project, &r.path)?;
+        self.may_read(token.as_deref(), &key.project, "Tail")?;
         let store = self.store.clone();
         let k = key.clone();
         let count = r.count.max(1) as usize;
@@ -250,9 +317,12 @@ impl Logs for LogsService {
         &self,
         req: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
+        let token = token(&req);
         let r = req.into_inner();
         logdog_proto::types::validate_project(&r.project)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A query lists the streams of one project: the caller must be able to read it.
+        self.may_read(token.as_deref(), &r.project, "Query")?;
         let pattern = Pattern::parse(&r.path).map_err(Status::invalid_argument)?;
         let max = match r.max_results as usize {
             0 => MAX_QUERY_RESULTS,
@@ -302,8 +372,10 @@ impl Logs for LogsService {
         &self,
         req: Request<pb::FollowRequest>,
     ) -> Result<Response<FollowStream>, Status> {
+        let token = token(&req);
         let r = req.into_inner();
         let key = key_of(&r.project, &r.path)?;
+        self.may_read(token.as_deref(), &key.project, "Follow")?;
         // Subscribe before the first read, so no write between them is missed.
         let changes = self.watchers.subscribe(&key);
         // One message queued: a slow follower holds about two messages.

@@ -8,6 +8,8 @@
 //!   and the contiguity mark.
 //! - `collector.sqlite`, table `entries`: `(stream_id, idx)` → where the entry's bytes are.
 //! - `segments/NNNNNNNN.seg`: each `logpb.LogEntry` exactly as it arrived, back to back.
+//! - `collector.sqlite`, table `prefixes`: `(project, prefix)` → the SHA-256 of the prefix
+//!   secret of the butler that owns it, and when it was registered (see *Prefix owners*).
 //!
 //! Keeping the bytes out of SQLite writes each of them once: in SQLite they went to the WAL
 //! and then a second time into the database at each checkpoint.
@@ -32,6 +34,17 @@
 //! decode is [`StoreError::Damaged`], naming the stream and index: nothing damaged is served
 //! as data. At open, `PRAGMA quick_check` and the segments' lengths are checked.
 //!
+//! **Prefix owners.** A butler sends a random secret (`ButlerLogBundle.secret`) with every
+//! bundle of a run. [`Store::write_claimed`] checks the bundle's [`Claim`] against the
+//! `prefixes` table in the write's own transaction, before anything of the bundle is stored:
+//! the first bundle with a secret for a prefix that holds no streams registers the prefix with
+//! the secret's SHA-256; after that only bundles with that secret are stored ([`NotOwner`]
+//! otherwise). A bundle without a secret is stored for an unregistered prefix unless the
+//! claim requires one (auth is on); a prefix that already holds streams written without a
+//! secret cannot be claimed later. The registration is in the same transaction as the
+//! bundle's rows, behind the one writer, so of two first bundles with different secrets
+//! exactly one is stored, and a restarted collector still knows every owner.
+//!
 //! **One collector per directory.** [`Store::open`] holds an exclusive lock on `DIR/lock`
 //! for the store's life; a second collector on the same directory is refused at start.
 
@@ -47,9 +60,20 @@ use crate::segments::{Appender, Location, Segments};
 use crate::validate::{CheckedEntry, Refusal, RefusalKind, Sequence, next_sequence};
 
 /// `PRAGMA user_version` of the current layout: entries in segment files, with a checksum,
-/// `sequence` and span per index row. Layout 2 (no checksums) is upgraded in place; its rows
-/// are read without a checksum check.
-const LAYOUT_VERSION: i64 = 3;
+/// `sequence` and span per index row, and the `prefixes` table of prefix owners. Layout 2 (no
+/// checksums) and layout 3 (no `prefixes`) are upgraded in place; the rows of layout 2 are
+/// read without a checksum check, and the prefixes of older layouts are unregistered (they
+/// hold streams written without a secret, so they cannot be claimed).
+const LAYOUT_VERSION: i64 = 4;
+
+/// The owners of prefixes: the SHA-256 of the secret of the butler that registered each, and
+/// when (seconds since the Unix epoch).
+const PREFIXES_TABLE: &str = "CREATE TABLE IF NOT EXISTS prefixes (
+    project TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    secret_sha256 BLOB NOT NULL,
+    registered INTEGER NOT NULL,
+    PRIMARY KEY (project, prefix)) WITHOUT ROWID";
 
 /// Read connections kept open between reads.
 const MAX_IDLE_READERS: usize = 4;
@@ -165,6 +189,79 @@ fn segment_error(e: crate::segments::WriteError) -> StoreError {
     }
 }
 
+/// What a bundle says about the owner of its prefix (see the module docs, *Prefix owners*).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Claim<'a> {
+    /// The bundle's prefix secret (`None`: it carries none).
+    pub secret: Option<&'a [u8]>,
+    /// Whether a bundle without a secret is refused for an unregistered prefix too (the
+    /// collector checks tokens: every butler must prove that it owns its prefix).
+    pub required: bool,
+}
+
+/// A bundle refused because its prefix belongs to another butler, or because it cannot claim
+/// it; nothing of it was stored. The message names the prefix, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotOwner(pub String);
+
+/// The SHA-256 kept for a prefix secret.
+fn secret_hash(secret: &[u8]) -> [u8; 32] {
+    crate::auth::sha256(secret)
+}
+
+/// Compares two hashes in time independent of where they differ.
+fn same_hash(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks `claim` against the owner of `project/prefix` in the write transaction `tx`, and
+/// registers the prefix when the claim is its first secret. `Ok(Err(_))`: refused.
+fn check_owner(
+    tx: &Connection,
+    project: &str,
+    prefix: &str,
+    claim: &Claim<'_>,
+) -> Result<Result<bool, NotOwner>, StoreError> {
+    let path = format!("{project}/{prefix}");
+    let registered: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT secret_sha256 FROM prefixes WHERE project = ?1 AND prefix = ?2")?
+        .query_row(params![project, prefix], |r| r.get(0))
+        .optional()?;
+    match (registered, claim.secret) {
+        (Some(hash), Some(secret)) if same_hash(&hash, &secret_hash(secret)) => Ok(Ok(false)),
+        (Some(_), _) => Ok(Err(NotOwner(format!(
+            "prefix {path} is owned by another butler: wrong or missing prefix secret"
+        )))),
+        (None, None) if claim.required => Ok(Err(NotOwner(format!(
+            "bundles must carry a prefix secret (prefix {path} has no owner yet)"
+        )))),
+        (None, None) => Ok(Ok(false)),
+        (None, Some(secret)) => {
+            let written = tx
+                .prepare_cached("SELECT 1 FROM streams WHERE project = ?1 AND prefix = ?2 LIMIT 1")?
+                .exists(params![project, prefix])?;
+            if written {
+                return Ok(Err(NotOwner(format!(
+                    "prefix {path} already holds streams written without a prefix secret: \
+                     a prefix written without a secret cannot be claimed later"
+                ))));
+            }
+            tx.prepare_cached(
+                "INSERT INTO prefixes (project, prefix, secret_sha256, registered)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                project,
+                prefix,
+                secret_hash(secret).as_slice(),
+                now().seconds
+            ])?;
+            Ok(Ok(true))
+        }
+    }
+}
+
 /// What a write did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WriteOutcome {
@@ -176,6 +273,8 @@ pub struct WriteOutcome {
     pub touched: Vec<StreamKey>,
     /// Streams refused because they contradict what is stored; nothing of them was stored.
     pub refused: Vec<Refusal>,
+    /// Whether this write registered its prefix's owner (its first bundle with a secret).
+    pub registered: bool,
 }
 
 /// The store. Cheap to clone; all clones share one database.
@@ -371,7 +470,7 @@ impl Store {
         if check != "ok" {
             return Err(damaged(format!("{}: {check}", path.display())));
         }
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let mut version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let has_tables: bool = conn
             .prepare("SELECT 1 FROM sqlite_master WHERE name = 'entries'")?
             .exists([])?;
@@ -385,6 +484,16 @@ impl Store {
                  PRAGMA user_version = 3;
                  COMMIT;",
             )?;
+            version = 3;
+        }
+        if has_tables && version == 3 {
+            // Layout 3 had no prefix owners: its prefixes stay unregistered.
+            conn.execute_batch(&format!(
+                "BEGIN;
+                 {PREFIXES_TABLE};
+                 PRAGMA user_version = 4;
+                 COMMIT;"
+            ))?;
         } else if has_tables && version != LAYOUT_VERSION {
             return Err(StoreError::Db(format!(
                 "{} was written by another collector version (layout {version}, this one \
@@ -416,6 +525,7 @@ impl Store {
                  seg INTEGER NOT NULL,
                  end_off INTEGER NOT NULL);",
         )?;
+        conn.execute_batch(PREFIXES_TABLE)?;
         conn.pragma_update(None, "user_version", LAYOUT_VERSION)?;
         // The end of the last committed entry: appends resume there.
         let newest: Option<(u32, u64)> = conn
@@ -523,21 +633,45 @@ impl Store {
     /// of that stream; its earlier parts stay stored (they are byte-identical retries when
     /// the bundle comes again).
     ///
+    /// The bundle carries no prefix secret (see [`Store::write_claimed`]): a prefix that a
+    /// butler registered refuses it.
+    ///
     /// # Errors
     /// A database or disk failure; nothing of the failing part (or of the parts after it) is
-    /// stored then.
+    /// stored then. The prefix is registered to a butler (nothing is stored then either).
     pub fn write(
         &self,
         project: &str,
         prefix: &str,
         streams: &[CheckedEntry],
     ) -> Result<WriteOutcome, StoreError> {
+        match self.write_claimed(project, prefix, &Claim::default(), streams)? {
+            Ok(out) => Ok(out),
+            // A write without a secret to a prefix that a butler registered.
+            Err(NotOwner(message)) => Err(StoreError::Db(format!("refused: {message}"))),
+        }
+    }
+
+    /// [`Store::write`] for a bundle that makes `claim` about its prefix's owner (see the
+    /// module docs, *Prefix owners*): the claim is checked, and the prefix registered on its
+    /// first secret, in the transaction of the bundle's first part, before anything of it is
+    /// stored. `Ok(Err(_))`: the bundle is refused whole and nothing of it is stored.
+    ///
+    /// # Errors
+    /// A database or disk failure, as for [`Store::write`].
+    pub fn write_claimed(
+        &self,
+        project: &str,
+        prefix: &str,
+        claim: &Claim<'_>,
+        streams: &[CheckedEntry],
+    ) -> Result<Result<WriteOutcome, NotOwner>, StoreError> {
         let total: usize = streams.iter().map(|e| e.logs.len()).sum();
         if total <= PART_ENTRIES {
-            return self.write_part(project, prefix, streams);
+            return self.write_part(project, prefix, claim, streams);
         }
         let mut out = WriteOutcome::default();
-        for part in parts(streams, PART_ENTRIES) {
+        for (n, part) in parts(streams, PART_ENTRIES).into_iter().enumerate() {
             // A stream refused in an earlier part takes nothing from the later ones.
             let (skipped, part): (Vec<_>, Vec<_>) = part
                 .into_iter()
@@ -549,7 +683,18 @@ impl Store {
                         .saturating_add(u32::try_from(e.logs.len()).unwrap_or(u32::MAX));
                 }
             }
-            let done = self.write_part(project, prefix, &part)?;
+            // Every part checks the claim; the first registers the prefix, and a registration
+            // is never undone, so the later parts pass.
+            let done = match self.write_part(project, prefix, claim, &part)? {
+                Ok(done) => done,
+                Err(refused) if n == 0 => return Ok(Err(refused)),
+                // Not expected: the first part stored streams, so the prefix can no longer be
+                // claimed by anyone else.
+                Err(NotOwner(message)) => {
+                    return Err(StoreError::Db(format!("refused after part {n}: {message}")));
+                }
+            };
+            out.registered |= done.registered;
             out.stored += done.stored;
             out.duplicates += done.duplicates;
             for key in done.touched {
@@ -559,7 +704,7 @@ impl Store {
             }
             out.refused.extend(done.refused);
         }
-        Ok(out)
+        Ok(Ok(out))
     }
 
     /// Stores `streams` in one transaction.
@@ -567,8 +712,9 @@ impl Store {
         &self,
         project: &str,
         prefix: &str,
+        claim: &Claim<'_>,
         streams: &[CheckedEntry],
-    ) -> Result<WriteOutcome, StoreError> {
+    ) -> Result<Result<WriteOutcome, NotOwner>, StoreError> {
         let mut writer = self.inner.writer.lock();
         let Writer { conn, appender } = &mut *writer;
         appender.rotate_if_full().map_err(segment_error)?;
@@ -578,9 +724,10 @@ impl Store {
             &self.inner.segments,
             project,
             prefix,
+            claim,
             streams,
         );
-        if res.is_err() {
+        if !matches!(res, Ok(Ok(_))) {
             appender.abandon();
         }
         res
@@ -592,10 +739,16 @@ impl Store {
         segments: &Segments,
         project: &str,
         prefix: &str,
+        claim: &Claim<'_>,
         streams: &[CheckedEntry],
-    ) -> Result<WriteOutcome, StoreError> {
+    ) -> Result<Result<WriteOutcome, NotOwner>, StoreError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = WriteOutcome::default();
+        match check_owner(&tx, project, prefix, claim)? {
+            Ok(registered) => out.registered = registered,
+            // Dropping `tx` rolls it back: nothing of the bundle is stored.
+            Err(refused) => return Ok(Err(refused)),
+        }
         {
             let mut find = tx.prepare_cached(
                 "SELECT id, record FROM streams WHERE project = ?1 AND prefix = ?2 AND name = ?3",
@@ -741,7 +894,7 @@ impl Store {
         // The bytes are durable before the rows that point at them commit.
         appender.flush().map_err(segment_error)?;
         tx.commit()?;
-        Ok(out)
+        Ok(Ok(out))
     }
 }
 
@@ -1145,6 +1298,19 @@ impl Store {
             }
             out.reverse();
             Ok(out)
+        })
+    }
+
+    /// Whether a butler has registered `project/prefix` with its prefix secret.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn prefix_registered(&self, project: &str, prefix: &str) -> Result<bool, StoreError> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT 1 FROM prefixes WHERE project = ?1 AND prefix = ?2")?
+                    .exists(params![project, prefix])?,
+            )
         })
     }
 
