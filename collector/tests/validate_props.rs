@@ -482,6 +482,7 @@ proptest! {
 fn bundle_with_raw_log(raw: Vec<u8>) -> Vec<u8> {
     let view = pb::BundleView {
         timestamp: None,
+        secret: Default::default(),
         project: "p".into(),
         prefix: "x".into(),
         entries: vec![pb::BundleEntryView {
