@@ -104,10 +104,10 @@ fn token<T>(req: &Request<T>) -> Option<String> {
     auth::bearer(&headers).map(str::to_string)
 }
 
-/// At most the first 64 characters of `s`, for log lines about refused requests (a refused
+/// At most the first `max` characters of `s`, for log lines about refused requests (a refused
 /// project name may be huge).
-fn clip(s: &str) -> &str {
-    s.char_indices().nth(64).map_or(s, |(i, _)| &s[..i])
+fn clip(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
 }
 
 async fn blocking<T: Send + 'static>(
@@ -138,12 +138,16 @@ impl Collector for CollectorService {
         let bundle = pb::BundleView::decode(data)
             .map_err(|e| Status::invalid_argument(format!("not a ButlerLogBundle: {e}")))?;
         let bad = |e: String| {
-            tracing::warn!(project = %clip(&bundle.project), prefix = %clip(&bundle.prefix), error = %clip(&e), "refused a bundle");
+            tracing::warn!(project = %clip(&bundle.project, 64), prefix = %clip(&bundle.prefix, 64), error = %clip(&e, 512), "refused a bundle");
             Status::invalid_argument(e)
         };
         logdog_proto::types::validate_project(&bundle.project).map_err(|e| bad(e.to_string()))?;
         logdog_proto::types::validate_prefix(&bundle.prefix).map_err(|e| bad(e.to_string()))?;
-        let what = format!("WriteBundle {}/{}", bundle.project, clip(&bundle.prefix));
+        let what = format!(
+            "WriteBundle {}/{}",
+            bundle.project,
+            clip(&bundle.prefix, 64)
+        );
         let caller = self
             .auth
             .check(token.as_deref(), Right::Write, &bundle.project, &what)?;
