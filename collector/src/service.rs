@@ -461,6 +461,27 @@ async fn follow(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_token_comes_from_the_authorization_metadata() {
+        let with = |v: &str| {
+            let mut r = Request::new(());
+            r.metadata_mut().insert("authorization", v.parse().unwrap());
+            token(&r)
+        };
+        assert_eq!(token(&Request::new(())), None);
+        assert_eq!(with("Bearer ldt_abc").as_deref(), Some("ldt_abc"));
+        assert_eq!(with("bearer  ldt_abc ").as_deref(), Some("ldt_abc"));
+        assert_eq!(with("Basic ldt_abc"), None);
+        assert_eq!(with("Bearer "), None);
+    }
+
+    #[test]
+    fn clip_keeps_log_lines_short_on_character_boundaries() {
+        assert_eq!(clip("short", 64), "short");
+        assert_eq!(clip(&"p".repeat(100_000), 64).len(), 64);
+        assert_eq!(clip("ééé", 2), "éé");
+    }
+
     /// A damaged index is permanent (`DATA_LOSS`, not retried); a full disk or a busy store is
     /// transient (`UNAVAILABLE`).
     #[test]
