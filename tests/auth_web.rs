@@ -345,9 +345,8 @@ fn viewer_over_tls_needs_a_token_that_may_read_the_project() {
 
     // A client that does not trust the collector's CA fails the handshake.
     let other = Pki::new(&s.dir, "other");
-    let err = connect(&http, &other.ca, &[b"http/1.1"])
-        .err()
-        .expect("a handshake trusting another CA");
+    let err =
+        connect(&http, &other.ca, &[b"http/1.1"]).expect_err("a handshake trusting another CA");
     assert!(
         err.to_string().contains("UnknownIssuer") || err.to_string().contains("certificate"),
         "{err}"
