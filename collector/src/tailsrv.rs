@@ -20,10 +20,10 @@
 //! open server too.)
 //!
 //! A bad request, a missing or refused token, an unknown stream or a store failure gets one
-//! line, `error: MESSAGE`, and the connection is closed. Each connection is its own task with its own position in the
-//! stream; it holds one chunk of entries at a time (shared with the other connections at the
-//! same place, see [`crate::chunks`]) and no lock while it writes to its socket, so a slow
-//! reader only ever slows itself.
+//! line, `error: MESSAGE`, and the connection is closed. Each connection is its own task with
+//! its own position in the stream; it holds one chunk of entries at a time (shared with the
+//! other connections at the same place, see [`crate::chunks`]) and no lock while it writes to
+//! its socket, so a slow reader only ever slows itself.
 //!
 //! Hostile clients are bounded: a follower waiting for new bytes also watches its client's
 //! side of the connection, and end of input or an error there ends the connection at once
