@@ -541,9 +541,15 @@ fn viewer_over_tls_needs_a_token_that_may_read_the_project() {
         "{set}"
     );
 
-    // The silent client did not hold anything up, and is let go after the handshake timeout
-    // (or at the stop).
-    drop(silent);
+    // The silent client did not hold anything up, and is let go after the handshake timeout.
+    let mut silent = silent;
+    silent.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut sink = Vec::new();
+    let _ = silent.read_to_end(&mut sink);
+    assert!(sink.is_empty(), "the silent client got {sink:?}");
+    wait_until("the handshake timeout to be logged", || {
+        c.log().contains("not finished within 10s")
+    });
     let log = c.stop_with_log();
     assert!(log.contains("TLS handshake failed"), "{log}");
     assert!(log.contains("unauthenticated request refused"), "{log}");
@@ -615,6 +621,9 @@ fn tail_server_over_tls_needs_an_auth_line() {
     let _ = silent[0].read_to_end(&mut sink);
     assert!(sink.is_empty(), "the evicted client got {sink:?}");
     silent.clear();
+    // One that stays silent is let go after the handshake timeout (checked at the end).
+    let mut silent = TcpStream::connect(&tail).unwrap();
+    silent.set_read_timeout(Some(TIMEOUT)).unwrap();
 
     // The auth line and the request in separate writes, and with `\r\n`.
     let mut t = connect(&tail, ca, &[]).unwrap();
@@ -688,6 +697,13 @@ fn tail_server_over_tls_needs_an_auth_line() {
     });
 
     openssl_checks(&c, ca, &reader);
+
+    let mut sink = Vec::new();
+    let _ = silent.read_to_end(&mut sink);
+    assert!(sink.is_empty(), "the silent client got {sink:?}");
+    wait_until("the handshake timeout to be logged", || {
+        c.log().contains("not finished within 10s")
+    });
 
     let log = c.stop_with_log();
     assert!(log.contains("TLS handshake failed"), "{log}");
