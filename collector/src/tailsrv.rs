@@ -1,7 +1,7 @@
 //! The tail server: any stream followed with nothing but netcat, in the spirit of tailsrv.
 //!
-//! A client connects over TCP and sends one request line (at most [`MAX_REQUEST_LINE`]
-//! bytes, ending in `\n`; a `\r` before it is ignored):
+//! A client connects over TCP (or TLS, see [`TailServer::with_tls`]) and sends one request
+//! line (at most [`MAX_REQUEST_LINE`] bytes, ending in `\n`; a `\r` before it is ignored):
 //!
 //! - `stream PROJECT/PREFIX/+/NAME` — the stream's bytes from the start, then new bytes as
 //!   they arrive; the server closes the connection once the stream is complete and every
@@ -14,11 +14,16 @@
 //! - `list [PROJECT[/PREFIX]]` — stream paths, one per line (without an argument: the
 //!   `default` project and every project written to since the collector started).
 //!
-//! A bad request, an unknown stream or a store failure gets one line, `error: MESSAGE`, and
-//! the connection is closed. Each connection is its own task with its own position in the
-//! stream; it holds one chunk of entries at a time (shared with the other connections at the
-//! same place, see [`crate::chunks`]) and no lock while it writes to its socket, so a slow
-//! reader only ever slows itself.
+//! When the collector has an auth file ([`TailServer::with_auth`]), the first line must be
+//! `auth TOKEN`, then the request line; `stream` needs the right to read the stream's project
+//! and `list` shows only readable projects. (An `auth` line is accepted, and ignored, by an
+//! open server too.)
+//!
+//! A bad request, a missing or refused token, an unknown stream or a store failure gets one
+//! line, `error: MESSAGE`, and the connection is closed. Each connection is its own task with
+//! its own position in the stream; it holds one chunk of entries at a time (shared with the
+//! other connections at the same place, see [`crate::chunks`]) and no lock while it writes to
+//! its socket, so a slow reader only ever slows itself.
 //!
 //! Hostile clients are bounded: a follower waiting for new bytes also watches its client's
 //! side of the connection, and end of input or an error there ends the connection at once
@@ -26,7 +31,9 @@
 //! most [`DEFAULT_MAX_CONNECTIONS`] connections (or [`TailServer::with_max_connections`])
 //! are open at once; when the table is full, a new connection takes the slot of the oldest
 //! one that has not sent its request yet, and is turned away with an `error:` line only if
-//! every slot is serving a request.
+//! every slot is serving a request (over TLS it is closed without a line). A TLS client has
+//! [`HANDSHAKE_TIMEOUT`] to finish its handshake, in the connection's own task, so a silent
+//! client never holds up the others.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -39,16 +46,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
+use crate::auth::{Auth, Caller, Denied, Right};
 use crate::chunks::ChunkCache;
 use crate::reader::{self, ByteStart, ReadError};
 use crate::store::{Store, StreamKey};
+use crate::tls::HANDSHAKE_TIMEOUT;
 use crate::watchers::Watchers;
 
 /// Longest request line accepted, without its `\n`.
 pub const MAX_REQUEST_LINE: usize = 4096;
-/// How long a client has to send its request line.
+/// How long a client has to send its request line (and its `auth` line before it).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections open at once by default (see [`TailServer::with_max_connections`]).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -65,9 +75,11 @@ pub struct TailStats {
     pub connections: AtomicU64,
     /// Connections open now.
     pub active: AtomicU64,
-    /// Requests answered with an error line (bad request, unknown stream).
+    /// Requests answered with an error line (bad request, missing or refused token, unknown
+    /// stream).
     pub refused: AtomicU64,
-    /// Failures: store reads, I/O errors other than a client going away, accept errors.
+    /// Failures: store reads, I/O errors other than a client going away, accept errors, TLS
+    /// handshakes that failed or timed out.
     pub errors: AtomicU64,
     /// Stream bytes sent.
     pub bytes_sent: AtomicU64,
@@ -80,7 +92,7 @@ pub struct TailStats {
 }
 
 /// The tail server. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TailServer {
     store: Store,
     watchers: Watchers,
@@ -88,6 +100,20 @@ pub struct TailServer {
     chunks: ChunkCache,
     stats: Arc<TailStats>,
     max_connections: usize,
+    /// Who may read which projects.
+    auth: Auth,
+    /// TLS for every connection (plain TCP when `None`).
+    tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for TailServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TailServer")
+            .field("max_connections", &self.max_connections)
+            .field("auth", &self.auth)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A connection that has not sent its request yet: its slot, and how to tell it to go.
@@ -162,7 +188,26 @@ impl TailServer {
             chunks: ChunkCache::new(),
             stats: Arc::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            auth: Auth::open(),
+            tls: None,
         }
+    }
+
+    /// Checks every request against `auth`: unless it is open, a connection's first line must
+    /// be `auth TOKEN`, reading a stream needs the right to read its project, and `list` shows
+    /// only readable projects.
+    #[must_use]
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Serves every connection over TLS with `acceptor` (see
+    /// [`TlsIdentity::acceptor`](crate::tls::TlsIdentity::acceptor)).
+    #[must_use]
+    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
     }
 
     /// Caps the connections open at once at `n` (at least 1).
@@ -240,6 +285,10 @@ impl TailServer {
                 let n = self.stats.turned_away.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(peer = %peer, turned_away = n, max = self.max_connections,
                     "tail connection turned away: every slot is serving a request");
+                if self.tls.is_some() {
+                    // A plain line would mean nothing to a TLS client: just close.
+                    continue;
+                }
                 // Best effort, never waiting: the socket's send buffer is empty. What the
                 // client sent already is read first, so that closing does not reset the
                 // connection and lose the line.
@@ -294,7 +343,8 @@ impl TailServer {
         Ok(())
     }
 
-    /// Serves one connection to its end, logging and counting what went wrong.
+    /// Serves one connection to its end (after its TLS handshake, if the server has TLS),
+    /// logging and counting what went wrong.
     async fn connection(
         &self,
         socket: TcpStream,
@@ -302,11 +352,53 @@ impl TailServer {
         mut admission: Admission,
     ) {
         let _ = socket.set_nodelay(true);
-        let (mut rd, mut wr) = socket.into_split();
+        let Some(acceptor) = &self.tls else {
+            self.session(socket, stop, admission).await;
+            return;
+        };
+        let failed = |why: String| {
+            let n = self.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::info!(error = %why, errors = n, "tail server: TLS handshake failed");
+        };
+        let tls = tokio::select! {
+            r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)) => match r {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return failed(e.to_string()),
+                Err(_) => return failed(format!(
+                    "not finished within {}s", HANDSHAKE_TIMEOUT.as_secs()
+                )),
+            },
+            _ = &mut admission.evicted => {
+                tracing::debug!("tail connection evicted during its TLS handshake");
+                return;
+            }
+            () = stopped(&mut stop) => return,
+        };
+        self.session(tls, stop, admission).await;
+    }
+
+    /// Serves the requests of one connection (plain or TLS).
+    async fn session<S: AsyncRead + AsyncWrite + Send + Unpin>(
+        &self,
+        stream: S,
+        mut stop: watch::Receiver<bool>,
+        mut admission: Admission,
+    ) {
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let result = async {
-            let line = tokio::select! {
-                r = tokio::time::timeout(REQUEST_TIMEOUT, read_request_line(&mut rd)) => match r {
-                    Ok(line) => line?,
+            let mut lines = LineReader::default();
+            let read = async {
+                let mut line = lines.read_line(&mut rd).await?;
+                let mut token = None;
+                if let Some(t) = auth_line(&line) {
+                    token = Some(t.to_string());
+                    line = lines.read_line(&mut rd).await?;
+                }
+                Ok::<_, ConnError>((token, line))
+            };
+            let (token, line) = tokio::select! {
+                r = tokio::time::timeout(REQUEST_TIMEOUT, read) => match r {
+                    Ok(read) => read?,
                     Err(_) => return Err(ConnError::Refused(format!(
                         "no request line within {}s", REQUEST_TIMEOUT.as_secs()
                     ))),
@@ -318,9 +410,15 @@ impl TailServer {
             let Some(_slot) = admission.admit() else {
                 return Err(ConnError::Evicted);
             };
+            let caller = self.caller(token.as_deref())?;
             match parse_request(&line).map_err(ConnError::Refused)? {
-                Request::List(under) => self.list(under, &mut wr).await,
+                Request::List(under) => self.list(&caller, under, &mut wr).await,
                 Request::Stream(key, start) => {
+                    self.permit(
+                        &caller,
+                        &key.project,
+                        &format!("tail stream {}/{}/+/{}", key.project, key.prefix, key.name),
+                    )?;
                     self.follow(key, start, &mut rd, &mut wr, &mut stop).await
                 }
             }
@@ -351,20 +449,53 @@ impl TailServer {
         let _ = wr.shutdown().await;
     }
 
+    /// Who sent `token` (the `auth` line's, if any); a refusal is counted and logged by the
+    /// auth policy, without the token.
+    fn caller(&self, token: Option<&str>) -> Result<Caller, ConnError> {
+        let refuse = |d: Denied| ConnError::Refused(self.auth.refuse(d, "tail").to_string());
+        match token {
+            None if !self.auth.is_open() => Err(refuse(Denied::Unauthenticated(
+                "this tail server needs a token: send `auth TOKEN` as the first line, then the \
+                 request"
+                    .to_string(),
+            ))),
+            Some("") => Err(refuse(Denied::Unauthenticated(
+                "bad auth line: expected `auth TOKEN`".to_string(),
+            ))),
+            _ => self.auth.caller(token).map_err(refuse),
+        }
+    }
+
+    /// Whether `caller` may read `project`; a refusal is counted and logged.
+    fn permit(&self, caller: &Caller, project: &str, what: &str) -> Result<(), ConnError> {
+        caller
+            .may(Right::Read, project)
+            .map_err(|d| ConnError::Refused(self.auth.refuse(d, what).to_string()))
+    }
+
     /// Answers `list`.
     async fn list(
         &self,
+        caller: &Caller,
         under: Option<(String, String)>,
         wr: &mut (impl AsyncWrite + Unpin),
     ) -> Result<(), ConnError> {
         let scopes = match under {
-            Some(scope) => vec![scope],
+            Some((project, prefix)) => {
+                self.permit(caller, &project, &format!("tail list {project}"))?;
+                vec![(project, prefix)]
+            }
             None => {
                 let mut projects = self.watchers.projects();
                 if !projects.iter().any(|p| p == "default") {
                     projects.insert(0, "default".to_string());
                 }
-                projects.into_iter().map(|p| (p, String::new())).collect()
+                // Only what the caller may read.
+                projects
+                    .into_iter()
+                    .filter(|p| caller.allows(Right::Read, p))
+                    .map(|p| (p, String::new()))
+                    .collect()
             }
         };
         for (project, prefix) in scopes {
@@ -490,34 +621,54 @@ fn gone(e: &io::Error) -> bool {
     )
 }
 
-/// Reads the request line (without `\n`, and a `\r` before it); at end of input, what came
-/// so far is the line.
-async fn read_request_line(rd: &mut (impl AsyncRead + Unpin)) -> Result<String, ConnError> {
-    let mut line = Vec::with_capacity(128);
-    let mut chunk = [0u8; 512];
-    loop {
-        let n = rd.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        if let Some(i) = chunk[..n].iter().position(|&b| b == b'\n') {
-            line.extend_from_slice(&chunk[..i]);
-            break;
-        }
-        line.extend_from_slice(&chunk[..n]);
+/// Reads a connection's lines, keeping what came after a line for the next one.
+#[derive(Debug, Default)]
+struct LineReader {
+    buf: Vec<u8>,
+    /// End of input was reached.
+    eof: bool,
+}
+
+impl LineReader {
+    /// Reads a line (without `\n`, and a `\r` before it); at end of input, what came so far
+    /// is the line.
+    async fn read_line(&mut self, rd: &mut (impl AsyncRead + Unpin)) -> Result<String, ConnError> {
+        let mut chunk = [0u8; 512];
+        let mut line = loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=i).collect();
+                line.pop();
+                break line;
+            }
+            if self.eof || self.buf.len() > MAX_REQUEST_LINE {
+                break std::mem::take(&mut self.buf);
+            }
+            let n = rd.read(&mut chunk).await?;
+            if n == 0 {
+                self.eof = true;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
         if line.len() > MAX_REQUEST_LINE {
-            break;
+            return Err(ConnError::Refused(format!(
+                "request line longer than {MAX_REQUEST_LINE} bytes"
+            )));
         }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        String::from_utf8(line).map_err(|_| ConnError::Refused("request line is not UTF-8".into()))
     }
-    if line.len() > MAX_REQUEST_LINE {
-        return Err(ConnError::Refused(format!(
-            "request line longer than {MAX_REQUEST_LINE} bytes"
-        )));
+}
+
+/// The token of an `auth TOKEN` line.
+fn auth_line(line: &str) -> Option<&str> {
+    let mut words = line.split_ascii_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("auth"), Some(token), None) => Some(token),
+        (Some("auth"), ..) => Some(""),
+        _ => None,
     }
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    String::from_utf8(line).map_err(|_| ConnError::Refused("request line is not UTF-8".into()))
 }
 
 const USAGE: &str = "expected `stream PROJECT/PREFIX/+/NAME [from byte N | from byte -N]` or `list [PROJECT[/PREFIX]]`";

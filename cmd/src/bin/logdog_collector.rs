@@ -1,7 +1,8 @@
 //! `logdog_collector`: stores bundles from butlers and serves streams back.
 //!
 //! `logdog_collector --listen 127.0.0.1:7431 --data ./collector-data [--http 127.0.0.1:7432]
-//! [--tail 127.0.0.1:7433]`; `logdog_collector verify --data DIR` scans a store for damage.
+//! [--tail 127.0.0.1:7433] [--tls-cert PEM --tls-key PEM] [--auth FILE]`; `logdog_collector
+//! verify --data DIR` scans a store for damage.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -341,17 +342,28 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
     }));
     let readers = readers.unwrap_or_else(tokio::runtime::Handle::current);
     let web = http.map(|(listener, a)| {
-        tracing::info!(addr = %a, "web viewer listening");
+        tracing::info!(addr = %a, tls = security.tls.is_some(), "web viewer listening");
         let (store, watchers, stop) = (store.clone(), watchers.clone(), stopped());
+        let security = security.clone();
         readers.spawn(async move {
             let listener = TcpListener::from_std(listener)?;
-            web::serve(listener, store, watchers, stop).await
+            web::serve_secured(listener, store, watchers, &security, stop).await
         })
     });
-    let tail = tail.map(|(listener, a)| {
-        tracing::info!(addr = %a, "tail server listening");
-        let server = TailServer::new(store.clone(), watchers.clone())
-            .with_max_connections(cli.tail_max_connections as usize);
+    let tail = match tail {
+        Some((listener, a)) => {
+            tracing::info!(addr = %a, tls = security.tls.is_some(), "tail server listening");
+            let mut server = TailServer::new(store.clone(), watchers.clone())
+                .with_max_connections(cli.tail_max_connections as usize)
+                .with_auth(security.auth.clone());
+            if let Some(tls) = &security.tls {
+                server = server.with_tls(tls.acceptor(&[]).context("TLS for the tail server")?);
+            }
+            Some((listener, server))
+        }
+        None => None,
+    };
+    let tail = tail.map(|(listener, server)| {
         let stop = stopped();
         readers.spawn(async move {
             let listener = TcpListener::from_std(listener)?;

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::ansi;
 use super::server::AppState;
+use super::{ansi, login};
+use crate::auth::{Denied, Right};
 use crate::reader::{self, ReadError, Row, RowAssembler, RowStart};
 use crate::store::{StreamInfo, StreamKey};
 
@@ -89,9 +90,24 @@ impl From<ReadError> for ApiError {
     }
 }
 
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> Self {
+        match d {
+            Denied::Unauthenticated(m) => Self::new(StatusCode::UNAUTHORIZED, m),
+            Denied::PermissionDenied(m) => Self::new(StatusCode::FORBIDDEN, m),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorJson { error: self.msg })).into_response()
+        let unauthorized = self.status == StatusCode::UNAUTHORIZED;
+        let mut resp = (self.status, Json(ErrorJson { error: self.msg })).into_response();
+        if unauthorized {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
     }
 }
 
@@ -99,6 +115,19 @@ type ApiResult = Result<Response, ApiError>;
 
 fn key_of(path: &str) -> Result<StreamKey, ApiError> {
     reader::parse_stream_path(path).map_err(ApiError::bad_request)
+}
+
+/// The stream of `path`, once the request's token may read its project; `route` names the
+/// request in the log line of a refusal.
+fn readable_key(
+    st: &AppState,
+    headers: &HeaderMap,
+    route: &str,
+    path: &str,
+) -> Result<StreamKey, ApiError> {
+    let key = key_of(path)?;
+    login::reader(st, headers, &key.project, &format!("viewer {route}/{path}"))?;
+    Ok(key)
 }
 
 /// A stream as the pages show it.
@@ -233,17 +262,30 @@ fn row_json(kind: StreamType, row: &Row) -> RowJson {
 }
 
 /// `GET /api/projects`.
-pub(super) async fn projects(State(st): State<AppState>) -> Response {
+/// Only the projects the token may read.
+pub(super) async fn projects(State(st): State<AppState>, headers: HeaderMap) -> ApiResult {
+    let caller = login::caller(&st, &headers, "viewer /api/projects")?;
     let mut projects = st.watchers.projects();
     if !projects.iter().any(|p| p == "default") {
         projects.insert(0, "default".to_string());
     }
-    Json(serde_json::json!({ "projects": projects })).into_response()
+    projects.retain(|p| caller.allows(Right::Read, p));
+    Ok(Json(serde_json::json!({ "projects": projects })).into_response())
 }
 
 /// `GET /api/streams/PROJECT[/PREFIX]`.
-pub(super) async fn streams(State(st): State<AppState>, Path(scope): Path<String>) -> ApiResult {
+pub(super) async fn streams(
+    State(st): State<AppState>,
+    Path(scope): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
     let (project, prefix) = reader::parse_scope(&scope).map_err(ApiError::bad_request)?;
+    login::reader(
+        &st,
+        &headers,
+        &project,
+        &format!("viewer /api/streams/{scope}"),
+    )?;
     let (store, p, x) = (st.store.clone(), project.clone(), prefix.clone());
     let listed = reader::blocking(move || store.list(&p, &x)).await?;
     let truncated = listed.len() > MAX_LISTED;
@@ -262,8 +304,12 @@ pub(super) async fn streams(State(st): State<AppState>, Path(scope): Path<String
 }
 
 /// `GET /api/stream/PATH`: descriptor, state and the number of rows.
-pub(super) async fn stream(State(st): State<AppState>, Path(path): Path<String>) -> ApiResult {
-    let key = key_of(&path)?;
+pub(super) async fn stream(
+    State(st): State<AppState>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let key = readable_key(&st, &headers, "/api/stream", &path)?;
     let (store, k) = (st.store.clone(), key.clone());
     let read = reader::blocking(move || {
         let Some(info) = store.stream(&k)? else {
@@ -297,8 +343,9 @@ pub(super) async fn rows(
     State(st): State<AppState>,
     Path(path): Path<String>,
     Query(q): Query<RowsQuery>,
+    headers: HeaderMap,
 ) -> ApiResult {
-    let key = key_of(&path)?;
+    let key = readable_key(&st, &headers, "/api/rows", &path)?;
     let count = q.count.unwrap_or(DEFAULT_ROWS).clamp(1, MAX_ROWS);
     let start = match (q.last, q.from) {
         (Some(last), _) => RowStart::Last(last.min(MAX_ROWS as u64)),
@@ -338,7 +385,7 @@ pub(super) async fn events(
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let key = key_of(&path)?;
+    let key = readable_key(&st, &headers, "/api/events", &path)?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -597,8 +644,9 @@ pub(super) async fn raw(
     State(st): State<AppState>,
     Path(path): Path<String>,
     Query(q): Query<RawQuery>,
+    headers: HeaderMap,
 ) -> ApiResult {
-    let key = key_of(&path)?;
+    let key = readable_key(&st, &headers, "/raw", &path)?;
     let (store, k) = (st.store.clone(), key.clone());
     let info = reader::blocking(move || store.stream(&k))
         .await?

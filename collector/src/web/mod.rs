@@ -15,20 +15,30 @@
 //! | `/api/stream/PATH` | JSON: one stream's descriptor and state |
 //! | `/api/rows/PATH?from=N&count=M` or `?last=M` | JSON: a page of rows |
 //! | `/api/events/PATH?from=N` | server-sent events: rows from `N` as they arrive |
+//! | `/login`, `/logout` | the login form (auth on): keeps the token in a cookie |
 //!
 //! A *row* is a text stream's line or a datagram stream's datagram. Pages hold a bounded
 //! window of rows and fetch more as the reader scrolls, so a 100 MiB log is never rendered
 //! (or sent) at once. The live view is a server-sent event stream whose event ids are row
 //! numbers: after a reconnect the browser sends `Last-Event-ID` and the stream resumes there.
 //!
+//! With an auth file every page, API route, raw download and event stream needs a token that
+//! may read the stream's project (`authorization: Bearer TOKEN`, or the login cookie), and
+//! project lists show only readable projects: a browser without a token is sent to `/login`
+//! (303), an API request gets 401 and a token without the right 403, as `{"error": ...}`.
+//! Over TLS ([`serve_secured`]) the viewer speaks HTTP/2 and HTTP/1.1.
+//!
 //! # Layout
 //! - [`ansi`]: ANSI escape sequences to styled spans.
 //! - `server`: [`serve`], the routes, the pages and static files, the security headers.
 //! - `api`: the JSON, event-stream and raw handlers.
+//! - `login`: tokens from headers and the cookie, the login form, page access.
 //! - `assets/`: the pages, their script and style sheet.
 
 pub mod ansi;
 mod api;
+mod login;
 mod server;
 
-pub use server::serve;
+pub use login::COOKIE;
+pub use server::{serve, serve_secured};

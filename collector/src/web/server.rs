@@ -6,17 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderValue, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use super::api;
+use super::{api, login};
+use crate::Security;
+use crate::auth::Auth;
 use crate::chunks::ChunkCache;
 use crate::store::Store;
 use crate::watchers::Watchers;
@@ -36,6 +39,10 @@ pub(super) struct AppState {
     pub(super) followers: Arc<Semaphore>,
     /// Reads shared by the live followers of a stream.
     pub(super) chunks: ChunkCache,
+    /// Who may read which projects.
+    pub(super) auth: Auth,
+    /// Served over TLS (the login cookie is `Secure`).
+    pub(super) secure: bool,
 }
 
 /// What a connection buffers for writing before it waits for the client: hyper's default is
@@ -53,12 +60,41 @@ pub async fn serve(
     watchers: Watchers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_secured(listener, store, watchers, &Security::default(), shutdown).await
+}
+
+/// Like [`serve`], with the access policy and TLS of `security`: over TLS the viewer offers
+/// HTTP/2 and HTTP/1.1 (ALPN), and with an auth file every page and API route needs a token
+/// that may read the project (see the `login` module).
+///
+/// # Errors
+/// The TLS configuration was refused, or the server failed.
+pub async fn serve_secured(
+    listener: TcpListener,
+    store: Store,
+    watchers: Watchers,
+    security: &Security,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let acceptor = security
+        .tls
+        .as_ref()
+        .map(|t| t.acceptor(&[b"h2", b"http/1.1"]))
+        .transpose()
+        .map_err(io::Error::other)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let app = router(store, watchers, stop_rx);
+    let app = router(
+        store,
+        watchers,
+        stop_rx.clone(),
+        security.auth.clone(),
+        acceptor.is_some(),
+    );
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().max_buf_size(CONN_WRITE_BUFFER);
     builder.http2().max_send_buf_size(CONN_WRITE_BUFFER);
     let graceful = GracefulShutdown::new();
+    let handshake_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (socket, _) = tokio::select! {
@@ -73,15 +109,36 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(socket),
-                TowerToHyperService::new(app.clone()),
-            )
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let Some(acceptor) = &acceptor else {
+            let conn = builder
+                .serve_connection_with_upgrades(
+                    TokioIo::new(socket),
+                    TowerToHyperService::new(app.clone()),
+                )
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "web viewer connection ended");
+                }
+            });
+            continue;
+        };
+        // The handshake runs in the connection's own task: a silent client holds up nobody.
+        let (acceptor, builder, app) = (acceptor.clone(), builder.clone(), app.clone());
+        let (watcher, failures, stop) = (
+            graceful.watcher(),
+            handshake_failures.clone(),
+            stop_rx.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let Some(tls) = handshake(&acceptor, socket, stop, &failures).await else {
+                return;
+            };
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app))
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "web viewer connection ended");
             }
         });
@@ -92,19 +149,52 @@ pub async fn serve(
     Ok(())
 }
 
+/// A connection's TLS handshake, within [`HANDSHAKE_TIMEOUT`](crate::tls::HANDSHAKE_TIMEOUT);
+/// `None` (logged and counted in `failures`) if it failed, or the server is stopping.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    socket: TcpStream,
+    mut stop: watch::Receiver<bool>,
+    failures: &std::sync::atomic::AtomicU64,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    use crate::tls::HANDSHAKE_TIMEOUT;
+    let peer = socket.peer_addr().ok();
+    let why = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)) => match r {
+            Ok(Ok(tls)) => return Some(tls),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("not finished within {}s", HANDSHAKE_TIMEOUT.as_secs()),
+        },
+        _ = stop.wait_for(|s| *s) => return None,
+    };
+    let n = failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    tracing::info!(peer = ?peer, error = %why, failures = n, "web viewer: TLS handshake failed");
+    None
+}
+
 /// The viewer's routes. `stop` turning true ends the live event streams.
-fn router(store: Store, watchers: Watchers, stop: watch::Receiver<bool>) -> Router {
+fn router(
+    store: Store,
+    watchers: Watchers,
+    stop: watch::Receiver<bool>,
+    auth: Auth,
+    secure: bool,
+) -> Router {
     let state = AppState {
         store,
         watchers,
         stop,
         followers: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
         chunks: ChunkCache::new(),
+        auth,
+        secure,
     };
     Router::new()
-        .route("/", get(|| async { page(INDEX_HTML) }))
-        .route("/p/{*scope}", get(|| async { page(LIST_HTML) }))
-        .route("/s/{*path}", get(|| async { page(STREAM_HTML) }))
+        .route("/", get(index_page))
+        .route("/p/{*scope}", get(list_page))
+        .route("/s/{*path}", get(stream_page))
+        .route("/login", get(login::login_form).post(login::login))
+        .route("/logout", post(login::logout))
         .route("/static/{file}", get(asset))
         .route("/api/projects", get(api::projects))
         .route("/api/streams/{*scope}", get(api::streams))
@@ -145,15 +235,50 @@ const ASSETS: [(&str, &str, &str); 4] = [
     ),
 ];
 
-fn page(html: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        html,
-    )
-        .into_response()
+/// The log-out button, in the header of every page when auth is on.
+const LOGOUT_FORM: &str = "<form method=\"post\" action=\"/logout\" class=\"logout\">\
+    <button type=\"submit\">Log out</button></form>\n</header>";
+
+/// A page; `logout`: with the log-out button.
+pub(super) fn page(html: &'static str, logout: bool) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    if logout {
+        (headers, html.replacen("</header>", LOGOUT_FORM, 1)).into_response()
+    } else {
+        (headers, html).into_response()
+    }
+}
+
+/// `/`: any known token (the list shows only the projects it may read).
+async fn index_page(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    login::guarded_page(&st, &headers, &uri, None, INDEX_HTML)
+}
+
+/// `/p/PROJECT[/PREFIX]`: a token that may read the project.
+async fn list_page(
+    State(st): State<AppState>,
+    axum::extract::Path(scope): axum::extract::Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let project = crate::reader::parse_scope(&scope).ok().map(|(p, _)| p);
+    login::guarded_page(&st, &headers, &uri, project.as_deref(), LIST_HTML)
+}
+
+/// `/s/PATH`: a token that may read the stream's project.
+async fn stream_page(
+    State(st): State<AppState>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let project = crate::reader::parse_stream_path(&path)
+        .ok()
+        .map(|k| k.project);
+    login::guarded_page(&st, &headers, &uri, project.as_deref(), STREAM_HTML)
 }
 
 async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {

@@ -63,6 +63,10 @@ const logdog = (() => {
     } catch (_) {
       body = null;
     }
+    if (resp.status === 401) {
+      // No token, or the login cookie expired: log in and come back here.
+      window.location.assign('/login?next=' + encodeURIComponent(location.pathname + location.search + location.hash));
+    }
     if (!resp.ok) {
       const e = new Error((body && body.error) || `${resp.status} ${resp.statusText}`);
       e.status = resp.status;
