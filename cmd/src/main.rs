@@ -138,7 +138,6 @@ pub fn client_security(g: &Global) -> Result<ClientSecurity, Failure> {
         .map_err(Failure::Usage)?;
     let security = ClientSecurity { ca, token };
     if let Some(w) = security.cleartext_warning(&collector) {
-        tracing::warn!("{w}");
         eprintln!("logdog_butler: warning: {w}");
     }
     Ok(security)
