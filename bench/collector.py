@@ -10,7 +10,12 @@
 (c) the collector's peak RSS during (a);
 and (a) again with `--spool DIR`, to compare the durable spool's throughput with the plain run.
 
-Usage: bench/collector.py [--size-mib 512] [--runs 3] [--file PATH] [--lines 1000]
+With --tls, (a) and (b) are measured a second time in the same run with TLS and auth on: a CA
+and a certificate for 127.0.0.1 made with `openssl req` in the work directory, the collector
+with --tls-cert/--tls-key and --auth (a token made by `logdog_collector token new`), the
+butler and the follower with grpcs:// --ca-cert and LOGDOG_TOKEN.
+
+Usage: bench/collector.py [--size-mib 512] [--runs 3] [--file PATH] [--lines 1000] [--tls]
 Builds the release binaries first.
 """
 
@@ -29,10 +34,56 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from whole_process import make_text_file  # noqa: E402
 
 
-def start_collector(data):
+class Plain:
+    """No TLS, no auth."""
+    label = ""
+    collector_flags = []
+    scheme = "grpc"
+    client_flags = []
+    env = None
+
+
+class Secure:
+    """TLS and auth: a CA, a server certificate and a token made in `work`."""
+    label = " [TLS+auth]"
+    scheme = "grpcs"
+
+    def __init__(self, work):
+        pki = os.path.join(work, "pki")
+        os.makedirs(pki, exist_ok=True)
+        ca_key, ca = os.path.join(pki, "ca.key"), os.path.join(pki, "ca.pem")
+        key, csr, cert = (os.path.join(pki, n) for n in ("key.pem", "req.csr", "cert.pem"))
+        ext = os.path.join(pki, "ext.cnf")
+        quiet = {"check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", ca_key, "-out", ca,
+                        "-days", "2", "-subj", "/CN=logdog bench CA",
+                        "-addext", "basicConstraints=critical,CA:TRUE",
+                        "-addext", "keyUsage=critical,keyCertSign,cRLSign"], **quiet)
+        subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", csr,
+                        "-subj", "/CN=localhost"], **quiet)
+        with open(ext, "w") as f:
+            f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                    "extendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
+        subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+                        "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext], **quiet)
+        out = subprocess.run([os.path.join(BIN, "logdog_collector"), "token", "new", "bench",
+                              "--write", "*", "--read", "*"], check=True, capture_output=True,
+                             text=True).stdout
+        token, entry = out.split("\n", 1)
+        auth = os.path.join(pki, "auth.toml")
+        with open(auth, "w") as f:
+            f.write(entry)
+        self.collector_flags = ["--tls-cert", cert, "--tls-key", key, "--auth", auth]
+        self.client_flags = ["--ca-cert", ca]
+        self.env = dict(os.environ, LOGDOG_TOKEN=token.strip())
+
+
+def start_collector(data, sec=Plain):
     proc = subprocess.Popen(
         [os.path.join(BIN, "logdog_collector"), "--listen", "127.0.0.1:0", "--data", data,
-         "--log-level", "warn"],
+         "--log-level", "warn", *sec.collector_flags],
         stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()
     if not line.startswith("LOGDOG_COLLECTOR="):
@@ -53,14 +104,15 @@ def stop(proc):
     proc.wait(timeout=60)
 
 
-def one_run(data, work, name, extra):
+def one_run(data, work, name, extra, sec=Plain):
     """One butler run to a fresh collector; returns (seconds, collector peak RSS MiB)."""
     store = os.path.join(work, f"store-{name}")
-    col, addr = start_collector(store)
+    col, addr = start_collector(store, sec)
     t = time.perf_counter()
-    subprocess.run([os.path.join(BIN, "logdog_butler"), "--output", f"grpc://{addr}",
-                    "--prefix", name, *extra, "run", "--no-echo", "--no-summary", "--", "cat", data],
-                   check=True)
+    subprocess.run([os.path.join(BIN, "logdog_butler"), "--output", f"{sec.scheme}://{addr}",
+                    *sec.client_flags, "--prefix", name, *extra, "run", "--no-echo",
+                    "--no-summary", "--", "cat", data],
+                   check=True, env=sec.env)
     took = time.perf_counter() - t
     rss = peak_rss_mib(col.pid)
     stop(col)
@@ -68,31 +120,46 @@ def one_run(data, work, name, extra):
     return took, rss
 
 
-def throughput(data, work, runs):
-    """(a) and (c), and the same run with --spool (issue: spool-on >= 80% of spool-off)."""
+def throughput(data, work, runs, secs):
+    """(a) and (c), and the same run with --spool (issue: spool-on >= 80% of spool-off), for
+    each of `secs` (plain, and TLS with auth when asked)."""
     size = os.path.getsize(data)
-    base, ours, spooled, rss = [], [], [], []
+    base = []
+    results = {sec.label: ([], [], []) for sec in secs}
     subprocess.run(["cat", data], stdout=subprocess.DEVNULL, check=True)
     for i in range(runs):
         t = time.perf_counter()
         subprocess.run(f"cat '{data}' | cat > /dev/null", shell=True, check=True)
         base.append(time.perf_counter() - t)
-        took, r = one_run(data, work, f"bench{i}", [])
-        ours.append(took)
-        rss.append(r)
-        spool = os.path.join(work, f"spool{i}")
-        took, _ = one_run(data, work, f"spooled{i}", ["--spool", spool])
-        spooled.append(took)
-        shutil.rmtree(spool, ignore_errors=True)
-    b, o, sp = statistics.median(base), statistics.median(ours), statistics.median(spooled)
+        for sec in secs:
+            ours, spooled, rss = results[sec.label]
+            took, r = one_run(data, work, f"bench{i}", [], sec)
+            ours.append(took)
+            rss.append(r)
+            spool = os.path.join(work, f"spool{i}")
+            took, _ = one_run(data, work, f"spooled{i}", ["--spool", spool], sec)
+            spooled.append(took)
+            shutil.rmtree(spool, ignore_errors=True)
+    b = statistics.median(base)
     mib = size / 2**20
     print(f"(a) {mib:.0f} MiB of text, median of {runs} runs")
     print(f"    baseline cat F | cat          {b:7.3f} s  {mib / b:7.0f} MiB/s")
+    plain = None
+    for sec in secs:
+        ours, spooled, rss = results[sec.label]
+        o, sp = statistics.median(ours), statistics.median(spooled)
+        plain = plain or o
+        report_throughput(sec.label, mib, b, o, sp, max(rss), plain)
+
+
+def report_throughput(label, mib, b, o, sp, rss, plain):
+    if label:
+        print(f"  {label.strip()}: {100 * plain / o:5.1f}% of the throughput without")
     print(f"    butler -> collector (acked)   {o:7.3f} s  {mib / o:7.0f} MiB/s  {o / b:5.2f}x baseline")
     print("    targets: >= 300 MiB/s, <= 6x baseline")
     print(f"    same with --spool             {sp:7.3f} s  {mib / sp:7.0f} MiB/s  "
           f"{100 * o / sp:5.1f}% of spool-off throughput (target >= 80%)")
-    print(f"(c) collector peak RSS during (a): {max(rss):.1f} MiB")
+    print(f"(c){label} collector peak RSS during (a): {rss:.1f} MiB")
 
 
 CHILD = r"""
@@ -104,14 +171,16 @@ for i in range(int(sys.argv[1])):
 """
 
 
-def latency(work, lines):
-    store = os.path.join(work, "lat-store")
-    col, addr = start_collector(store)
-    tail = subprocess.Popen([os.path.join(BIN, "logdog"), "--collector", addr, "tail", "-f",
-                             "default/lat/+/stdout"], stdout=subprocess.PIPE, text=True)
-    butler = subprocess.Popen([os.path.join(BIN, "logdog_butler"), "--output", f"grpc://{addr}",
+def latency(work, lines, sec=Plain):
+    store = os.path.join(work, "lat-store" + ("-tls" if sec.label else ""))
+    col, addr = start_collector(store, sec)
+    tail = subprocess.Popen([os.path.join(BIN, "logdog"), "--collector", f"{sec.scheme}://{addr}",
+                             *sec.client_flags, "tail", "-f", "default/lat/+/stdout"],
+                            stdout=subprocess.PIPE, text=True, env=sec.env)
+    butler = subprocess.Popen([os.path.join(BIN, "logdog_butler"), "--output",
+                               f"{sec.scheme}://{addr}", *sec.client_flags,
                                "--prefix", "lat", "run", "--no-echo", "--",
-                               sys.executable, "-c", CHILD, str(lines)])
+                               sys.executable, "-c", CHILD, str(lines)], env=sec.env)
     delays = []
     for line in tail.stdout:
         now = time.time_ns()
@@ -125,7 +194,7 @@ def latency(work, lines):
     delays.sort()
     p50 = delays[len(delays) // 2]
     p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-    print(f"(b) write -> follower latency over {len(delays)} lines at 100 lines/s, default flags:")
+    print(f"(b){sec.label} write -> follower latency over {len(delays)} lines at 100 lines/s, default flags:")
     print(f"    p50 {p50:.2f} ms   p99 {p99:.2f} ms   max {delays[-1]:.2f} ms   (target p99 <= 25 ms)")
 
 
@@ -135,6 +204,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--file")
     ap.add_argument("--lines", type=int, default=1000)
+    ap.add_argument("--tls", action="store_true",
+                    help="also measure (a), (b) and (c) with TLS and auth on")
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="logdog-bench-", dir=os.path.join(ROOT, "target"))
@@ -142,8 +213,10 @@ def main():
         data = args.file or os.path.join(work, "input.txt")
         if not args.file:
             make_text_file(data, args.size_mib * 1024 * 1024)
-        throughput(data, work, args.runs)
-        latency(work, args.lines)
+        secs = [Plain] + ([Secure(work)] if args.tls else [])
+        throughput(data, work, args.runs, secs)
+        for sec in secs:
+            latency(work, args.lines, sec)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

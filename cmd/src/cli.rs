@@ -29,8 +29,8 @@ pub struct Global {
     /// Prefix of the streams [default: butler/<fresh UUID>, printed at start].
     #[arg(long, global = true)]
     pub prefix: Option<String>,
-    /// Where bundles go: `log` (stderr), `null`, `directory:PATH`, or `grpc://HOST:PORT` (a
-    /// collector).
+    /// Where bundles go: `log` (stderr), `null`, `directory:PATH`, `grpc://HOST:PORT` (a
+    /// collector) or `grpcs://HOST:PORT` (a collector over TLS).
     #[arg(long, global = true, default_value = "directory:./logdog-out")]
     pub output: OutputSpec,
     /// A tag added to every stream, as KEY=VALUE (repeatable; a stream's own tags win).
@@ -48,6 +48,15 @@ pub struct Global {
     /// `resume`). Bundles an earlier butler left there are uploaded too.
     #[arg(long, global = true, value_name = "DIR")]
     pub spool: Option<PathBuf>,
+    /// With `grpcs://`: trust this CA certificate (PEM) for the collector instead of the
+    /// system's roots.
+    #[arg(long, global = true, value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// With a collector: send the token in this file (whitespace around it is trimmed) with
+    /// every call. Wins over the LOGDOG_TOKEN environment variable, which is used otherwise.
+    /// The command `run` starts never sees LOGDOG_TOKEN.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// The butler's own log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "warn")]
     pub log_level: String,

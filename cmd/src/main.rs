@@ -18,8 +18,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use logdog_butler::{Butler, ButlerConfig};
+use logdog_outputs::security::{CaCert, ClientSecurity, TOKEN_ENV, Token};
 use logdog_outputs::spool::{Spool, SpoolError};
-use logdog_outputs::{GrpcOutput, Output, OutputSpec};
+use logdog_outputs::{GrpcOutput, Output};
 
 use cli::{Cli, Command, Global};
 
@@ -112,15 +113,47 @@ pub struct Started {
 /// The output, and the same output as the gRPC one when it is that.
 pub type Outputs = (Arc<dyn Output>, Option<Arc<GrpcOutput>>);
 
+/// How to reach the collector from the global flags: `--ca-cert` (only with `grpcs://`) and
+/// the token of `--token-file`, else of `LOGDOG_TOKEN`. Prints a warning when the token would
+/// go to another machine in the clear.
+///
+/// # Errors
+/// A usage error: `--ca-cert` without TLS, a CA or token file that cannot be read or holds
+/// nothing usable.
+pub fn client_security(g: &Global) -> Result<ClientSecurity, Failure> {
+    let Some(collector) = g.output.collector() else {
+        return Ok(ClientSecurity::default());
+    };
+    let ca = match &g.ca_cert {
+        Some(_) if !collector.tls => {
+            return Err(Failure::Usage(format!(
+                "--ca-cert is for a collector over TLS (grpcs://HOST:PORT), not {}",
+                g.output
+            )));
+        }
+        Some(path) => Some(CaCert::load(path).map_err(Failure::Usage)?),
+        None => None,
+    };
+    let token = Token::from_file_or_env(g.token_file.as_deref(), std::env::var_os(TOKEN_ENV))
+        .map_err(Failure::Usage)?;
+    let security = ClientSecurity { ca, token };
+    if let Some(w) = security.cleartext_warning(&collector) {
+        eprintln!("logdog_butler: warning: {w}");
+    }
+    Ok(security)
+}
+
 /// Builds the output from the global flags: `--output`, and `--spool` for the gRPC output
 /// (uploading `upload_in_flight` spooled bundles at a time).
 pub fn build_output(g: &Global, upload_in_flight: usize) -> Result<Outputs, Failure> {
     let open_failed = |e: &dyn std::fmt::Display| {
         Failure::Runtime(anyhow::anyhow!("cannot open output {}: {e}", g.output))
     };
-    match (&g.output, &g.spool) {
-        (OutputSpec::Grpc(addr), spool) => {
-            let mut out = GrpcOutput::new(addr).map_err(|e| open_failed(&e))?;
+    match (g.output.collector(), &g.spool) {
+        (Some(collector), spool) => {
+            let security = client_security(g)?;
+            let mut out =
+                GrpcOutput::connect(&collector, &security).map_err(|e| open_failed(&e))?;
             if let Some(dir) = spool {
                 let spool = Spool::open(dir).map_err(|e| match e {
                     SpoolError::Locked(_) => Failure::Runtime(anyhow::anyhow!("{e}")),
@@ -131,11 +164,12 @@ pub fn build_output(g: &Global, upload_in_flight: usize) -> Result<Outputs, Fail
             let out = Arc::new(out);
             Ok((out.clone(), Some(out)))
         }
-        (other, Some(_)) => Err(Failure::Usage(format!(
-            "--spool is for the collector output (grpc://HOST:PORT), not {other}"
+        (None, Some(_)) => Err(Failure::Usage(format!(
+            "--spool is for the collector output (grpc://HOST:PORT), not {}",
+            g.output
         ))),
-        (spec, None) => Ok((
-            logdog_outputs::build_output(spec).map_err(|e| open_failed(&e))?,
+        (None, None) => Ok((
+            logdog_outputs::build_output(&g.output).map_err(|e| open_failed(&e))?,
             None,
         )),
     }
@@ -163,7 +197,10 @@ impl Started {
                  is repaired (DATA_LOSS: {msg})"
             );
         }
-        grpc.lost_anything()
+        if let Some(msg) = grpc.tls_failure() {
+            eprintln!("logdog_butler: {msg}");
+        }
+        grpc.lost_anything() || grpc.tls_failure().is_some()
     }
 
     /// Once the butler is done: with a spool, waits up to `--flush-timeout` for the collector

@@ -1,7 +1,5 @@
 //! `logdog_butler resume`: uploads what an earlier butler left in a spool.
 
-use logdog_outputs::OutputSpec;
-
 use crate::cli::{Global, ResumeArgs};
 use crate::{Failure, build_output};
 
@@ -13,9 +11,10 @@ pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
             "resume needs --spool DIR (and --output grpc://HOST:PORT)".into(),
         ));
     };
-    if !matches!(g.output, OutputSpec::Grpc(_)) {
+    if g.output.collector().is_none() {
         return Err(Failure::Usage(format!(
-            "resume uploads to a collector: expected --output grpc://HOST:PORT, not {}",
+            "resume uploads to a collector: expected --output grpc://HOST:PORT or \
+             grpcs://HOST:PORT, not {}",
             g.output
         )));
     }
@@ -67,6 +66,11 @@ pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
              repaired (DATA_LOSS: {msg}); {} stay in the spool",
             crate::summary::human(sp.pending_bytes)
         );
+    } else if let Some(msg) = grpc.tls_failure() {
+        eprintln!(
+            "logdog_butler: {msg}; {} stay in the spool",
+            crate::summary::human(sp.pending_bytes)
+        );
     } else if !drained {
         eprintln!(
             "logdog_butler: {} still in the spool (the collector did not acknowledge it within {}); run resume again",
@@ -77,7 +81,7 @@ pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
     if let Some(path) = &args.result_path {
         let result = serde_json::json!({
             "drained": drained,
-            "collector_failure": grpc.failure(),
+            "collector_failure": grpc.failure().or_else(|| grpc.tls_failure()),
             "streams": acked
                 .iter()
                 .map(|((prefix, name), a)| (format!("{prefix}/+/{name}"), a))

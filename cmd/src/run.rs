@@ -195,7 +195,9 @@ async fn run_command(
 
     let program = args.command[0].to_string_lossy().into_owned();
     let mut cmd = tokio::process::Command::new(&args.command[0]);
+    // The collector's token is the butler's: the command does not get it.
     cmd.args(&args.command[1..])
+        .env_remove(logdog_outputs::security::TOKEN_ENV)
         .envs(env.to_vars())
         .stdin(if args.forward_stdin {
             Stdio::inherit()
@@ -324,6 +326,9 @@ async fn run_command(
             "logdog_butler: the collector's store is damaged and can store nothing until it is \
              repaired (DATA_LOSS: {msg})"
         );
+    }
+    if let Some(msg) = grpc.as_ref().and_then(|o| o.tls_failure()) {
+        eprintln!("logdog_butler: {msg}");
     }
     if let (Some(sp), Some(dir)) = (&out_stats.spool, &g.spool)
         && sp.pending_bytes > 0

@@ -19,6 +19,18 @@
 //! With a [`Spool`] ([`GrpcOutput::with_spool`]), each bundle is appended to the spool before
 //! it is sent and discarded once acknowledged, so a bundle survives the butler's own crash;
 //! the uploader it starts sends what an earlier butler left in the spool first.
+//!
+//! # Security
+//! [`GrpcOutput::connect`] reaches a `grpcs://` collector over TLS, sends the bearer token (if
+//! any) with every call, and makes a fresh random prefix secret that goes into every bundle
+//! (`ButlerLogBundle.secret`, field 6; see [`encode_bundle`]). Spooled bundles carry it too,
+//! so that whoever uploads them later (`resume`, the next butler on the spool) proves the
+//! prefix with its own secret. A collector that refuses the caller (`UNAUTHENTICATED`,
+//! `PERMISSION_DENIED`) is not asked again for that bundle: its streams' entries are lost,
+//! with the collector's message. A TLS handshake that fails for good (an untrusted
+//! certificate, a server without TLS) is not retried either: without a spool the bundle is
+//! lost with the reason; with one it stays in the spool and uploading stops, as for a
+//! damaged store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,16 +41,22 @@ use logdog_proto::Bundle;
 use logdog_proto::logdog::collector::collector_client::CollectorClient;
 use logdog_proto::logdog::collector::stream_refusal::Reason;
 use logdog_proto::logdog::collector::{StreamRefusal, WriteBundleRequest, WriteBundleResponse};
+use logdog_proto::types::PREFIX_SECRET_LEN;
 use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint};
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::security::{BearerAuth, ClientSecurity, Collector, tls_failure};
 use crate::spool::{SYNC_INTERVAL, Spool, SpoolError};
 use crate::{Output, OutputError, OutputStats, StatsCounter};
 
 /// Largest bundle sent to the collector (the collector takes up to 16 MiB).
 pub const DEFAULT_MAX_BUNDLE_SIZE: usize = 8 * 1024 * 1024;
+/// Encoded size of the prefix secret field (key, length, bytes).
+pub const SECRET_FIELD_LEN: usize = 2 + PREFIX_SECRET_LEN;
 /// Bundles in flight at once.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
 /// First retry delay.
@@ -68,8 +86,14 @@ pub struct GrpcOutput {
 /// What the output and its background tasks share.
 #[derive(Debug)]
 struct Shared {
-    client: CollectorClient<Channel>,
+    client: CollectorClient<InterceptedService<Channel, BearerAuth>>,
     target: String,
+    /// The collector, with its scheme.
+    collector: Collector,
+    /// This butler's prefix secret, sent in every bundle.
+    secret: Option<Bytes>,
+    /// Set once a TLS handshake with the collector failed for good: the message.
+    tls_failed: std::sync::Mutex<Option<String>>,
     stats: StatsCounter,
     spool: Option<Arc<Spool>>,
     /// The last call to the collector succeeded (or none was made yet).
@@ -176,26 +200,45 @@ impl Drop for GrpcOutput {
 }
 
 impl GrpcOutput {
-    /// An output for `http://HOST:PORT` (what `grpc://HOST:PORT` names). Connects lazily:
-    /// a collector that is down at start is not an error.
+    /// An output for `grpc://HOST:PORT` (plain, without a token). Connects lazily: a
+    /// collector that is down at start is not an error.
     ///
     /// # Errors
     /// A malformed address.
     pub fn new(host_port: &str) -> Result<Self, OutputError> {
-        let uri = format!("http://{host_port}");
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| OutputError::Other(format!("bad collector address {host_port:?}: {e}")))?
+        let collector = Collector {
+            host_port: host_port.to_string(),
+            tls: false,
+        };
+        Self::connect(&collector, &ClientSecurity::default())
+    }
+
+    /// An output for `collector` (`grpc://` or `grpcs://`), sending `security`'s token with
+    /// every call, with a fresh prefix secret. Connects lazily: a collector that is down at
+    /// start is not an error.
+    ///
+    /// # Errors
+    /// A malformed address, a TLS configuration that cannot be used, no random source.
+    pub fn connect(collector: &Collector, security: &ClientSecurity) -> Result<Self, OutputError> {
+        let endpoint = collector
+            .endpoint(security.ca.as_ref())
+            .map_err(OutputError::Other)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
-        let client = CollectorClient::new(endpoint.connect_lazy())
+        let auth = BearerAuth::new(security.token.as_ref()).map_err(OutputError::Other)?;
+        let client = CollectorClient::with_interceptor(endpoint.connect_lazy(), auth)
             .max_decoding_message_size(16 * 1024 * 1024)
             .max_encoding_message_size(16 * 1024 * 1024);
+        let secret = crate::security::new_prefix_secret().map_err(OutputError::Other)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 client,
-                target: host_port.to_string(),
+                target: collector.host_port.clone(),
+                collector: collector.clone(),
+                secret: Some(Bytes::copy_from_slice(&secret)),
+                tls_failed: Default::default(),
                 stats: StatsCounter::default(),
                 spool: None,
                 healthy: true.into(),
@@ -207,6 +250,11 @@ impl GrpcOutput {
         })
     }
 
+    /// This butler's prefix secret (sent in every bundle).
+    pub fn prefix_secret(&self) -> Option<&Bytes> {
+        self.shared.secret.as_ref()
+    }
+
     /// Spools every bundle in `spool` (see [`crate::spool`]): [`Output::send`] returns once
     /// the bundle is appended, and an uploader sends the spool's records in order,
     /// `upload_in_flight` at a time, starting with what an earlier butler left there. Must be
@@ -216,6 +264,9 @@ impl GrpcOutput {
         let shared = Arc::new(Shared {
             client: self.shared.client.clone(),
             target: self.shared.target.clone(),
+            collector: self.shared.collector.clone(),
+            secret: self.shared.secret.clone(),
+            tls_failed: Default::default(),
             stats: StatsCounter::default(),
             spool: Some(spool.clone()),
             healthy: true.into(),
@@ -268,6 +319,13 @@ impl GrpcOutput {
         self.shared.failure()
     }
 
+    /// The reason if a TLS handshake with the collector failed for good (an untrusted
+    /// certificate, a server without TLS): nothing more is sent (spooled bundles stay in the
+    /// spool).
+    pub fn tls_failure(&self) -> Option<String> {
+        self.shared.tls_failure()
+    }
+
     /// Whether any stream lost anything at the collector (see [`StreamAck::lost_bytes`]).
     pub fn lost_anything(&self) -> bool {
         self.acknowledged()
@@ -289,8 +347,9 @@ impl GrpcOutput {
             if spool.is_drained() {
                 return true;
             }
-            if self.shared.failure().is_some() {
-                // The collector can store nothing: what is left stays in the spool.
+            if self.shared.failure().is_some() || self.shared.tls_failure().is_some() {
+                // The collector can store nothing (or cannot be reached safely): what is left
+                // stays in the spool.
                 return false;
             }
             tokio::select! {
@@ -371,6 +430,31 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn tls_failure(&self) -> Option<String> {
+        self.tls_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Remembers that the TLS handshake failed for good (the first message is kept, and
+    /// logged once).
+    fn set_tls_failed(&self, message: &str) {
+        let mut t = self.tls_failed.lock().unwrap_or_else(|e| e.into_inner());
+        if t.is_none() {
+            tracing::error!(
+                collector = %self.collector,
+                error = %message,
+                "cannot reach the collector securely; sending stops"
+            );
+            *t = Some(message.to_string());
+        }
+        drop(t);
+        if let Some(spool) = &self.spool {
+            spool.wake();
+        }
     }
 
     /// Remembers that the collector's store is damaged (the first message is kept).
@@ -491,6 +575,10 @@ impl Shared {
                 }
                 Err(status) if retriable(&status) => {
                     self.set_healthy(false);
+                    if let Some(msg) = tls_failure(&status, &self.collector) {
+                        self.set_tls_failed(&msg);
+                        return Err(Status::unavailable(msg));
+                    }
                     if attempt == 0 || attempt.is_power_of_two() {
                         tracing::warn!(
                             collector = %self.target,
@@ -509,7 +597,7 @@ impl Shared {
                     return Err(status);
                 }
                 Err(status) => {
-                    tracing::error!(collector = %self.target, code = ?status.code(), error = %status.message(), "collector refused a bundle");
+                    tracing::error!(collector = %self.target, code = ?status.code(), error = %status_reason(&status), "collector refused a bundle; its entries are LOST");
                     return Err(status);
                 }
             }
@@ -530,7 +618,7 @@ async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usiz
         let changed = spool.changed();
         // Fill the window.
         // A collector whose store is damaged can store nothing: the rest stays in the spool.
-        let mut idle = up.failure().is_some();
+        let mut idle = up.failure().is_some() || up.tls_failure().is_some();
         while !idle && sends.len() < in_flight {
             let sp = spool.clone();
             let next = tokio::task::spawn_blocking(move || sp.next_record()).await;
@@ -571,6 +659,8 @@ async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usiz
                     }
                     // Left in the spool, unsettled, for a later `resume` once it is repaired.
                     Ok((_, _, _, _, Err(status))) if status.code() == Code::DataLoss => {}
+                    // Cannot reach the collector safely: left in the spool too.
+                    Ok((_, _, _, _, Err(status))) if status.code() == Code::Unavailable => {}
                     Ok((seg, off, len, tally, Err(status))) => {
                         up.lost(&tally, &status_reason(&status));
                         spool.settle(seg, off, len, false);
@@ -581,6 +671,21 @@ async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usiz
             () = changed, if idle || sends.is_empty() => {}
         }
     }
+}
+
+/// The `ButlerLogBundle` encoding of `bundle`, with `secret` as its `secret` field (6), if any.
+pub fn encode_bundle(bundle: &Bundle, secret: Option<&[u8]>) -> Bytes {
+    let extra = secret.map_or(0, |s| {
+        1 + prost::encoding::encoded_len_varint(s.len() as u64) + s.len()
+    });
+    let mut v = Vec::with_capacity(bundle.encoded_len() + extra);
+    bundle.encode(&mut v);
+    if let Some(s) = secret.filter(|s| !s.is_empty()) {
+        encode_key(6, WireType::LengthDelimited, &mut v);
+        encode_varint(s.len() as u64, &mut v);
+        v.extend_from_slice(s);
+    }
+    Bytes::from(v)
 }
 
 /// Records lost entries on a stream, keeping the first reason.
@@ -606,6 +711,15 @@ fn status_reason(status: &Status) -> String {
     let kind = match status.code() {
         Code::DataLoss => "collector store damaged",
         Code::InvalidArgument | Code::OutOfRange => "invalid bundle",
+        Code::Unauthenticated => {
+            return format!(
+                "UNAUTHENTICATED: {} (give the butler a token with LOGDOG_TOKEN or --token-file)",
+                status.message()
+            );
+        }
+        Code::PermissionDenied => return format!("PERMISSION_DENIED: {}", status.message()),
+        // A TLS failure (see `deliver`): the message says it all.
+        Code::Unavailable => return status.message().to_string(),
         _ => "refused",
     };
     format!("{kind} ({:?}): {}", status.code(), status.message())
@@ -642,7 +756,7 @@ fn backoff(attempt: u32) -> Duration {
 impl Output for GrpcOutput {
     async fn send(&self, bundle: Bundle) -> Result<(), OutputError> {
         let sh = &self.shared;
-        let data = Bytes::from(bundle.encode_to_vec());
+        let data = encode_bundle(&bundle, sh.secret.as_deref());
         // Keep only the encoding while waiting for the acknowledgement: the bundle's slices
         // pin the butler's read buffers, which would double the memory in flight.
         let tally = Tally::of(&bundle);
@@ -663,8 +777,13 @@ impl Output for GrpcOutput {
             }
             Err(status) => {
                 sh.lost(&tally, &status_reason(&status));
+                let what = if status.code() == Code::Unavailable {
+                    "could not send"
+                } else {
+                    "collector refused"
+                };
                 Err(OutputError::Other(format!(
-                    "collector refused a bundle of {payload} bytes: {}",
+                    "{what} a bundle of {payload} bytes: {}",
                     status_reason(&status)
                 )))
             }
@@ -672,7 +791,8 @@ impl Output for GrpcOutput {
     }
 
     fn max_bundle_size(&self) -> usize {
-        DEFAULT_MAX_BUNDLE_SIZE
+        // Room for the prefix secret, added when the bundle is encoded.
+        DEFAULT_MAX_BUNDLE_SIZE - SECRET_FIELD_LEN
     }
 
     fn max_in_flight(&self) -> usize {
@@ -692,7 +812,7 @@ impl Output for GrpcOutput {
     }
 
     fn coordinator_host(&self) -> Option<String> {
-        Some(format!("grpc://{}", self.shared.target))
+        Some(self.shared.collector.to_string())
     }
 
     fn holds_sends(&self) -> bool {
@@ -716,5 +836,109 @@ impl Output for GrpcOutput {
             .await
             .map_err(|e| OutputError::Other(e.to_string()))?
             .map_err(|e| OutputError::Other(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use logdog_proto::{BundleEntry, Content, Descriptor, Entry, logpb};
+    use prost::Message;
+
+    use super::*;
+    use crate::spool::SpoolReader;
+
+    fn bundle(data: &'static [u8], index: u64) -> Bundle {
+        let desc = Arc::new(Descriptor::new(logpb::LogStreamDescriptor {
+            name: "out".into(),
+            ..Default::default()
+        }));
+        Bundle {
+            timestamp: Default::default(),
+            project: "p".into(),
+            prefix: "x".into(),
+            entries: vec![BundleEntry {
+                desc,
+                terminal_index: None,
+                logs: vec![Entry {
+                    time_offset: Default::default(),
+                    prefix_index: index,
+                    stream_index: index,
+                    sequence: index,
+                    content: Content::Text(Bytes::from_static(data)),
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn encodes_the_secret_as_field_6() {
+        let b = bundle(b"hello\n", 0);
+        let secret = [7u8; PREFIX_SECRET_LEN];
+        let data = encode_bundle(&b, Some(&secret));
+        let decoded = logpb::ButlerLogBundle::decode(data.clone()).unwrap();
+        assert_eq!(&decoded.secret[..], &secret[..]);
+        assert_eq!(decoded.prefix, "x");
+        assert_eq!(data.len(), b.encoded_len() + SECRET_FIELD_LEN);
+        // The collector's view of a bundle skips the field.
+        let view = logdog_proto::logdog::collector::BundleView::decode(data).unwrap();
+        assert_eq!(view.entries.len(), 1);
+        // Without a secret, the encoding is the bundle's own.
+        assert_eq!(&encode_bundle(&b, None)[..], &b.encode_to_vec()[..]);
+    }
+
+    /// Every bundle of one output carries the same fresh 36-byte secret, spooled ones too.
+    #[tokio::test]
+    async fn spooled_bundles_carry_the_run_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing listens there: the bundles stay in the spool.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let out = GrpcOutput::new(&addr)
+            .unwrap()
+            .with_spool(Spool::open(dir.path()).unwrap(), 1);
+        let secret = out.prefix_secret().unwrap().clone();
+        assert_eq!(secret.len(), PREFIX_SECRET_LEN);
+        let other = GrpcOutput::new(&addr).unwrap();
+        assert_ne!(
+            other.prefix_secret(),
+            Some(&secret),
+            "a fresh secret per output"
+        );
+        out.send(bundle(b"one\n", 0)).await.unwrap();
+        out.send(bundle(b"two\n", 1)).await.unwrap();
+        out.close().await.unwrap();
+        drop(out);
+        let mut secrets = Vec::new();
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_none_or(|x| x != "spool") {
+                continue;
+            }
+            let mut r = SpoolReader::open(&path).unwrap();
+            while let Some(item) = r.next_item().unwrap() {
+                if let crate::spool::Item::Record { payload, .. } = item {
+                    secrets.push(logpb::ButlerLogBundle::decode(payload).unwrap().secret);
+                }
+            }
+        }
+        assert_eq!(secrets.len(), 2);
+        assert!(secrets.iter().all(|s| *s == secret), "{secrets:?}");
+    }
+
+    #[test]
+    fn auth_refusals_are_permanent_and_clear() {
+        for code in [Code::Unauthenticated, Code::PermissionDenied] {
+            let s = Status::new(code, "no");
+            assert!(!retriable(&s));
+        }
+        let r = status_reason(&Status::unauthenticated("a token is needed"));
+        assert!(r.starts_with("UNAUTHENTICATED: a token is needed"), "{r}");
+        let r = status_reason(&Status::permission_denied("may not write p"));
+        assert_eq!(r, "PERMISSION_DENIED: may not write p");
     }
 }

@@ -13,6 +13,7 @@
 //! - [`null`]: discards bundles, counting them.
 //! - [`spool`]: the durable on-disk log of bundles not yet acknowledged by the collector.
 //! - [`spec`]: parses `--output` values such as `directory:PATH`.
+//! - [`security`]: TLS to the collector, the bearer token and the prefix secret.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,7 @@ pub mod grpc;
 pub mod log;
 pub mod memory;
 pub mod null;
+pub mod security;
 pub mod spec;
 pub mod spool;
 

@@ -5,17 +5,19 @@
 //! - `null`: [`NullOutput`];
 //! - `directory:PATH`: [`DirectoryOutput`] writing under `PATH` (everything after the first
 //!   `:`, which may itself contain `:`);
-//! - `grpc://HOST:PORT`: [`GrpcOutput`] to a collector.
+//! - `grpc://HOST:PORT`: [`GrpcOutput`] to a collector;
+//! - `grpcs://HOST:PORT`: the same over TLS.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::security::{ClientSecurity, Collector};
 use crate::{DirectoryOutput, GrpcOutput, LogOutput, NullOutput, Output, OutputError};
 
 /// The valid forms of an output spec, for messages.
-pub const VALID_FORMS: &str = "log, null, directory:PATH, grpc://HOST:PORT";
+pub const VALID_FORMS: &str = "log, null, directory:PATH, grpc://HOST:PORT, grpcs://HOST:PORT";
 
 /// A parsed `--output` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,25 @@ pub enum OutputSpec {
     Directory(PathBuf),
     /// `grpc://HOST:PORT`: send to a collector.
     Grpc(String),
+    /// `grpcs://HOST:PORT`: send to a collector over TLS.
+    Grpcs(String),
+}
+
+impl OutputSpec {
+    /// The collector, for `grpc://` and `grpcs://`.
+    pub fn collector(&self) -> Option<Collector> {
+        match self {
+            Self::Grpc(a) => Some(Collector {
+                host_port: a.clone(),
+                tls: false,
+            }),
+            Self::Grpcs(a) => Some(Collector {
+                host_port: a.clone(),
+                tls: true,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Why an output spec was refused.
@@ -39,8 +60,8 @@ pub enum ParseOutputSpecError {
     /// `directory` without a path.
     #[error("output {0:?} needs a path: expected directory:PATH")]
     MissingPath(String),
-    /// `grpc://` without `HOST:PORT`.
-    #[error("output {0:?} needs an address: expected grpc://HOST:PORT")]
+    /// `grpc://` or `grpcs://` without `HOST:PORT`.
+    #[error("output {0:?} needs an address: expected grpc://HOST:PORT or grpcs://HOST:PORT")]
     MissingAddress(String),
 }
 
@@ -53,13 +74,11 @@ impl FromStr for OutputSpec {
             "null" => Ok(Self::Null),
             "directory" => Err(ParseOutputSpecError::MissingPath(s.to_owned())),
             _ => {
-                if let Some(addr) = s.strip_prefix("grpc://") {
-                    let addr = addr.trim_end_matches('/');
-                    return match addr.rsplit_once(':') {
-                        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                            Ok(Self::Grpc(addr.to_owned()))
-                        }
-                        _ => Err(ParseOutputSpecError::MissingAddress(s.to_owned())),
+                if s.starts_with("grpc://") || s.starts_with("grpcs://") {
+                    return match Collector::parse(s, false) {
+                        Ok(c) if c.tls => Ok(Self::Grpcs(c.host_port)),
+                        Ok(c) => Ok(Self::Grpc(c.host_port)),
+                        Err(_) => Err(ParseOutputSpecError::MissingAddress(s.to_owned())),
                     };
                 }
                 match s.strip_prefix("directory:") {
@@ -80,6 +99,7 @@ impl fmt::Display for OutputSpec {
             Self::Null => f.write_str("null"),
             Self::Directory(p) => write!(f, "directory:{}", p.display()),
             Self::Grpc(a) => write!(f, "grpc://{a}"),
+            Self::Grpcs(a) => write!(f, "grpcs://{a}"),
         }
     }
 }
@@ -90,7 +110,10 @@ pub fn build_output(spec: &OutputSpec) -> Result<Arc<dyn Output>, OutputError> {
         OutputSpec::Log => Arc::new(LogOutput::default()),
         OutputSpec::Null => Arc::new(NullOutput::new()),
         OutputSpec::Directory(path) => Arc::new(DirectoryOutput::new(path)?),
-        OutputSpec::Grpc(addr) => Arc::new(GrpcOutput::new(addr)?),
+        OutputSpec::Grpc(_) | OutputSpec::Grpcs(_) => match spec.collector() {
+            Some(c) => Arc::new(GrpcOutput::connect(&c, &ClientSecurity::default())?),
+            None => return Err(OutputError::Other(format!("{spec} is not a collector"))),
+        },
     })
 }
 
@@ -118,7 +141,27 @@ mod tests {
             "grpc://[::1]:7431/".parse(),
             Ok(OutputSpec::Grpc("[::1]:7431".into()))
         );
-        for s in ["log", "null", "directory:/tmp/x", "grpc://localhost:7431"] {
+        assert_eq!(
+            "grpcs://collector.example:443".parse(),
+            Ok(OutputSpec::Grpcs("collector.example:443".into()))
+        );
+        assert_eq!(
+            "grpcs://[::1]:7431/".parse(),
+            Ok(OutputSpec::Grpcs("[::1]:7431".into()))
+        );
+        assert_eq!(
+            OutputSpec::Grpcs("h:1".into())
+                .collector()
+                .map(|c| c.to_string()),
+            Some("grpcs://h:1".into())
+        );
+        for s in [
+            "log",
+            "null",
+            "directory:/tmp/x",
+            "grpc://localhost:7431",
+            "grpcs://localhost:7431",
+        ] {
             assert_eq!(s.parse::<OutputSpec>().unwrap().to_string(), s);
         }
     }
@@ -128,9 +171,13 @@ mod tests {
         let err = "foo".parse::<OutputSpec>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown output \"foo\": expected log, null, directory:PATH, grpc://HOST:PORT"
+            "unknown output \"foo\": expected log, null, directory:PATH, grpc://HOST:PORT, \
+             grpcs://HOST:PORT"
         );
         for s in [
+            "grpcs://",
+            "grpcs://host",
+            "grpcs://h:99999",
             "grpc://",
             "grpc://host",
             "grpc://:80",

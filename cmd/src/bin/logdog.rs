@@ -5,27 +5,47 @@
 //! logdog --collector 127.0.0.1:7431 tail [-n 10] [-f] PROJECT/PREFIX/+/NAME
 //! logdog --collector 127.0.0.1:7431 ls PROJECT/PREFIX[/+/GLOB]
 //! logdog --collector 127.0.0.1:7431 query --tag k=v PROJECT[/PREFIX[/+/GLOB]]
+//! logdog --collector grpcs://collector.example:7431 --ca-cert ca.pem cat PROJECT/PREFIX/+/NAME
 //! ```
+//!
+//! The token (`--token-file FILE`, else `LOGDOG_TOKEN`) goes with every call as
+//! `authorization: Bearer TOKEN`. Exit status: 0, 1 when something failed, 2 for bad flags
+//! (an unreadable token or CA file too).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
+use logdog_outputs::security::{
+    BearerAuth, CaCert, ClientSecurity, Collector, TOKEN_ENV, Token, tls_connect_failure,
+};
 use logdog_proto::logdog::collector as pb;
 use logdog_proto::logdog::collector::logs_client::LogsClient;
 use logdog_proto::logpb::{self, log_entry::Content};
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+/// The client, with the token interceptor.
+type Client = LogsClient<InterceptedService<Channel, BearerAuth>>;
 
 /// Reads log streams back from a collector: whole, the last lines, or live.
 #[derive(Debug, Parser)]
 #[command(name = "logdog", version, about, rename_all = "kebab-case")]
 struct Cli {
-    /// The collector, as HOST:PORT (also grpc://HOST:PORT or http://HOST:PORT).
+    /// The collector, as HOST:PORT (also grpc://HOST:PORT or http://HOST:PORT), or
+    /// grpcs://HOST:PORT over TLS.
     #[arg(long, env = "LOGDOG_COLLECTOR", default_value = "127.0.0.1:7431")]
     collector: String,
+    /// With grpcs://: trust this CA certificate (PEM) instead of the system's roots.
+    #[arg(long, value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// Send the token in this file with every call (wins over LOGDOG_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,7 +97,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli)) {
+    let (collector, security) = match settings(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("logdog: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli, collector, security)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("logdog: {e:#}");
@@ -95,21 +122,44 @@ fn split_project(path: &str) -> anyhow::Result<(String, String)> {
     Ok((project.to_string(), rest.to_string()))
 }
 
-async fn connect(collector: &str) -> anyhow::Result<LogsClient<Channel>> {
-    let addr = collector
-        .trim_start_matches("grpc://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| anyhow!("bad collector address {collector:?}: {e}"))?
+/// The collector and how to reach it, from the flags: errors are bad flags (exit 2).
+fn settings(cli: &Cli) -> Result<(Collector, ClientSecurity), String> {
+    let collector =
+        Collector::parse(&cli.collector, true).map_err(|e| format!("--collector {e}"))?;
+    let ca = match &cli.ca_cert {
+        Some(_) if !collector.tls => {
+            return Err(format!(
+                "--ca-cert is for a collector over TLS (grpcs://HOST:PORT), not {collector}"
+            ));
+        }
+        Some(p) => Some(CaCert::load(p)?),
+        None => None,
+    };
+    let token = Token::from_file_or_env(cli.token_file.as_deref(), std::env::var_os(TOKEN_ENV))?;
+    let security = ClientSecurity { ca, token };
+    if let Some(w) = security.cleartext_warning(&collector) {
+        eprintln!("logdog: warning: {w}");
+    }
+    Ok((collector, security))
+}
+
+async fn connect(collector: &Collector, security: &ClientSecurity) -> anyhow::Result<Client> {
+    let endpoint = collector
+        .endpoint(security.ca.as_ref())
+        .map_err(|e| anyhow!("{e}"))?
         .connect_timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| {
+        if let Some(msg) = tls_connect_failure(&e, collector) {
+            return anyhow!("{msg}");
+        }
         anyhow!(
-            "cannot reach the collector at {addr}: {}",
+            "cannot reach the collector at {}: {}",
+            collector.host_port,
             source_message(&e)
         )
     })?;
-    Ok(LogsClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    let auth = BearerAuth::new(security.token.as_ref()).map_err(|e| anyhow!("{e}"))?;
+    Ok(LogsClient::with_interceptor(channel, auth).max_decoding_message_size(64 * 1024 * 1024))
 }
 
 /// The innermost cause of a transport error: "connection refused" rather than
@@ -127,12 +177,17 @@ fn status_error(path: &str, s: Status) -> anyhow::Error {
         Code::NotFound => anyhow!("stream {path} not found"),
         Code::InvalidArgument => anyhow!("{}", s.message()),
         Code::Unavailable => anyhow!("collector unavailable: {}", s.message()),
+        Code::Unauthenticated => anyhow!(
+            "UNAUTHENTICATED: {} (give a token with LOGDOG_TOKEN or --token-file)",
+            s.message()
+        ),
+        Code::PermissionDenied => anyhow!("PERMISSION_DENIED: {}", s.message()),
         _ => anyhow!("{}: {}", s.code(), s.message()),
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut client = connect(&cli.collector).await?;
+async fn run(cli: Cli, collector: Collector, security: ClientSecurity) -> anyhow::Result<()> {
+    let mut client = connect(&collector, &security).await?;
     match cli.command {
         Command::Cat { path } => cat(&mut client, &path).await,
         Command::Tail {
@@ -198,7 +253,7 @@ impl Writer {
     }
 }
 
-async fn cat(client: &mut LogsClient<Channel>, path: &str) -> anyhow::Result<()> {
+async fn cat(client: &mut Client, path: &str) -> anyhow::Result<()> {
     let (project, rest) = split_project(path)?;
     let mut index = 0u64;
     let mut w = Writer::default();
@@ -237,12 +292,7 @@ async fn cat(client: &mut LogsClient<Channel>, path: &str) -> anyhow::Result<()>
     }
 }
 
-async fn tail(
-    client: &mut LogsClient<Channel>,
-    path: &str,
-    lines: usize,
-    follow: bool,
-) -> anyhow::Result<()> {
+async fn tail(client: &mut Client, path: &str, lines: usize, follow: bool) -> anyhow::Result<()> {
     let (project, rest) = split_project(path)?;
     let mut next = 0u64;
     let resp = client
@@ -307,7 +357,7 @@ fn last_lines(text: &[u8], n: usize) -> &[u8] {
 }
 
 async fn list(
-    client: &mut LogsClient<Channel>,
+    client: &mut Client,
     pattern: &str,
     tags: Vec<(String, String)>,
 ) -> anyhow::Result<()> {
