@@ -131,10 +131,13 @@ pub async fn serve_secured(
         builder = builder.tls_config(tls.tonic())?;
     }
     builder
-        // Fixed windows bound what a call that is not being read can park in memory.
-        .initial_stream_window_size(ingress::STREAM_WINDOW)
-        .initial_connection_window_size(ingress::CONNECTION_WINDOW)
+        // Fixed windows bound what a call that is not being read can park in memory (see
+        // `ingress`).
+        .initial_stream_window_size(limits.stream_window())
+        .initial_connection_window_size(limits.connection_window())
         .http2_adaptive_window(Some(false))
+        // Larger frames than HTTP/2's 16 KiB: fewer per megabyte to parse and hand over.
+        .max_frame_size(ingress::MAX_FRAME_SIZE)
         .max_concurrent_streams(ingress::MAX_CALLS_PER_CONNECTION)
         // Dead peers give their connection slot back.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))

@@ -1,13 +1,15 @@
 //! The gRPC services: `Collector` (writes) and `Logs` (reads).
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use logdog_proto::logdog::collector as pb;
 use logdog_proto::logdog::collector::collector_server::{Collector, CollectorServer};
 use logdog_proto::logdog::collector::logs_server::{Logs, LogsServer};
 use prost::Message;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -24,9 +26,11 @@ pub const MAX_BUNDLE_SIZE: usize = 16 * 1024 * 1024;
 const MAX_QUERY_RESULTS: usize = 500;
 /// Default byte budget of a `Get` or of one `Follow` message.
 const DEFAULT_GET_BYTES: usize = 4 * 1024 * 1024;
-/// Byte budget of the entries of one `Follow` message (one larger entry is still sent whole):
-/// small, since every live follower holds a message or two.
-pub const FOLLOW_BYTES: usize = 128 * 1024;
+/// Byte budget of the entries of one `Follow` message: small, since a stalled follower holds
+/// up to one encoded message. An entry larger than this is still sent whole, alone (entries
+/// are never split; one is at most [`MAX_BUNDLE_SIZE`]), so a message holds at most
+/// max(`FOLLOW_BYTES`, one entry).
+pub const FOLLOW_BYTES: usize = 64 * 1024;
 /// Largest byte budget a `Get` may ask for: a larger `byte_count` is lowered to this, so one
 /// request cannot make the collector read a whole huge stream into memory (and its answer
 /// always fits the 64 MiB response limit). Readers page with `index`.
@@ -382,78 +386,142 @@ impl Logs for LogsService {
         self.may_read(token.as_deref(), &key.project, "Follow")?;
         // Subscribe before the first read, so no write between them is missed.
         let changes = self.watchers.subscribe(&key);
-        // One message queued: a slow follower holds about two messages.
-        let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(follow(self.store.clone(), key, r.index, changes, tx));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let follower = Follower {
+            store: self.store.clone(),
+            key,
+            next: r.index,
+            changes,
+            sent_desc: false,
+            last_state: None,
+            idle: false,
+            done: false,
+            _reader: crate::trim::Reader::new(),
+        };
+        Ok(Response::new(Box::pin(Messages {
+            follower: Some(follower),
+            pending: None,
+        })))
     }
 }
 
-/// Feeds one follower: what is stored from `next` on, then each change, until the stream is
+/// One follower: what is stored from `next` on, then each change, until the stream is
 /// complete and everything has been sent, or the follower goes away.
-async fn follow(
+///
+/// Messages are read from the store only when the transport asks for the next one, that is
+/// once HTTP/2 flow control has room for it: a follower that stops reading holds no decoded
+/// message, only what the transport has not yet sent of the last encoded one (at most one
+/// message, [`FOLLOW_BYTES`] of entries or a single larger entry).
+#[derive(Debug)]
+struct Follower {
     store: Store,
     key: StreamKey,
-    mut next: u64,
-    mut changes: watch::Receiver<u64>,
-    tx: mpsc::Sender<Result<pb::FollowResponse, Status>>,
-) {
-    let _reader = crate::trim::Reader::new();
-    let mut sent_desc = false;
-    let mut last_state: Option<pb::LogStreamState> = None;
-    loop {
-        changes.mark_unchanged();
-        let (s, k) = (store.clone(), key.clone());
-        let read = blocking(move || {
-            let info = s.stream(&k)?;
-            let logs = match &info {
-                Some(_) => s.entries(&k, next, usize::MAX, FOLLOW_BYTES)?,
-                None => Vec::new(),
-            };
-            Ok((info, logs))
-        })
-        .await;
-        let (info, logs) = match read {
-            Ok(v) => v,
-            Err(status) => {
-                let _ = tx.send(Err(status)).await;
-                return;
+    next: u64,
+    changes: watch::Receiver<u64>,
+    sent_desc: bool,
+    last_state: Option<pb::LogStreamState>,
+    /// Everything stored has been sent: wait for a change before reading again.
+    idle: bool,
+    /// The follow is over (the stream is complete and sent, or a read failed).
+    done: bool,
+    _reader: crate::trim::Reader,
+}
+
+type Item = Result<pb::FollowResponse, Status>;
+
+impl Follower {
+    /// The next message, or `None` once the follow is over.
+    async fn next_message(&mut self) -> Option<Item> {
+        loop {
+            if self.done {
+                return None;
             }
-        };
-        if let Some(info) = info {
+            if self.idle {
+                tokio::select! {
+                    changed = self.changes.changed() => if changed.is_err() { return None },
+                    // A safety net: re-read now and then even without a wake-up.
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                self.idle = false;
+            }
+            self.changes.mark_unchanged();
+            let (s, k, next) = (self.store.clone(), self.key.clone(), self.next);
+            let read = blocking(move || {
+                let info = s.stream(&k)?;
+                let logs = match &info {
+                    Some(_) => s.entries(&k, next, usize::MAX, FOLLOW_BYTES)?,
+                    None => Vec::new(),
+                };
+                Ok((info, logs))
+            })
+            .await;
+            let (info, logs) = match read {
+                Ok(v) => v,
+                Err(status) => {
+                    self.done = true;
+                    return Some(Err(status));
+                }
+            };
+            let Some(info) = info else {
+                self.idle = true;
+                continue;
+            };
             let more = !logs.is_empty();
             if let Some(last) = logs.last() {
-                next = last.stream_index + 1;
+                self.next = last.stream_index + 1;
             }
-            let changed = last_state.as_ref() != Some(&info.state);
-            if more || changed || !sent_desc {
+            // Nothing more stored: next time, wait for a change first (or end, if complete).
+            let t = info.state.terminal_index;
+            let complete = info.state.complete && (t < 0 || self.next > t as u64);
+            self.idle = !more;
+            self.done = !more && complete;
+            let changed = self.last_state.as_ref() != Some(&info.state);
+            if more || changed || !self.sent_desc {
                 let msg = pb::FollowResponse {
-                    desc: (!sent_desc).then(|| info.desc.clone()),
+                    desc: (!self.sent_desc).then(|| info.desc.clone()),
                     state: Some(info.state),
                     logs,
                 };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return; // the follower went away
-                }
-                sent_desc = true;
-                last_state = Some(info.state);
-            }
-            if more {
-                continue; // there may be more already stored
-            }
-            let t = info.state.terminal_index;
-            if info.state.complete && (t < 0 || next > t as u64) {
-                return;
+                self.sent_desc = true;
+                self.last_state = Some(info.state);
+                return Some(Ok(msg));
             }
         }
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            () = tx.closed() => return,
-            // A safety net: re-read now and then even without a wake-up.
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+    }
+}
+
+type Next = Pin<Box<dyn Future<Output = (Follower, Option<Item>)> + Send>>;
+
+/// The messages of a [`Follower`], read one at a time as they are asked for.
+struct Messages {
+    /// The follower, while no read is under way (`None` once the follow is over).
+    follower: Option<Follower>,
+    /// The read under way.
+    pending: Option<Next>,
+}
+
+impl Stream for Messages {
+    type Item = Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let this = &mut *self;
+        if this.pending.is_none() {
+            let Some(mut f) = this.follower.take() else {
+                return Poll::Ready(None);
+            };
+            this.pending = Some(Box::pin(async move {
+                let item = f.next_message().await;
+                (f, item)
+            }));
         }
+        let Some(pending) = this.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let (f, item) = std::task::ready!(pending.as_mut().poll(cx));
+        this.pending = None;
+        if item.is_some() {
+            this.follower = Some(f);
+        }
+        Poll::Ready(item)
     }
 }
 

@@ -72,6 +72,11 @@ struct Cli {
     /// and read every project).
     #[arg(long)]
     insecure_no_auth: bool,
+    /// HTTP/2 receive window of one gRPC connection, in bytes: how much a butler may send
+    /// ahead unread, shared by its bundles in flight. Larger is faster; request bodies hold at
+    /// most about --max-inflight-bytes + --max-connections × this.
+    #[arg(long, value_name = "BYTES", default_value_t = logdog_collector::ingress::DEFAULT_CONNECTION_WINDOW, value_parser = clap::value_parser!(u32).range(i64::from(logdog_collector::ingress::MIN_CONNECTION_WINDOW)..=i64::from(logdog_collector::ingress::MAX_CONNECTION_WINDOW)))]
+    connection_window: u32,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -375,6 +380,7 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
         max_inflight_bytes: cli.max_inflight_bytes,
         read_deadline: cli.read_deadline,
         max_connections: cli.max_connections,
+        connection_window: cli.connection_window,
     };
     let servers = async move {
         let grpc = logdog_collector::serve_secured(
