@@ -708,3 +708,116 @@ async fn reads_need_a_token_that_may_read_the_project() {
         );
     }
 }
+
+/// `logdog ARGS` against `addr` with `token` in LOGDOG_TOKEN.
+fn logdog_as(addr: &str, token: &str, args: &[&str]) -> Finished {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_logdog"));
+    cmd.arg("--collector")
+        .arg(addr)
+        .args(args)
+        .env_remove("LOGDOG_COLLECTOR")
+        .env_remove("RUST_LOG")
+        .env("LOGDOG_TOKEN", token);
+    run(&mut cmd, Input::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_butler_s_streams_cannot_be_appended_to_ended_or_redescribed_by_others() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let collector = start(d);
+    let addr = collector.addr.clone();
+    let output = collector.output();
+    let written = "first line\nsecond line\nthird line\n";
+    let script = format!("printf '{}'", written.replace('\n', "\\n"));
+    let mut cmd = butler(
+        d,
+        &[
+            "--output",
+            output.as_str(),
+            "--project",
+            "proj",
+            "--prefix",
+            "real-run",
+            "run",
+            "--no-echo",
+            "--",
+            "sh",
+            "-c",
+            script.as_str(),
+        ],
+    );
+    cmd.env("LOGDOG_TOKEN", token("victim"));
+    let r = run(&mut cmd, Input::Null);
+    r.assert_code(0);
+    assert!(
+        r.stderr_str().contains("nothing lost"),
+        "{}",
+        r.stderr_str()
+    );
+    let path = "proj/real-run/+/stdout";
+    let before = logdog_as(&addr, &token("auditor"), &["cat", path]);
+    before.assert_code(0);
+    assert_eq!(before.stdout_str(), written);
+
+    // Another butler of the project (its own secret, or none) and a client without a token.
+    let ch = channel(&addr).await;
+    let mallory = token("mallory");
+    for (who, tok, secret) in [
+        (
+            "mallory with its own secret",
+            Some(mallory.as_str()),
+            Some(&MALLORY_SECRET[..]),
+        ),
+        ("mallory without a secret", Some(mallory.as_str()), None),
+        ("no token", None, Some(&MALLORY_SECRET[..])),
+    ] {
+        let attacks = [
+            ("append", lines("stdout", 3, &["evil line"], None)),
+            ("overwrite", lines("stdout", 0, &["evil first line"], None)),
+            ("end early", lines("stdout", 1, &[], Some(1))),
+            ("re-describe", {
+                let mut p = lines("stdout", 3, &["x"], None);
+                p.desc.content_type = "application/evil".into();
+                p.desc.tags = [("owner".to_string(), "mallory".to_string())].into();
+                p
+            }),
+            ("add a stream", lines("evil", 0, &["evil"], Some(0))),
+        ];
+        for (what, part) in attacks {
+            let r = write(&ch, tok, bundle("proj", "real-run", secret, vec![part])).await;
+            let status = r.expect_err(&format!("{who}: {what} was accepted"));
+            assert!(
+                matches!(
+                    status.code(),
+                    Code::PermissionDenied | Code::Unauthenticated
+                ),
+                "{who}: {what}: {status:?}"
+            );
+        }
+    }
+
+    // The butler's streams read back byte-identical and complete; nothing was added.
+    let after = logdog_as(&addr, &token("auditor"), &["cat", path]);
+    after.assert_code(0);
+    assert_eq!(after.stdout_str(), written);
+    let ls = logdog_as(&addr, &token("auditor"), &["ls", "proj/real-run"]);
+    ls.assert_code(0);
+    let listing = ls.stdout_str();
+    assert!(
+        listing.contains("stdout") && !listing.contains("evil"),
+        "{listing}"
+    );
+    let state = victim_state(&ch, "real-run/+/stdout").await;
+    assert!(state.complete, "{state:?}");
+    collector.stop();
+}
+
+/// The state of `path` in project `proj`, read by the auditor.
+async fn victim_state(ch: &Channel, path: &str) -> logdog_proto::logdog::collector::LogStreamState {
+    get(ch, Some(&token("auditor")), "proj", path)
+        .await
+        .expect("the stream")
+        .state
+        .expect("its state")
+}
