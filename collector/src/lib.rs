@@ -145,7 +145,7 @@ pub async fn serve_secured(
         .add_service(ingress::Budgeted::new(collector, budget.clone()))
         .add_service(ingress::Budgeted::new(logs, budget))
         .serve_with_incoming_shutdown(
-            ingress::incoming(listener, limits.max_connections),
+            ingress::incoming(listener, limits.max_connections, security.tls.is_some()),
             shutdown,
         )
         .await
