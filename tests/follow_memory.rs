@@ -8,7 +8,7 @@
 //! keeps encoding a stalled stream's messages for as long as the client's window has room, and
 //! what the socket cannot take at once waits in the server's HTTP/2 send buffer, so a stalled
 //! stream can park up to the window its client advertised in the collector. The collector
-//! bounds what it holds beyond that (what is unsent of one encoded message: 64 KiB of entries,
+//! bounds what it holds beyond that (what is unsent of one encoded message: 32 KiB of entries,
 //! or one larger entry); the window is the client's choice, and a client that advertises
 //! megabytes and stops reading pays with its own connection's share of the collector's memory,
 //! not with a bound this test could check.
@@ -36,7 +36,7 @@ const STREAM_WINDOW: u32 = 64 << 10;
 /// What each reader may hold.
 const PER_READER: u64 = 256 << 10;
 /// Slack for the allocator, thread stacks and the connections' buffers.
-const MARGIN: u64 = 64 << 20;
+const MARGIN: u64 = 24 << 20;
 /// How close to the baseline memory must come back once the readers are gone.
 const BACK_MARGIN: u64 = 32 << 20;
 
@@ -144,7 +144,7 @@ fn slow_followers_hold_bounded_memory_and_give_it_back() {
         assert_eq!(got, size, "the warm-up follow read {got} of {size} bytes");
         assert!(
             largest <= 160 << 10,
-            "a Follow message of {largest} bytes (at most max(64 KiB, one entry), and the \
+            "a Follow message of {largest} bytes (at most max(32 KiB, one entry), and the \
              butler's entries are smaller than 128 KiB)"
         );
         drop((all, warm));

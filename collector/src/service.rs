@@ -30,7 +30,7 @@ const DEFAULT_GET_BYTES: usize = 4 * 1024 * 1024;
 /// up to one encoded message. An entry larger than this is still sent whole, alone (entries
 /// are never split; one is at most [`MAX_BUNDLE_SIZE`]), so a message holds at most
 /// max(`FOLLOW_BYTES`, one entry).
-pub const FOLLOW_BYTES: usize = 64 * 1024;
+pub const FOLLOW_BYTES: usize = 32 * 1024;
 /// Largest byte budget a `Get` may ask for: a larger `byte_count` is lowered to this, so one
 /// request cannot make the collector read a whole huge stream into memory (and its answer
 /// always fits the 64 MiB response limit). Readers page with `index`.
