@@ -390,6 +390,9 @@ fn tls_failure_in(texts: &[String], collector: &Collector) -> Option<String> {
         " — does the collector serve TLS (--tls-cert)? Use grpc:// for a plain one"
     } else if cause.contains("Expired") {
         " — the collector's certificate has expired"
+    } else if cause.contains("CaUsedAsEndEntity") {
+        " — the collector's certificate is a CA certificate; a self-signed one needs \
+         basicConstraints CA:FALSE (openssl req -addext basicConstraints=critical,CA:FALSE)"
     } else {
         ""
     };
@@ -508,5 +511,14 @@ mod tests {
              is --ca-cert the collector's CA?"
         );
         assert!(tls_failure(&Status::unavailable("connection refused"), &c).is_none());
+        let s = Status::unavailable(
+            "error trying to connect: invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))",
+        );
+        assert!(
+            tls_failure(&s, &c)
+                .unwrap()
+                .contains("basicConstraints CA:FALSE"),
+            "{s:?}"
+        );
     }
 }
