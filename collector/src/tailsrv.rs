@@ -89,6 +89,8 @@ pub struct TailStats {
     pub turned_away: AtomicU64,
     /// Followers whose client went away (end of input or an error) while they waited.
     pub gone: AtomicU64,
+    /// Connections following a stream now.
+    pub following: AtomicU64,
 }
 
 /// The tail server. Cheap to clone.
@@ -252,6 +254,9 @@ impl TailServer {
         shutdown: impl Future<Output = ()> + Send,
     ) -> io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        self.store
+            .metrics()
+            .watch_tail(&self.stats, self.max_connections);
         let limit = Arc::new(Semaphore::new(self.max_connections));
         let table = PendingTable::default();
         let mut next_id = 0u64;
@@ -419,7 +424,10 @@ impl TailServer {
                         &key.project,
                         &format!("tail stream {}/{}/+/{}", key.project, key.prefix, key.name),
                     )?;
-                    self.follow(key, start, &mut rd, &mut wr, &mut stop).await
+                    self.stats.following.fetch_add(1, Ordering::Relaxed);
+                    let r = self.follow(key, start, &mut rd, &mut wr, &mut stop).await;
+                    self.stats.following.fetch_sub(1, Ordering::Relaxed);
+                    r
                 }
             }
         }
