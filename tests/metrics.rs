@@ -100,6 +100,14 @@ impl Metrics {
         self.value(name, None)
     }
 
+    /// Whether `name` has a sample with the label `label`.
+    fn has(&self, name: &str, (k, v): (&str, &str)) -> bool {
+        self.scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == name && s.labels.get(k) == Some(v))
+    }
+
     /// A histogram's buckets: (upper bound, cumulative count).
     fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
         let s = self
@@ -174,9 +182,6 @@ fn collector_metrics_count_what_a_butler_stored_and_who_follows() {
     let m = Metrics::scrape(&http);
     assert_eq!(c(&m, "bundles_stored_total"), 0.0);
     assert_eq!(store_seconds_count(&m), 0.0);
-    assert_eq!(c(&m, "inflight_request_bytes_limit"), (256u64 << 20) as f64);
-    assert_eq!(c(&m, "open_connections_limit"), 256.0);
-    assert_eq!(c(&m, "tail_connections_limit"), 4096.0);
     assert_eq!(c(&m, "viewer_followers_limit"), 4096.0);
 
     // A command that writes a known text, then waits for `go` before its last line: its
@@ -245,6 +250,10 @@ fn collector_metrics_count_what_a_butler_stored_and_who_follows() {
             .all(|k| cl(&m, "followers", "kind", k) == 1.0)
     });
     let m = Metrics::scrape(&http);
+    // Each server's ceilings are there once it runs.
+    assert_eq!(c(&m, "inflight_request_bytes_limit"), (256u64 << 20) as f64);
+    assert_eq!(c(&m, "open_connections_limit"), 256.0);
+    assert_eq!(c(&m, "tail_connections_limit"), 4096.0);
     // The follow's connection and the butler's; the scrape's own and the event stream's.
     assert!(cl(&m, "open_connections", "server", "grpc") >= 1.0);
     assert!(cl(&m, "open_connections", "server", "viewer") >= 2.0);
@@ -357,5 +366,118 @@ fn collector_metrics_on_their_own_port_without_the_viewer() {
     // Only /metrics there.
     let (head, _) = get(&addr, "/");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    collector.stop();
+}
+
+/// A handshake asking for a verdict, for a text stream called `name`.
+fn handshake(name: &str) -> Vec<u8> {
+    let json = format!(r#"{{"name":"{name}","verdict":true}}"#);
+    let mut out = b"BTLR1\x1E".to_vec();
+    out.push(u8::try_from(json.len()).unwrap());
+    out.extend_from_slice(json.as_bytes());
+    out
+}
+
+const B: &str = "logdog_butler_";
+
+fn b(m: &Metrics, name: &str) -> f64 {
+    m.get(&format!("{B}{name}"))
+}
+
+#[test]
+fn butler_serve_metrics_count_streams_bytes_and_refusals() {
+    use std::io::BufRead;
+    use std::os::unix::net::UnixStream;
+
+    let tmp = tempdir();
+    let d = tmp.path();
+    let collector = Collector::start_with(
+        &d.join("data"),
+        "127.0.0.1:0",
+        &["--metrics", "127.0.0.1:0"],
+    );
+    let mut cmd = butler(
+        d,
+        &[
+            "--output",
+            &collector.output(),
+            "--prefix",
+            "served",
+            "serve",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut guarded = Guarded::spawn(&mut cmd);
+    let err = drain(guarded.child.stderr.take().unwrap());
+    let mut stdout = std::io::BufReader::new(guarded.child.stdout.take().unwrap());
+    let mut lines = [String::new(), String::new()];
+    for l in &mut lines {
+        stdout.read_line(l).unwrap();
+    }
+    let socket = lines[0]
+        .trim_end()
+        .strip_prefix("LOGDOG_STREAM_SERVER_PATH=unix:")
+        .unwrap_or_else(|| panic!("{lines:?}"))
+        .to_string();
+    let addr = lines[1]
+        .trim_end()
+        .strip_prefix("LOGDOG_METRICS=")
+        .unwrap_or_else(|| panic!("{lines:?}"))
+        .to_string();
+
+    let m = Metrics::scrape(&addr);
+    assert_eq!(b(&m, "streams_open"), 0.0);
+    assert_eq!(b(&m, "bytes_captured_total"), 0.0);
+
+    let data = b"one line\nand another\n".repeat(1000);
+    let mut s = UnixStream::connect(&socket).unwrap();
+    let mut msg = handshake("a");
+    msg.extend_from_slice(&data);
+    s.write_all(&msg).unwrap();
+    let mut verdict = Vec::new();
+    let mut byte = [0u8; 1];
+    while verdict.last() != Some(&b'\n') {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "no verdict");
+        verdict.push(byte[0]);
+    }
+    assert_eq!(verdict, b"accepted\n");
+    wait_until("the stream's bytes to be captured", || {
+        let m = Metrics::scrape(&addr);
+        b(&m, "streams_open") == 1.0 && b(&m, "bytes_captured_total") == data.len() as f64
+    });
+    // Garbage is refused at the handshake, and counted.
+    let mut garbage = UnixStream::connect(&socket).unwrap();
+    garbage.write_all(b"NOT A HANDSHAKE\n").unwrap();
+    // (A reason of the stream server appears once it has happened.)
+    let bad_magic = ("reason", "bad_magic");
+    wait_until("the refusal to be counted", || {
+        let m = Metrics::scrape(&addr);
+        let name = format!("{B}refusals_total");
+        m.has(&name, bad_magic) && m.value(&name, Some(bad_magic)) == 1.0
+    });
+    drop(garbage);
+    // The stream ends; the collector acknowledges every byte of it.
+    drop(s);
+    wait_until("the stream to be stored", || {
+        let m = Metrics::scrape(&addr);
+        b(&m, "streams_open") == 0.0 && b(&m, "bytes_acknowledged_total") == data.len() as f64
+    });
+    let m = Metrics::scrape(&addr);
+    assert_eq!(b(&m, "spool_backlog_bytes"), 0.0);
+    assert_eq!(
+        m.value(&format!("{B}refusals_total"), Some(("reason", "collector"))),
+        0.0
+    );
+    let cm = Metrics::scrape(collector.metrics.as_deref().unwrap());
+    assert_eq!(c(&cm, "bytes_stored_total"), data.len() as f64);
+
+    nix::sys::signal::kill(guarded.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = guarded.wait();
+    let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+    assert!(status.success(), "{status}: {err}");
     collector.stop();
 }
