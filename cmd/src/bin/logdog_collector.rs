@@ -1,8 +1,8 @@
 //! `logdog_collector`: stores bundles from butlers and serves streams back.
 //!
 //! `logdog_collector --listen 127.0.0.1:7431 --data ./collector-data [--http 127.0.0.1:7432]
-//! [--tail 127.0.0.1:7433] [--tls-cert PEM --tls-key PEM] [--auth FILE]`; `logdog_collector
-//! verify --data DIR` scans a store for damage.
+//! [--tail 127.0.0.1:7433] [--metrics 127.0.0.1:9431] [--tls-cert PEM --tls-key PEM]
+//! [--auth FILE]`; `logdog_collector verify --data DIR` scans a store for damage.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
