@@ -207,6 +207,25 @@ enum Command {
     OpenIn(String, oneshot::Sender<Vec<String>>),
 }
 
+/// Counts a stream in [`LiveStats::streams_open`] while it is read.
+struct OpenStream(Arc<LiveStats>);
+
+impl OpenStream {
+    fn enter(live: &Arc<LiveStats>) -> Self {
+        live.streams_open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(live.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0
+            .streams_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Handle to a running butler. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Butler {
@@ -662,8 +681,7 @@ impl Actor {
         let me = self.me.clone();
         let cancel = self.cancel.subscribe();
         let live = self.live.clone();
-        live.streams_open
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let open = OpenStream::enter(&live);
         self.readers.spawn(async move {
             let read_error = reader::pump(
                 &name,
@@ -674,8 +692,7 @@ impl Actor {
                 &live.bytes_captured,
             )
             .await;
-            live.streams_open
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            drop(open);
             // Read to the end: the stream no longer keeps the butler running. Its report
             // comes once the output has settled its last bundle (or the flush timeout ran
             // out), which may be after the bundler has been told to finish.

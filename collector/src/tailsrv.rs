@@ -93,6 +93,22 @@ pub struct TailStats {
     pub following: AtomicU64,
 }
 
+/// Counts a connection in [`TailStats::following`] while it lives.
+struct Following<'a>(&'a TailStats);
+
+impl<'a> Following<'a> {
+    fn enter(stats: &'a TailStats) -> Self {
+        stats.following.fetch_add(1, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for Following<'_> {
+    fn drop(&mut self) {
+        self.0.following.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The tail server. Cheap to clone.
 #[derive(Clone)]
 pub struct TailServer {
@@ -424,10 +440,8 @@ impl TailServer {
                         &key.project,
                         &format!("tail stream {}/{}/+/{}", key.project, key.prefix, key.name),
                     )?;
-                    self.stats.following.fetch_add(1, Ordering::Relaxed);
-                    let r = self.follow(key, start, &mut rd, &mut wr, &mut stop).await;
-                    self.stats.following.fetch_sub(1, Ordering::Relaxed);
-                    r
+                    let _following = Following::enter(&self.stats);
+                    self.follow(key, start, &mut rd, &mut wr, &mut stop).await
                 }
             }
         }
