@@ -239,7 +239,8 @@ impl Metrics {
             "Refused requests by reason: bundles and streams of bundles (invalid, conflict, \
              damaged), requests without a valid token or the right (any server), gRPC calls \
              ended by the in-flight budget or the read deadline, gRPC connections over \
-             --max-connections, tail server requests answered with an error or turned away.",
+             --max-connections, tail server requests answered with an error (token refusals \
+             among them) or turned away.",
             Kind::Counter,
             "reason",
             &refusals.map(|(r, n)| (r, n as f64)),
