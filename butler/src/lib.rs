@@ -207,10 +207,39 @@ enum Command {
     OpenIn(String, oneshot::Sender<Vec<String>>),
 }
 
+/// Counts a stream in [`LiveStats::streams_open`] while it is read.
+struct OpenStream(Arc<LiveStats>);
+
+impl OpenStream {
+    fn enter(live: &Arc<LiveStats>) -> Self {
+        live.streams_open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(live.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0
+            .streams_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Handle to a running butler. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Butler {
     tx: mpsc::Sender<Command>,
+    live: Arc<LiveStats>,
+}
+
+/// Figures of a running butler, updated as it goes (for its metrics).
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    /// Streams being read now.
+    pub streams_open: std::sync::atomic::AtomicU64,
+    /// Bytes read from every stream's source so far.
+    pub bytes_captured: std::sync::atomic::AtomicU64,
 }
 
 impl Butler {
@@ -224,7 +253,9 @@ impl Butler {
         let bundler_cfg = cfg.bundler_config(output.max_bundle_size());
         let (bundler, shell) = BundlerHandle::spawn(bundler_cfg, output.clone());
         let (tx, rx) = mpsc::channel(64);
+        let live = Arc::new(LiveStats::default());
         let actor = Actor {
+            live: live.clone(),
             rx,
             me: tx.downgrade(),
             cfg,
@@ -250,7 +281,12 @@ impl Butler {
             finished: None,
         };
         tokio::spawn(actor.run());
-        Ok(Butler { tx })
+        Ok(Butler { tx, live })
+    }
+
+    /// Its live figures.
+    pub fn live(&self) -> &Arc<LiveStats> {
+        &self.live
     }
 
     /// Adds a stream. The butler reads it to the end (or until it fails) and then closes it.
@@ -358,6 +394,8 @@ impl Butler {
 
 struct Actor {
     rx: mpsc::Receiver<Command>,
+    /// Streams open and bytes read, shared with every [`Butler`] handle.
+    live: Arc<LiveStats>,
     /// For reader tasks to report back, without keeping the actor alive.
     me: mpsc::WeakSender<Command>,
     cfg: ButlerConfig,
@@ -642,8 +680,19 @@ impl Actor {
         self.running += 1;
         let me = self.me.clone();
         let cancel = self.cancel.subscribe();
+        let live = self.live.clone();
+        let open = OpenStream::enter(&live);
         self.readers.spawn(async move {
-            let read_error = reader::pump(&name, src.reader, src.tee, sink, cancel).await;
+            let read_error = reader::pump(
+                &name,
+                src.reader,
+                src.tee,
+                sink,
+                cancel,
+                &live.bytes_captured,
+            )
+            .await;
+            drop(open);
             // Read to the end: the stream no longer keeps the butler running. Its report
             // comes once the output has settled its last bundle (or the flush timeout ran
             // out), which may be after the bundler has been told to finish.

@@ -12,7 +12,7 @@ const MIN_READ: usize = 4 * 1024;
 
 /// Reads `reader` to the end, echoing to `tee` and appending to `sink`, then ends the stream.
 /// Returns the read error that ended the stream early, if any. Stops early when `cancel`
-/// turns true.
+/// turns true. Every byte read is added to `captured`.
 ///
 /// A failing tee (say, the butler's own stdout was closed) is logged once and dropped; the
 /// capture goes on. Stops early (as at end of file) when `cancel` turns true.
@@ -22,6 +22,7 @@ pub async fn pump(
     mut tee: Option<Tee>,
     sink: StreamSink,
     mut cancel: watch::Receiver<bool>,
+    captured: &std::sync::atomic::AtomicU64,
 ) -> Option<String> {
     // Buffers start small and double while reads fill them, up to the sink's read size: a
     // quiet stream (one of thousands) holds little memory, a busy one reads in big chunks.
@@ -37,7 +38,7 @@ pub async fn pump(
             biased;
             // A shutdown stops reading once what is already there has been taken.
             () = stopped(&mut cancel) => {
-                drain_ready(name, &mut reader, &sink).await;
+                drain_ready(name, &mut reader, &sink, captured).await;
                 break;
             }
             r = reader.read_buf(&mut buf) => r,
@@ -45,6 +46,7 @@ pub async fn pump(
         match read {
             Ok(0) => break,
             Ok(n) => {
+                captured.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 if n >= size / 2 {
                     size = (size * 2).min(max);
                 }
@@ -78,7 +80,12 @@ async fn echo(t: &mut Tee, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// Reads whatever the source has ready right now (without waiting) into the stream.
-async fn drain_ready(name: &str, reader: &mut Source, sink: &StreamSink) {
+async fn drain_ready(
+    name: &str,
+    reader: &mut Source,
+    sink: &StreamSink,
+    captured: &std::sync::atomic::AtomicU64,
+) {
     loop {
         let mut buf = BytesMut::with_capacity(sink.read_size());
         let ready = tokio::select! {
@@ -88,6 +95,7 @@ async fn drain_ready(name: &str, reader: &mut Source, sink: &StreamSink) {
         };
         match ready {
             Ok(n) if n > 0 => {
+                captured.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 if sink.write(buf.freeze()).await.is_err() {
                     return;
                 }

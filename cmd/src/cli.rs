@@ -133,6 +133,11 @@ pub struct ServeArgs {
     /// a client that asks) and listed at the end.
     #[arg(long, default_value_t = logdog_butler::DEFAULT_MAX_STREAMS, value_parser = parse_max_streams)]
     pub max_streams: usize,
+    /// Serve `GET /metrics` (Prometheus text format) on this address (port 0 picks a free
+    /// port; the address is printed on stdout as LOGDOG_METRICS=ADDR). Figures only, no log
+    /// content: open to anyone who reaches it.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// `run` arguments.

@@ -5,6 +5,7 @@
 
 mod cli;
 mod fdlimit;
+mod metrics;
 mod pipe;
 mod resume;
 mod run;

@@ -28,15 +28,40 @@ pub async fn serve(g: &Global, args: ServeArgs) -> Result<u8, Failure> {
     .map_err(Failure::Runtime)?
     .with_handshake_timeout(args.handshake_timeout);
     let mut signals = Signals::new()?;
+    let metrics = match &args.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics)"))
+                .map_err(Failure::Runtime)?,
+        ),
+        None => None,
+    };
     let started = start_butler(g, args.max_streams)?;
     let butler = &started.butler;
     let address = server.address();
+    let server_stats = server.stats();
     butler
         .add_stream_server(server)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
     // Scripts read this line to find the server.
     println!("{}={address}", logdog_bootstrap::STREAM_SERVER_PATH);
+    if let Some(listener) = metrics {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Failure::Runtime(e.into()))?;
+        crate::metrics::spawn(
+            listener,
+            crate::metrics::Sources {
+                live: butler.live().clone(),
+                server: server_stats,
+                output: started.output.clone(),
+                grpc: started.grpc.clone(),
+            },
+        );
+        println!("LOGDOG_METRICS={addr}");
+    }
 
     let sig = signals.recv().await;
     eprintln!("logdog_butler: {sig}: no new streams; flushing");

@@ -135,6 +135,22 @@ impl Budget {
             counters: Counters::default(),
         })
     }
+
+    /// Calls ended so far: (waiting for the budget until the read deadline, request not
+    /// arrived within the read deadline).
+    pub(crate) fn refusals(&self) -> (u64, u64) {
+        (
+            self.counters.budget_waits.load(Ordering::Relaxed),
+            self.counters.slow_bodies.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes reserved now, and the budget (both in whole units of 1 KiB).
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        let free = self.sem.available_permits() as u64;
+        let units = u64::from(self.units);
+        (units.saturating_sub(free) * UNIT, units * UNIT)
+    }
 }
 
 /// A service whose calls' request bodies draw on a [`Budget`] and obey its read deadline.
@@ -462,25 +478,56 @@ impl AsyncWrite for Capped {
     }
 }
 
+/// The connection slots of the gRPC server: its ceiling, and the connections refused.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    sem: Arc<Semaphore>,
+    max: usize,
+    refused: AtomicU64,
+}
+
+impl Slots {
+    /// Connections open now.
+    pub(crate) fn open(&self) -> usize {
+        self.max.saturating_sub(self.sem.available_permits())
+    }
+
+    /// The ceiling.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections closed on arrival so far.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
 /// The connections accepted on `listener`, at most `max` open at once: past it a connection
 /// is closed as soon as it is accepted (counted and logged). Accepting stops when the stream
-/// is dropped.
+/// is dropped. `metrics` reads the slots.
 pub(crate) fn incoming(
     listener: TcpListener,
     max: usize,
     read_ahead: bool,
+    metrics: &crate::metrics::Metrics,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Capped>> {
     let (tx, rx) = mpsc::channel(1);
-    let slots = Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS)));
+    let max = max.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Slots {
+        sem: Arc::new(Semaphore::new(max)),
+        max,
+        refused: AtomicU64::new(0),
+    });
+    metrics.watch_slots(&slots);
     tokio::spawn(async move {
-        let mut refused = 0u64;
         loop {
             let accepted = tokio::select! {
                 () = tx.closed() => return,
                 a = listener.accept() => a,
             };
             match accepted {
-                Ok((io, peer)) => match slots.clone().try_acquire_owned() {
+                Ok((io, peer)) => match slots.sem.clone().try_acquire_owned() {
                     Ok(slot) => {
                         let _ = io.set_nodelay(true);
                         let ahead = read_ahead.then(|| ReadAhead {
@@ -498,7 +545,7 @@ pub(crate) fn incoming(
                         }
                     }
                     Err(_) => {
-                        refused += 1;
+                        let refused = slots.refused.fetch_add(1, Ordering::Relaxed) + 1;
                         tracing::warn!(%peer, max, refused, "closed a connection: the collector has its maximum of connections open");
                     }
                 },

@@ -19,6 +19,7 @@
 //!   terminal indices and completeness).
 //! - [`watchers`]: the hub that wakes followers when a stream changes.
 //! - [`service`]: the gRPC services.
+//! - [`metrics`]: counters and gauges for `GET /metrics` (Prometheus text format).
 //! - [`ingress`]: ceilings on connections, calls, request-body memory and read time.
 //! - [`chunks`]: store reads shared by the followers of a stream.
 //! - [`reader`]: reading streams as bytes from an offset or as rows (lines, datagrams).
@@ -29,6 +30,7 @@
 pub mod auth;
 pub mod chunks;
 pub mod ingress;
+pub mod metrics;
 pub mod path;
 pub mod reader;
 pub mod segments;
@@ -46,6 +48,7 @@ use std::future::Future;
 
 pub use auth::Auth;
 pub use ingress::Limits;
+pub use metrics::Metrics;
 pub use service::{CollectorService, LogsService, MAX_BUNDLE_SIZE, MAX_GET_BYTES};
 pub use store::Store;
 pub use tailsrv::TailServer;
@@ -123,9 +126,12 @@ pub async fn serve_secured(
     security: &Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let metrics = store.metrics().clone();
     let (collector, logs) = service::services_secured(store, watchers, security.auth.clone());
     // The write path decodes messages of up to twice `MAX_BUNDLE_SIZE` (see `services_with`).
     let budget = ingress::Budget::new(limits, 2 * MAX_BUNDLE_SIZE as u64);
+    metrics.watch_budget(&budget);
+    metrics.watch_auth(security.auth.stats().clone());
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &security.tls {
         builder = builder.tls_config(tls.tonic())?;
@@ -145,7 +151,12 @@ pub async fn serve_secured(
         .add_service(ingress::Budgeted::new(collector, budget.clone()))
         .add_service(ingress::Budgeted::new(logs, budget))
         .serve_with_incoming_shutdown(
-            ingress::incoming(listener, limits.max_connections, security.tls.is_some()),
+            ingress::incoming(
+                listener,
+                limits.max_connections,
+                security.tls.is_some(),
+                &metrics,
+            ),
             shutdown,
         )
         .await

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{self, Auth, Denied, Right};
 use crate::path::{Pattern, StreamPath};
 use crate::store::{Claim, NotOwner, Store, StoreError, StreamKey};
-use crate::validate;
+use crate::validate::{self, RefusalKind};
 use crate::watchers::Watchers;
 use logdog_proto::types::PREFIX_SECRET_LEN;
 
@@ -130,18 +130,23 @@ impl Collector for CollectorService {
         req: Request<pb::WriteBundleRequest>,
     ) -> Result<Response<pb::WriteBundleResponse>, Status> {
         let _writing = self.store.writing();
+        let metrics = self.store.metrics().clone();
         let token = token(&req);
         let data = req.into_inner().bundle;
         if data.len() > MAX_BUNDLE_SIZE {
+            metrics.refused(RefusalKind::Invalid);
             return Err(Status::invalid_argument(format!(
                 "bundle of {} bytes exceeds the {MAX_BUNDLE_SIZE}-byte limit",
                 data.len()
             )));
         }
         // A view that leaves each log entry encoded: entries are stored as they arrived.
-        let bundle = pb::BundleView::decode(data)
-            .map_err(|e| Status::invalid_argument(format!("not a ButlerLogBundle: {e}")))?;
+        let bundle = pb::BundleView::decode(data).map_err(|e| {
+            metrics.refused(RefusalKind::Invalid);
+            Status::invalid_argument(format!("not a ButlerLogBundle: {e}"))
+        })?;
         let bad = |e: String| {
+            metrics.refused(RefusalKind::Invalid);
             tracing::warn!(project = %clip(&bundle.project, 64), prefix = %clip(&bundle.prefix, 64), error = %clip(&e, 512), "refused a bundle");
             Status::invalid_argument(e)
         };
@@ -172,6 +177,7 @@ impl Collector for CollectorService {
         let (project, prefix) = (bundle.project.clone(), bundle.prefix.clone());
         let streams = checked.streams;
         let required = !self.auth.is_open();
+        let started = std::time::Instant::now();
         let outcome = blocking(move || {
             let claim = Claim {
                 secret: secret.as_deref(),
@@ -190,6 +196,15 @@ impl Collector for CollectorService {
                     .into());
             }
         };
+        metrics.bundle_stored(
+            u64::from(outcome.stored),
+            outcome.bytes,
+            u64::from(outcome.duplicates),
+            started.elapsed(),
+        );
+        for r in checked.refused.iter().chain(&outcome.refused) {
+            metrics.refused(r.kind);
+        }
         if outcome.registered {
             tracing::info!(project = %bundle.project, prefix = %bundle.prefix, by = caller.name(), "prefix registered to the butler of its first bundle with a secret");
         }
@@ -396,6 +411,7 @@ impl Logs for LogsService {
             idle: false,
             done: false,
             _reader: crate::trim::Reader::new(),
+            _following: self.store.metrics().grpc_followers().enter(),
         };
         Ok(Response::new(Box::pin(Messages {
             follower: Some(follower),
@@ -424,6 +440,8 @@ struct Follower {
     /// The follow is over (the stream is complete and sent, or a read failed).
     done: bool,
     _reader: crate::trim::Reader,
+    /// Counts this follower in the metrics while it lives.
+    _following: crate::metrics::GaugeGuard,
 }
 
 type Item = Result<pb::FollowResponse, Status>;

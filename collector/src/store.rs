@@ -275,6 +275,8 @@ pub struct WriteOutcome {
     pub refused: Vec<Refusal>,
     /// Whether this write registered its prefix's owner (its first bundle with a secret).
     pub registered: bool,
+    /// Payload bytes of the entries newly stored.
+    pub bytes: u64,
 }
 
 /// The store. Cheap to clone; all clones share one database.
@@ -300,6 +302,8 @@ struct Inner {
     /// When the last bundle write ended, in milliseconds since `epoch` plus one (0: never).
     last_write_ms: std::sync::atomic::AtomicU64,
     epoch: tokio::time::Instant,
+    /// The collector's metrics (see [`Store::metrics`]).
+    metrics: crate::metrics::Metrics,
 }
 
 /// Marks a bundle write in progress, from its arrival to its answer; see [`Store::writing`].
@@ -551,8 +555,34 @@ impl Store {
                 activity: tokio::sync::watch::channel(0).0,
                 last_write_ms: 0.into(),
                 epoch: tokio::time::Instant::now(),
+                metrics: crate::metrics::Metrics::new(),
             }),
         })
+    }
+
+    /// The metrics of the collector serving this store: one collector per store, so every
+    /// server sharing the store reports into them.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// Bytes of the store's files on disk: the database, its journal and the segments.
+    pub fn disk_bytes(&self) -> u64 {
+        fn files(dir: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(std::fs::Metadata::is_file)
+                .map(|m| m.len())
+                .sum()
+        }
+        let Some(dir) = self.inner.path.parent() else {
+            return 0;
+        };
+        files(dir) + files(&dir.join("segments"))
     }
 
     /// Marks a bundle write as in progress until the guard is dropped. Readers that can wait
@@ -696,6 +726,7 @@ impl Store {
             };
             out.registered |= done.registered;
             out.stored += done.stored;
+            out.bytes += done.bytes;
             out.duplicates += done.duplicates;
             for key in done.touched {
                 if !out.touched.contains(&key) {
@@ -873,6 +904,7 @@ impl Store {
                     appender.push(raw.clone());
                     rec.entry_count += 1;
                     rec.byte_count += payload;
+                    out.bytes += payload;
                     out.stored += 1;
                     dirty = true;
                 }

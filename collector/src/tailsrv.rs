@@ -89,6 +89,24 @@ pub struct TailStats {
     pub turned_away: AtomicU64,
     /// Followers whose client went away (end of input or an error) while they waited.
     pub gone: AtomicU64,
+    /// Connections following a stream now.
+    pub following: AtomicU64,
+}
+
+/// Counts a connection in [`TailStats::following`] while it lives.
+struct Following<'a>(&'a TailStats);
+
+impl<'a> Following<'a> {
+    fn enter(stats: &'a TailStats) -> Self {
+        stats.following.fetch_add(1, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for Following<'_> {
+    fn drop(&mut self) {
+        self.0.following.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The tail server. Cheap to clone.
@@ -252,6 +270,9 @@ impl TailServer {
         shutdown: impl Future<Output = ()> + Send,
     ) -> io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        self.store
+            .metrics()
+            .watch_tail(&self.stats, self.max_connections);
         let limit = Arc::new(Semaphore::new(self.max_connections));
         let table = PendingTable::default();
         let mut next_id = 0u64;
@@ -419,6 +440,7 @@ impl TailServer {
                         &key.project,
                         &format!("tail stream {}/{}/+/{}", key.project, key.prefix, key.name),
                     )?;
+                    let _following = Following::enter(&self.stats);
                     self.follow(key, start, &mut rd, &mut wr, &mut stop).await
                 }
             }

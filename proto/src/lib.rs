@@ -10,10 +10,12 @@
 //!   `logpb.ButlerLogBundle` bytes, or converts to the prost types.
 //! - [`handshake`]: the stream-server handshake (magic, length, JSON flags).
 //! - [`logdog::collector`]: the collector's gRPC services.
+//! - [`prom`]: the Prometheus text format of the collector's and the butler's metrics.
 //! - [`types`]: validation of stream names, tags and project names (LogDog's rules).
 
 pub mod bundle;
 pub mod handshake;
+pub mod prom;
 pub mod types;
 pub mod wire;
 

@@ -476,6 +476,8 @@ pub struct Collector {
     pub http: Option<String>,
     /// Where its tail server listens, if started with `--tail`.
     pub tail: Option<String>,
+    /// Where its metrics server listens, if started with `--metrics`.
+    pub metrics: Option<String>,
     log: PathBuf,
     rest: Option<JoinHandle<Vec<u8>>>,
 }
@@ -531,10 +533,10 @@ impl Collector {
             );
         };
         let addr = addr.to_string();
-        let (mut http, mut tail) = (None, None);
+        let (mut http, mut tail, mut metrics) = (None, None, None);
         let wanted = extra
             .iter()
-            .filter(|a| **a == "--http" || **a == "--tail")
+            .filter(|a| ["--http", "--tail", "--metrics"].contains(*a))
             .count();
         for _ in 0..wanted {
             let mut line = String::new();
@@ -545,6 +547,8 @@ impl Collector {
                 http = Some(a.to_string());
             } else if let Some(a) = line.strip_prefix("LOGDOG_TAIL=") {
                 tail = Some(a.to_string());
+            } else if let Some(a) = line.strip_prefix("LOGDOG_METRICS=") {
+                metrics = Some(a.to_string());
             } else {
                 panic!("unexpected line from logdog_collector: {line:?}");
             }
@@ -554,6 +558,7 @@ impl Collector {
             addr,
             http,
             tail,
+            metrics,
             log,
             rest: Some(drain(out)),
         }

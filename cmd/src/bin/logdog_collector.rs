@@ -1,8 +1,8 @@
 //! `logdog_collector`: stores bundles from butlers and serves streams back.
 //!
 //! `logdog_collector --listen 127.0.0.1:7431 --data ./collector-data [--http 127.0.0.1:7432]
-//! [--tail 127.0.0.1:7433] [--tls-cert PEM --tls-key PEM] [--auth FILE]`; `logdog_collector
-//! verify --data DIR` scans a store for damage.
+//! [--tail 127.0.0.1:7433] [--metrics 127.0.0.1:9431] [--tls-cert PEM --tls-key PEM]
+//! [--auth FILE]`; `logdog_collector verify --data DIR` scans a store for damage.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +31,12 @@ struct Cli {
     /// address is printed on stdout as LOGDOG_HTTP=ADDR).
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    /// Serve only `GET /metrics` (Prometheus text format) on this address (off unless given;
+    /// port 0 picks a free port; the address is printed on stdout as LOGDOG_METRICS=ADDR).
+    /// The viewer (--http) serves /metrics too. Open to anyone who reaches it: figures only,
+    /// no log content or names.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Serve the tail server on this address (off unless given; port 0 picks a free port; the
     /// address is printed on stdout as LOGDOG_TAIL=ADDR).
     #[arg(long, value_name = "ADDR")]
@@ -140,7 +146,7 @@ fn main() -> ExitCode {
     // The web viewer and the tail server run on their own runtime, whose threads have a lower
     // priority, so that followers (a hundred of them reading as fast as they can) never take
     // CPU from storing bundles.
-    let readers = if cli.http.is_some() || cli.tail.is_some() {
+    let readers = if cli.http.is_some() || cli.tail.is_some() || cli.metrics.is_some() {
         let nice = cli.reader_nice;
         let built = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -321,6 +327,14 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
     if let Some((_, a)) = &tail {
         println!("LOGDOG_TAIL={a}");
     }
+    let metrics = cli
+        .metrics
+        .as_deref()
+        .map(|a| bind("metrics", a))
+        .transpose()?;
+    if let Some((_, a)) = &metrics {
+        println!("LOGDOG_METRICS={a}");
+    }
     tracing::info!(%addr, data = %cli.data.display(), "collector listening");
 
     // One stop signal for every server: SIGTERM or SIGINT.
@@ -375,6 +389,7 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
             server.run(listener, stop).await
         })
     });
+    let metrics = metrics.map(|m| serve_metrics(m, &store, &readers, stopped()));
     let grace = stopped();
     let limits = logdog_collector::Limits {
         max_inflight_bytes: cli.max_inflight_bytes,
@@ -392,7 +407,11 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
             stopped(),
         )
         .await;
-        for (what, task) in [("web viewer", web), ("tail server", tail)] {
+        for (what, task) in [
+            ("web viewer", web),
+            ("tail server", tail),
+            ("metrics server", metrics),
+        ] {
             if let Some(task) = task {
                 task.await
                     .with_context(|| format!("the {what} failed"))?
@@ -411,6 +430,21 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
             Ok(())
         }
     }
+}
+
+/// Starts the `--metrics` server on `readers`.
+fn serve_metrics(
+    (listener, addr): (std::net::TcpListener, SocketAddr),
+    store: &Store,
+    readers: &tokio::runtime::Handle,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tracing::info!(%addr, "metrics server listening");
+    let store = store.clone();
+    readers.spawn(async move {
+        let listener = TcpListener::from_std(listener)?;
+        web::serve_metrics(listener, store, stop).await
+    })
 }
 
 /// How long a stop waits for calls and connections in progress.

@@ -15,6 +15,7 @@
 //! | `/api/stream/PATH` | JSON: one stream's descriptor and state |
 //! | `/api/rows/PATH?from=N&count=M` or `?last=M` | JSON: a page of rows |
 //! | `/api/events/PATH?from=N` | server-sent events: rows from `N` as they arrive |
+//! | `/metrics` | the collector's metrics, Prometheus text format (no token needed) |
 //! | `/login`, `/logout` | the login form (auth on): keeps the token in a cookie |
 //!
 //! A *row* is a text stream's line or a datagram stream's datagram. Pages hold a bounded
@@ -41,4 +42,4 @@ mod login;
 mod server;
 
 pub use login::COOKIE;
-pub use server::{serve, serve_secured};
+pub use server::{serve, serve_metrics, serve_secured};

@@ -83,6 +83,7 @@ pub async fn serve_secured(
         .transpose()
         .map_err(io::Error::other)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let app_metrics = store.metrics().clone();
     let app = router(
         store,
         watchers,
@@ -117,7 +118,9 @@ pub async fn serve_secured(
                 )
                 .into_owned();
             let conn = graceful.watch(conn);
+            let open = app_metrics.viewer_connections().enter();
             tokio::spawn(async move {
+                let _open = open;
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "web viewer connection ended");
                 }
@@ -131,7 +134,9 @@ pub async fn serve_secured(
             handshake_failures.clone(),
             stop_rx.clone(),
         );
+        let open = app_metrics.viewer_connections().enter();
         tokio::spawn(async move {
+            let _open = open;
             let Some(tls) = handshake(&acceptor, socket, stop, &failures).await else {
                 return;
             };
@@ -180,11 +185,15 @@ fn router(
     auth: Auth,
     secure: bool,
 ) -> Router {
+    let followers = Arc::new(Semaphore::new(MAX_FOLLOWERS));
+    store
+        .metrics()
+        .watch_viewer_followers(&followers, MAX_FOLLOWERS);
     let state = AppState {
         store,
         watchers,
         stop,
-        followers: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
+        followers,
         chunks: ChunkCache::new(),
         auth,
         secure,
@@ -202,9 +211,52 @@ fn router(
         .route("/api/rows/{*path}", get(api::rows))
         .route("/api/events/{*path}", get(api::events))
         .route("/raw/{*path}", get(api::raw))
+        .route("/metrics", get(metrics))
         .fallback(|| async { api::ApiError::not_found("no such page") })
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// `/metrics`: the collector's metrics in the Prometheus text format. Open even with auth on:
+/// the page holds figures only, no log content or names (see [`crate::metrics`]).
+async fn metrics(State(st): State<AppState>) -> Response {
+    metrics_page(&st.store)
+}
+
+/// The metrics page of the collector serving `store`.
+pub(crate) fn metrics_page(store: &Store) -> Response {
+    let store = store.clone();
+    let page = store.metrics().render(store.disk_bytes());
+    (
+        [
+            (header::CONTENT_TYPE, logdog_proto::prom::CONTENT_TYPE),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+        .into_response()
+}
+
+/// Serves only `GET /metrics` on `listener` (for `--metrics ADDR`), until `shutdown`
+/// resolves.
+///
+/// # Errors
+/// The server failed.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(store): State<Store>| async move { metrics_page(&store) }),
+        )
+        .fallback(|| async { api::ApiError::not_found("no such page") })
+        .with_state(store);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
