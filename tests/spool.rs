@@ -747,7 +747,8 @@ fn a_full_collector_disk_is_reported_per_stream_and_never_ok() {
     let listing = logdog(&addr, &["ls", "default/collfull"]).stdout_str();
     for (i, input) in inputs.iter().enumerate() {
         let name = format!("s{}", i + 1);
-        let got = logdog(&addr, &["cat", &format!("default/collfull/+/{name}")]).stdout;
+        let cat = logdog(&addr, &["cat", &format!("default/collfull/+/{name}")]);
+        let got = cat.stdout.clone();
         let want = read(input);
         assert!(
             want.starts_with(&got),
@@ -761,7 +762,15 @@ fn a_full_collector_disk_is_reported_per_stream_and_never_ok() {
             .find(|l| l.trim_start().starts_with(&format!("{name} ")))
             .unwrap_or_else(|| panic!("no row for {name}:\n{err}"));
         if !complete || got.len() < want.len() {
-            assert!(row.contains("LOST"), "{name} is incomplete but:\n{err}");
+            assert!(
+                row.contains("LOST"),
+                "{name} is incomplete (complete in the listing: {complete}; read back {} of {} \
+                 bytes; logdog cat exited {}: {}) but:\n{err}\nlisting:\n{listing}",
+                got.len(),
+                want.len(),
+                cat.code(),
+                cat.stderr_str()
+            );
             assert!(
                 v["streams"][&name]["bytes_undelivered"].as_u64() > Some(0),
                 "{name}: {v:#}"
