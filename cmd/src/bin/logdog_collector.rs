@@ -2,7 +2,8 @@
 //!
 //! `logdog_collector --listen 127.0.0.1:7431 --data ./collector-data [--http 127.0.0.1:7432]
 //! [--tail 127.0.0.1:7433] [--tls-cert PEM --tls-key PEM] [--auth FILE]`; `logdog_collector
-//! verify --data DIR` scans a store for damage.
+//! verify --data DIR` scans a store for damage. Every flag may come from `--config FILE` (TOML)
+//! or a `LOGDOG_COLLECTOR_*` environment variable (see `collector_config.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
