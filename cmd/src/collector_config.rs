@@ -89,9 +89,17 @@ fn settings(text: &str) -> Result<Vec<Setting>, toml::de::Error> {
 /// neither in `args` nor in the environment. `cmd` must have a `config` flag. Command lines
 /// that clap refuses are returned as they are, for clap to report.
 pub fn apply(cmd: &Command, args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
-    // A lenient first look: a flag that needs another given in the file must not fail yet.
-    let Ok(matches) = cmd.clone().ignore_errors(true).try_get_matches_from(&args) else {
-        return Ok(args);
+    // A first look at the command line. A flag that needs another one given in the file must
+    // not fail yet; any other error is clap's to report, on the command line as given.
+    let matches = match cmd.clone().try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => {
+            match cmd.clone().ignore_errors(true).try_get_matches_from(&args) {
+                Ok(m) => m,
+                Err(_) => return Ok(args),
+            }
+        }
+        Err(_) => return Ok(args),
     };
     let path = match matches.try_get_one::<PathBuf>(CONFIG_FLAG) {
         Ok(Some(p)) => p.clone(),
@@ -428,6 +436,60 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn the_collectors_own_flags_have_keys_and_variables() {
+        let cmd = with_env(crate::Cli::command(), crate::ENV_PREFIX);
+        cmd.clone().debug_assert();
+        for arg in cmd.get_arguments() {
+            if let Some(long) = settable(arg) {
+                let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                assert_eq!(env, Some(env_name("LOGDOG_COLLECTOR_", long)), "--{long}");
+            }
+        }
+        let f = file(
+            "listen = \"0.0.0.0:9\"\ndata = \"/d\"\nread-deadline = \"90s\"\n\
+             connection-window = 2097152\ninsecure-no-auth = true\ntls-cert = \"c.pem\"\n",
+        );
+        let argv: Vec<OsString> = vec![
+            "logdog_collector".into(),
+            "--config".into(),
+            f.path().into(),
+            "--tls-key".into(),
+            "k.pem".into(),
+            "verify".into(),
+        ];
+        let argv = apply(&cmd, argv).unwrap();
+        let m = cmd.clone().try_get_matches_from(argv).unwrap();
+        let cli = crate::Cli::from_arg_matches(&m).unwrap();
+        assert!(matches!(cli.command, Some(crate::Command::Verify)));
+        assert_eq!(cli.listen, "0.0.0.0:9");
+        assert_eq!(cli.data, PathBuf::from("/d"));
+        assert_eq!(cli.read_deadline, std::time::Duration::from_secs(90));
+        assert_eq!(cli.connection_window, 2097152);
+        assert!(cli.insecure_no_auth);
+        assert_eq!(cli.tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(cli.tls_key, Some(PathBuf::from("k.pem")));
+        let f = file("connection-window = 1\n");
+        let argv: Vec<OsString> = vec!["c".into(), "--config".into(), f.path().into()];
+        let e = apply(&cmd, argv).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1: connection-window: invalid value '1'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn other_command_line_errors_are_left_to_clap() {
+        let f = file("listen = \"a:1\"\n");
+        let argv: Vec<OsString> = vec![
+            "t".into(),
+            "--config".into(),
+            f.path().into(),
+            "--bogus".into(),
+        ];
+        assert_eq!(apply(&T::command(), argv.clone()).unwrap(), argv);
     }
 
     #[test]
