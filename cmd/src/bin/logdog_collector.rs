@@ -2,7 +2,9 @@
 //!
 //! `logdog_collector --listen 127.0.0.1:7431 --data ./collector-data [--http 127.0.0.1:7432]
 //! [--tail 127.0.0.1:7433] [--metrics 127.0.0.1:9431] [--tls-cert PEM --tls-key PEM]
-//! [--auth FILE]`; `logdog_collector verify --data DIR` scans a store for damage.
+//! [--auth FILE]`; `logdog_collector verify --data DIR` scans a store for damage. Every flag
+//! may come from `--config FILE` (TOML) or a `LOGDOG_COLLECTOR_*` environment variable (see
+//! `collector_config.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +17,8 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+#[path = "../collector_config.rs"]
+mod config;
 #[path = "../fdlimit.rs"]
 mod fdlimit;
 
@@ -24,6 +28,12 @@ mod fdlimit;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Read flags from this TOML file: keys are the long flags (`max-connections = 1024`,
+    /// `read-deadline = "60s"`, `insecure-no-auth = true`). Every flag may also be given as an
+    /// environment variable (LOGDOG_COLLECTOR_MAX_CONNECTIONS); the command line wins over the
+    /// environment, which wins over the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port; the address is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:7431")]
     listen: String,
@@ -115,7 +125,10 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match &cli.command {
         Some(Command::Verify) => return verify(&cli.data),
         Some(Command::Token(TokenCommand::New { name, write, read })) => {
@@ -176,6 +189,51 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("logdog_collector: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// The prefix of the environment variables that give flags (LOGDOG_COLLECTOR_LISTEN).
+/// `LOGDOG_COLLECTOR` alone is `logdog`'s collector address, not one of these.
+const ENV_PREFIX: &str = "LOGDOG_COLLECTOR_";
+
+/// The flags from the command line, the environment and the `--config` file, in that order of
+/// precedence. Exits on `--help` and `--version`; a bad command line or file is reported on
+/// stderr and gives the exit status (2).
+fn parse_cli() -> Result<Cli, ExitCode> {
+    use clap::{CommandFactory, FromArgMatches};
+    let cmd = config::with_env(Cli::command(), ENV_PREFIX);
+    let args = match config::apply(&cmd, std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("logdog_collector: {e:#}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let from_file = args.len() > std::env::args_os().len();
+    let parsed = cmd
+        .try_get_matches_from(args)
+        .and_then(|m| Cli::from_arg_matches(&m));
+    match parsed {
+        Ok(cli) => Ok(cli),
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            // The message names flags; say where else they may have come from.
+            let env: Vec<String> = std::env::vars_os()
+                .filter_map(|(k, _)| k.into_string().ok())
+                .filter(|k| k.starts_with(ENV_PREFIX))
+                .collect();
+            if !env.is_empty() {
+                eprintln!(
+                    "note: flags were also set in the environment: {}",
+                    env.join(", ")
+                );
+            }
+            if from_file {
+                eprintln!("note: flags were also set in the --config file");
+            }
+            Err(ExitCode::from(2))
         }
     }
 }
