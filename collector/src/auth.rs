@@ -77,7 +77,7 @@ impl From<Denied> for tonic::Status {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// The file cannot be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: String,

@@ -34,7 +34,7 @@ type Client = LogsClient<InterceptedService<Channel, BearerAuth>>;
 
 /// Reads log streams back from a collector: whole, the last lines, or live.
 #[derive(Debug, Parser)]
-#[command(name = "logdog", version, about, rename_all = "kebab-case")]
+#[command(name = "logdog", version, rename_all = "kebab-case")]
 struct Cli {
     /// The collector, as HOST:PORT (also grpc://HOST:PORT or http://HOST:PORT), or
     /// grpcs://HOST:PORT over TLS.

@@ -24,7 +24,7 @@ mod fdlimit;
 
 /// Stores bundles from butlers durably and serves streams back, finished or live.
 #[derive(Debug, Parser)]
-#[command(name = "logdog_collector", version, about, rename_all = "kebab-case")]
+#[command(name = "logdog_collector", version, rename_all = "kebab-case")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
