@@ -60,6 +60,10 @@ pub struct Global {
     /// The butler's own log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "warn")]
     pub log_level: String,
+    /// How the butler writes its own log lines on stderr: text, or json (one object per
+    /// line). The end-of-run summary stays a table (`--no-summary`; `--result-path` for JSON).
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// Subcommands.

@@ -3,8 +3,17 @@
 //! Exit status: the child's for `run` (128+N when it was killed by signal N); 2 for bad flags
 //! or specs; 250 when the butler itself fails (for example, a command that does not exist).
 
+/// A notice to the user on stderr: `logdog_butler: MESSAGE`, or with `--log-format json` a
+/// JSON line like the log lines (see [`notice`]).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::notice(&format!($($arg)*))
+    };
+}
+
 mod cli;
 mod fdlimit;
+mod logging;
 mod metrics;
 mod pipe;
 mod resume;
@@ -16,6 +25,7 @@ mod summary;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use logdog_butler::{Butler, ButlerConfig};
@@ -53,7 +63,11 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
-    init_tracing(&cli.global.log_level);
+    logging::init(&cli.global.log_level, "warn", cli.global.log_format);
+    JSON_NOTICES.store(
+        cli.global.log_format == logging::LogFormat::Json,
+        Ordering::Relaxed,
+    );
     fdlimit::raise_open_file_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -61,7 +75,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("logdog_butler: cannot start the runtime: {e}");
+            say!("cannot start the runtime: {e}");
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
@@ -77,26 +91,14 @@ fn main() -> ExitCode {
     match res {
         Ok(code) => ExitCode::from(code),
         Err(Failure::Usage(msg)) => {
-            eprintln!("logdog_butler: {msg}");
+            say!("{msg}");
             ExitCode::from(EXIT_USAGE)
         }
         Err(Failure::Runtime(e)) => {
-            eprintln!("logdog_butler: {e:#}");
+            say!("{e:#}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }
-}
-
-fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }
 
 /// A started butler and its output.
@@ -139,7 +141,7 @@ pub fn client_security(g: &Global) -> Result<ClientSecurity, Failure> {
         .map_err(Failure::Usage)?;
     let security = ClientSecurity { ca, token };
     if let Some(w) = security.cleartext_warning(&collector) {
-        eprintln!("logdog_butler: warning: {w}");
+        say!("warning: {w}");
     }
     Ok(security)
 }
@@ -185,21 +187,21 @@ impl Started {
         };
         for ((prefix, name), a) in grpc.acknowledged() {
             if a.lost_bytes > 0 || a.lost_entries > 0 || a.lost.is_some() {
-                eprintln!(
-                    "logdog_butler: stream {prefix}/+/{name}: LOST: {} bytes refused by the collector ({})",
+                say!(
+                    "stream {prefix}/+/{name}: LOST: {} bytes refused by the collector ({})",
                     a.lost_bytes,
                     a.lost.as_deref().unwrap_or("no reason given")
                 );
             }
         }
         if let Some(msg) = grpc.failure() {
-            eprintln!(
-                "logdog_butler: the collector's store is damaged and can store nothing until it \
+            say!(
+                "the collector's store is damaged and can store nothing until it \
                  is repaired (DATA_LOSS: {msg})"
             );
         }
         if let Some(msg) = grpc.tls_failure() {
-            eprintln!("logdog_butler: {msg}");
+            say!("{msg}");
         }
         grpc.lost_anything() || grpc.tls_failure().is_some()
     }
@@ -233,9 +235,11 @@ pub fn start_butler(g: &Global, max_streams: usize) -> Result<Started, Failure> 
     cfg.validate().map_err(|e| Failure::Usage(e.to_string()))?;
     let (output, grpc) = build_output(g, logdog_outputs::grpc::DEFAULT_UPLOAD_IN_FLIGHT)?;
     if g.prefix.is_none() {
-        eprintln!(
-            "logdog_butler: streaming to {}/{}/+/ via {}",
-            cfg.project, cfg.prefix, g.output
+        say!(
+            "streaming to {}/{}/+/ via {}",
+            cfg.project,
+            cfg.prefix,
+            g.output
         );
     }
     let butler =
@@ -246,4 +250,23 @@ pub fn start_butler(g: &Global, max_streams: usize) -> Result<Started, Failure> 
         cfg,
         grpc,
     })
+}
+
+/// Whether notices are JSON lines (`--log-format json`).
+static JSON_NOTICES: AtomicBool = AtomicBool::new(false);
+
+/// Writes a notice for the user on stderr: `logdog_butler: MESSAGE`, or with
+/// `--log-format json` one JSON object (`timestamp`, `level` "NOTICE", `message`), so that
+/// stderr holds only JSON lines (but for the end-of-run summary table; see `--no-summary`).
+pub(crate) fn notice(message: &str) {
+    if JSON_NOTICES.load(Ordering::Relaxed) {
+        let line = serde_json::json!({
+            "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            "level": "NOTICE",
+            "message": message,
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("logdog_butler: {message}");
+    }
 }

@@ -28,7 +28,7 @@ pub async fn pipe(g: &Global, args: PipeArgs) -> Result<u8, Failure> {
         .map_err(Failure::Runtime)?;
     match verdict {
         Some(Verdict::Refused(reason)) => {
-            eprintln!("logdog_butler: the butler refused stream {name:?}: {reason}");
+            say!("the butler refused stream {name:?}: {reason}");
             Ok(EXIT_REFUSED)
         }
         Some(Verdict::Accepted) | None => Ok(0),

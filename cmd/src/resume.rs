@@ -27,10 +27,10 @@ pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
     };
     let before = output.stats().spool.unwrap_or_default();
     if before.leftover_segments == 0 {
-        eprintln!("logdog_butler: spool {}: nothing to upload", dir.display());
+        say!("spool {}: nothing to upload", dir.display());
     } else {
-        eprintln!(
-            "logdog_butler: uploading {} in {} spool segment(s) from {} to {} (waiting at most {})",
+        say!(
+            "uploading {} in {} spool segment(s) from {} to {} (waiting at most {})",
             crate::summary::human(before.leftover_bytes),
             before.leftover_segments,
             dir.display(),
@@ -44,16 +44,18 @@ pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
     }
     let stats = output.stats();
     let sp = stats.spool.unwrap_or_default();
-    eprintln!(
-        "logdog_butler: resume: {} bundles ({} entries, {} bytes) delivered",
-        stats.sent_bundles, stats.sent_entries, stats.sent_bytes
+    say!(
+        "resume: {} bundles ({} entries, {} bytes) delivered",
+        stats.sent_bundles,
+        stats.sent_entries,
+        stats.sent_bytes
     );
     eprintln!("{}", crate::summary::spool_line(&sp));
     let acked = grpc.acknowledged();
     for ((prefix, name), a) in &acked {
         if a.lost_entries > 0 || a.lost_bytes > 0 || a.lost.is_some() {
-            eprintln!(
-                "logdog_butler: stream {prefix}/+/{name}: LOST: {} entries ({}) refused by the collector: {}",
+            say!(
+                "stream {prefix}/+/{name}: LOST: {} entries ({}) refused by the collector: {}",
                 a.lost_entries,
                 crate::summary::human(a.lost_bytes),
                 a.lost.as_deref().unwrap_or("no reason given")
@@ -61,19 +63,19 @@ pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
         }
     }
     if let Some(msg) = grpc.failure() {
-        eprintln!(
-            "logdog_butler: the collector's store is damaged and can store nothing until it is \
+        say!(
+            "the collector's store is damaged and can store nothing until it is \
              repaired (DATA_LOSS: {msg}); {} stay in the spool",
             crate::summary::human(sp.pending_bytes)
         );
     } else if let Some(msg) = grpc.tls_failure() {
-        eprintln!(
-            "logdog_butler: {msg}; {} stay in the spool",
+        say!(
+            "{msg}; {} stay in the spool",
             crate::summary::human(sp.pending_bytes)
         );
     } else if !drained {
-        eprintln!(
-            "logdog_butler: {} still in the spool (the collector did not acknowledge it within {}); run resume again",
+        say!(
+            "{} still in the spool (the collector did not acknowledge it within {}); run resume again",
             crate::summary::human(sp.pending_bytes),
             humantime::format_duration(g.flush_timeout)
         );
@@ -91,7 +93,7 @@ pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
         });
         let text = serde_json::to_vec_pretty(&result).map_err(|e| Failure::Runtime(e.into()))?;
         if let Err(e) = std::fs::write(path, text) {
-            eprintln!("logdog_butler: cannot write {}: {e}", path.display());
+            say!("cannot write {}: {e}", path.display());
         }
     }
     Ok(if drained && !sp.lost_anything() && !grpc.lost_anything() {

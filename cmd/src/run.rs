@@ -126,7 +126,7 @@ impl ResultFile {
             .map_err(std::io::Error::other)
             .and_then(|text| std::fs::write(&self.path, text));
         if let Err(e) = written {
-            eprintln!("logdog_butler: cannot write {}: {e}", self.path.display());
+            say!("cannot write {}: {e}", self.path.display());
         }
     }
 }
@@ -281,7 +281,7 @@ async fn run_command(
         r = butler.wait() => r.map_err(|e| Failure::Runtime(e.into()))?,
         sig = signals.recv() => {
             let msg = format!("{sig}: exited without waiting for the streams to end");
-            eprintln!("logdog_butler: {msg}");
+            say!("{msg}");
             if let Some(r) = result {
                 r.write_unless_written(exit_code(status), status.signal(), Some(&msg));
             }
@@ -306,8 +306,8 @@ async fn run_command(
         // What the collector refused, per stream (the summary shows it in its rows).
         for (name, a) in acked.iter().flatten() {
             if a.lost_bytes > 0 || a.lost.is_some() {
-                eprintln!(
-                    "logdog_butler: stream {name:?}: LOST: {} bytes refused by the collector ({})",
+                say!(
+                    "stream {name:?}: LOST: {} bytes refused by the collector ({})",
                     a.lost_bytes,
                     a.lost.as_deref().unwrap_or("no reason given")
                 );
@@ -322,19 +322,19 @@ async fn run_command(
         report_refusals(&report);
     }
     if let Some(msg) = grpc.as_ref().and_then(|o| o.failure()) {
-        eprintln!(
-            "logdog_butler: the collector's store is damaged and can store nothing until it is \
+        say!(
+            "the collector's store is damaged and can store nothing until it is \
              repaired (DATA_LOSS: {msg})"
         );
     }
     if let Some(msg) = grpc.as_ref().and_then(|o| o.tls_failure()) {
-        eprintln!("logdog_butler: {msg}");
+        say!("{msg}");
     }
     if let (Some(sp), Some(dir)) = (&out_stats.spool, &g.spool)
         && sp.pending_bytes > 0
     {
-        eprintln!(
-            "logdog_butler: {} are still in the spool, not yet acknowledged; upload them with: \
+        say!(
+            "{} are still in the spool, not yet acknowledged; upload them with: \
              logdog_butler resume --spool {} --output {}",
             crate::summary::human(sp.pending_bytes),
             dir.display(),
@@ -372,7 +372,7 @@ async fn wait_child(
             status = child.wait() => return child_status(status),
             sig = signals.recv() => {
                 if deadline.is_some() {
-                    eprintln!("logdog_butler: second {sig}: killing the command and exiting now");
+                    say!("second {sig}: killing the command and exiting now");
                     let _ = child.start_kill();
                     let code = 128 + sig as i32;
                     if let Some(r) = result {
@@ -384,14 +384,14 @@ async fn wait_child(
                     }
                     std::process::exit(code);
                 }
-                eprintln!("logdog_butler: {sig}: passed to the command; it gets {} before SIGKILL", humantime::format_duration(grace));
+                say!("{sig}: passed to the command; it gets {} before SIGKILL", humantime::format_duration(grace));
                 if let Some(pid) = pid {
                     let _ = kill(pid, sig);
                 }
                 deadline = Some(tokio::time::Instant::now() + grace);
             }
             () = grace_over => {
-                eprintln!("logdog_butler: grace period over: killing the command");
+                say!("grace period over: killing the command");
                 let _ = child.start_kill();
                 return child_status(child.wait().await);
             }
@@ -415,7 +415,7 @@ fn exit_code(status: ExitStatus) -> u8 {
 /// Names the connections the stream server refused (each was also logged when it happened).
 fn report_refusals(report: &Report) {
     for (kind, n) in &report.refused_connections {
-        eprintln!("logdog_butler: {n} connection(s) to the stream server refused: {kind}");
+        say!("{n} connection(s) to the stream server refused: {kind}");
     }
 }
 
@@ -423,14 +423,15 @@ fn report_refusals(report: &Report) {
 pub fn report_losses(report: &Report) {
     for s in report.streams.values() {
         if s.bytes_undelivered > 0 {
-            eprintln!(
-                "logdog_butler: stream {:?}: {} bytes were not acknowledged by the output",
-                s.name, s.bytes_undelivered
+            say!(
+                "stream {:?}: {} bytes were not acknowledged by the output",
+                s.name,
+                s.bytes_undelivered
             );
         }
         if s.bytes_dropped > 0 || s.error.is_some() {
-            eprintln!(
-                "logdog_butler: stream {:?}: {} bytes dropped{}",
+            say!(
+                "stream {:?}: {} bytes dropped{}",
                 s.name,
                 s.bytes_dropped,
                 s.error
@@ -441,13 +442,14 @@ pub fn report_losses(report: &Report) {
         }
     }
     for r in &report.refused_streams {
-        eprintln!("logdog_butler: stream {:?} REFUSED: {}", r.name, r.reason);
+        say!("stream {:?} REFUSED: {}", r.name, r.reason);
     }
     report_refusals(report);
     if report.failed_bundles > 0 {
-        eprintln!(
-            "logdog_butler: {} bundles ({} bytes) could not be delivered",
-            report.failed_bundles, report.output.failed_bytes
+        say!(
+            "{} bundles ({} bytes) could not be delivered",
+            report.failed_bundles,
+            report.output.failed_bytes
         );
     }
 }

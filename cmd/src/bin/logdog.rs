@@ -29,6 +29,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+#[path = "../logging.rs"]
+mod logging;
+
 /// The client, with the token interceptor.
 type Client = LogsClient<InterceptedService<Channel, BearerAuth>>;
 
@@ -46,6 +49,14 @@ struct Cli {
     /// Send the token in this file with every call (wins over LOGDOG_TOKEN).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Log level of its own diagnostics (error, warn, info, debug, trace); RUST_LOG overrides
+    /// it.
+    #[arg(long, default_value = "warn")]
+    log_level: String,
+    /// How diagnostics and the final error are written on stderr: text, or json (one object
+    /// per line). Stream contents on stdout are never changed.
+    #[arg(long, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,29 +96,39 @@ enum Command {
     },
 }
 
+/// Prints the error that ends the program: `logdog: MESSAGE`, or a JSON log line.
+fn fail(format: logging::LogFormat, message: &str) {
+    match format {
+        logging::LogFormat::Text => eprintln!("logdog: {message}"),
+        logging::LogFormat::Json => tracing::error!(error = message, "logdog failed"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    logging::init(&cli.log_level, "warn", cli.log_format);
+    let format = cli.log_format;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("logdog: cannot start the runtime: {e}");
+            fail(format, &format!("cannot start the runtime: {e}"));
             return ExitCode::from(1);
         }
     };
     let (collector, security) = match settings(&cli) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("logdog: {e}");
+            fail(format, &e.to_string());
             return ExitCode::from(2);
         }
     };
     match rt.block_on(run(cli, collector, security)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("logdog: {e:#}");
+            fail(format, &format!("{e:#}"));
             ExitCode::from(1)
         }
     }

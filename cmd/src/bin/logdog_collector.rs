@@ -21,6 +21,8 @@ use tokio::sync::watch;
 mod config;
 #[path = "../fdlimit.rs"]
 mod fdlimit;
+#[path = "../logging.rs"]
+mod logging;
 
 /// Stores bundles from butlers durably and serves streams back, finished or live.
 #[derive(Debug, Parser)]
@@ -96,6 +98,9 @@ struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// How log lines are written on stderr: text, or json (one object per line).
+    #[arg(long, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -136,15 +141,7 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    logging::init(&cli.log_level, "info", cli.log_format);
     fdlimit::raise_open_file_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
