@@ -19,6 +19,7 @@
 //!   terminal indices and completeness).
 //! - [`watchers`]: the hub that wakes followers when a stream changes.
 //! - [`service`]: the gRPC services.
+//! - [`health`]: the gRPC health service and what `/healthz` and `/readyz` answer.
 //! - [`metrics`]: counters and gauges for `GET /metrics` (Prometheus text format).
 //! - [`ingress`]: ceilings on connections, calls, request-body memory and read time.
 //! - [`chunks`]: store reads shared by the followers of a stream.
@@ -29,6 +30,7 @@
 
 pub mod auth;
 pub mod chunks;
+pub mod health;
 pub mod ingress;
 pub mod metrics;
 pub mod path;
@@ -114,7 +116,8 @@ pub async fn serve_limited(
     .await
 }
 
-/// Like [`serve_limited`], with the access policy and TLS of `security`.
+/// Like [`serve_limited`], with the access policy and TLS of `security`. The standard
+/// `grpc.health.v1.Health` service is served beside the collector's (see [`health`]).
 ///
 /// # Errors
 /// The server failed, or the TLS configuration was refused.
@@ -127,11 +130,17 @@ pub async fn serve_secured(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let metrics = store.metrics().clone();
+    // Health needs no token: it says nothing about what is stored.
+    let (health, reporter) = health::start(store.clone()).await;
     let (collector, logs) = service::services_secured(store, watchers, security.auth.clone());
     // The write path decodes messages of up to twice `MAX_BUNDLE_SIZE` (see `services_with`).
     let budget = ingress::Budget::new(limits, 2 * MAX_BUNDLE_SIZE as u64);
     metrics.watch_budget(&budget);
     metrics.watch_auth(security.auth.stats().clone());
+    let shutdown = async move {
+        shutdown.await;
+        reporter.stopping().await;
+    };
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &security.tls {
         builder = builder.tls_config(tls.tonic())?;
@@ -149,7 +158,8 @@ pub async fn serve_secured(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(ingress::Budgeted::new(collector, budget.clone()))
-        .add_service(ingress::Budgeted::new(logs, budget))
+        .add_service(ingress::Budgeted::new(logs, budget.clone()))
+        .add_service(ingress::Budgeted::new(health, budget))
         .serve_with_incoming_shutdown(
             ingress::incoming(
                 listener,

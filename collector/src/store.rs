@@ -10,6 +10,7 @@
 //! - `segments/NNNNNNNN.seg`: each `logpb.LogEntry` exactly as it arrived, back to back.
 //! - `collector.sqlite`, table `prefixes`: `(project, prefix)` → the SHA-256 of the prefix
 //!   secret of the butler that owns it, and when it was registered (see *Prefix owners*).
+//! - `collector.sqlite`, table `heartbeat`: one row, rewritten by [`Store::check_writable`].
 //!
 //! Keeping the bytes out of SQLite writes each of them once: in SQLite they went to the WAL
 //! and then a second time into the database at each checkpoint.
@@ -44,6 +45,12 @@
 //! secret cannot be claimed later. The registration is in the same transaction as the
 //! bundle's rows, behind the one writer, so of two first bundles with different secrets
 //! exactly one is stored, and a restarted collector still knows every owner.
+//!
+//! **Health.** [`Store::check_writable`] tells whether the store takes writes now: the data
+//! directory takes a small file and the index commits a one-row write transaction, as a
+//! bundle's would. Its answer is reused for [`WRITABLE_CHECK_TTL`], so asking often costs
+//! nothing; a check that hangs (a stalled disk, a database locked by another process) counts
+//! as a failure after [`WRITABLE_CHECK_STUCK`].
 //!
 //! **One collector per directory.** [`Store::open`] holds an exclusive lock on `DIR/lock`
 //! for the store's life; a second collector on the same directory is refused at start.
@@ -146,6 +153,32 @@ pub struct StreamInfo {
     pub desc: logpb::LogStreamDescriptor,
     /// State.
     pub state: LogStreamState,
+}
+
+/// The one-row table that [`Store::check_writable`] rewrites (seconds since the Unix epoch).
+const HEARTBEAT_TABLE: &str = "CREATE TABLE IF NOT EXISTS heartbeat (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    at INTEGER NOT NULL)";
+
+/// The small file [`Store::check_writable`] writes and removes in the data directory.
+const PROBE_FILE: &str = "writable-check";
+
+/// How long an answer of [`Store::check_writable`] is reused.
+pub const WRITABLE_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A check of [`Store::check_writable`] still running after this long counts as a failure.
+pub const WRITABLE_CHECK_STUCK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why the store does not take writes now (see [`Store::check_writable`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unwritable(pub String);
+
+/// The last answer of [`Store::check_writable`] and the check under way.
+#[derive(Debug, Default)]
+struct WritableCheck {
+    last: Option<(std::time::Instant, Result<(), Unwritable>)>,
+    running_since: Option<std::time::Instant>,
 }
 
 /// Store failures.
@@ -304,6 +337,8 @@ struct Inner {
     epoch: tokio::time::Instant,
     /// The collector's metrics (see [`Store::metrics`]).
     metrics: crate::metrics::Metrics,
+    /// See [`Store::check_writable`].
+    writable: Mutex<WritableCheck>,
 }
 
 /// Marks a bundle write in progress, from its arrival to its answer; see [`Store::writing`].
@@ -530,6 +565,7 @@ impl Store {
                  end_off INTEGER NOT NULL);",
         )?;
         conn.execute_batch(PREFIXES_TABLE)?;
+        conn.execute_batch(HEARTBEAT_TABLE)?;
         conn.pragma_update(None, "user_version", LAYOUT_VERSION)?;
         // The end of the last committed entry: appends resume there.
         let newest: Option<(u32, u64)> = conn
@@ -556,6 +592,7 @@ impl Store {
                 last_write_ms: 0.into(),
                 epoch: tokio::time::Instant::now(),
                 metrics: crate::metrics::Metrics::new(),
+                writable: Mutex::new(WritableCheck::default()),
             }),
         })
     }
@@ -583,6 +620,84 @@ impl Store {
             return 0;
         };
         files(dir) + files(&dir.join("segments"))
+    }
+
+    /// Whether the store takes writes now: the data directory takes a small file (written and
+    /// removed) and the index commits a write transaction (the `heartbeat` row, behind the
+    /// bundles waiting for the writer, made durable like theirs).
+    ///
+    /// The answer is reused for [`WRITABLE_CHECK_TTL`]: callers may ask as often as they like.
+    /// While one caller runs the check (blocking for as long as a write takes), the others get
+    /// the previous answer at once, or a failure once the check has run for
+    /// [`WRITABLE_CHECK_STUCK`] (a write that hangs). Blocks: call it off the async threads.
+    ///
+    /// # Errors
+    /// The store does not take writes; the message says what failed.
+    pub fn check_writable(&self) -> Result<(), Unwritable> {
+        let now = std::time::Instant::now();
+        {
+            let mut check = self
+                .inner
+                .writable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some((at, answer)) = &check.last
+                && now.saturating_duration_since(*at) < WRITABLE_CHECK_TTL
+            {
+                return answer.clone();
+            }
+            if let Some(since) = check.running_since {
+                let running = now.saturating_duration_since(since);
+                if running >= WRITABLE_CHECK_STUCK {
+                    return Err(Unwritable(format!(
+                        "a test write to the store has not finished for {}s",
+                        running.as_secs()
+                    )));
+                }
+                return check.last.as_ref().map_or(Ok(()), |(_, a)| a.clone());
+            }
+            check.running_since = Some(now);
+        }
+        let answer = self.probe_writable();
+        let mut check = self
+            .inner
+            .writable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        check.running_since = None;
+        check.last = Some((std::time::Instant::now(), answer.clone()));
+        answer
+    }
+
+    /// The test writes of [`Store::check_writable`], uncached.
+    fn probe_writable(&self) -> Result<(), Unwritable> {
+        use std::io::Write;
+        let db = &self.inner.path;
+        let dir = db.parent().unwrap_or(Path::new("."));
+        let probe = dir.join(PROBE_FILE);
+        std::fs::File::create(&probe)
+            .and_then(|mut f| f.write_all(&[0; 512]))
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| {
+                Unwritable(format!(
+                    "the data directory {} cannot take a file: {e}",
+                    dir.display()
+                ))
+            })?;
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        let writer = self.inner.writer.lock();
+        writer
+            .conn
+            .prepare_cached(
+                "INSERT INTO heartbeat (one, at) VALUES (1, ?1) \
+                 ON CONFLICT (one) DO UPDATE SET at = excluded.at",
+            )
+            .and_then(|mut st| st.execute(params![secs]))
+            .map_err(|e| Unwritable(format!("{} refuses a write: {e}", db.display())))?;
+        Ok(())
     }
 
     /// Marks a bundle write as in progress until the guard is dropped. Readers that can wait

@@ -16,6 +16,7 @@
 //! | `/api/rows/PATH?from=N&count=M` or `?last=M` | JSON: a page of rows |
 //! | `/api/events/PATH?from=N` | server-sent events: rows from `N` as they arrive |
 //! | `/metrics` | the collector's metrics, Prometheus text format (no token needed) |
+//! | `/healthz`, `/readyz` | alive; ready (the store is writable: 200, or 503 and why); no token |
 //! | `/login`, `/logout` | the login form (auth on): keeps the token in a cookie |
 //!
 //! A *row* is a text stream's line or a datagram stream's datagram. Pages hold a bounded

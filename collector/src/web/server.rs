@@ -212,6 +212,8 @@ fn router(
         .route("/api/events/{*path}", get(api::events))
         .route("/raw/{*path}", get(api::raw))
         .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(|| async { api::ApiError::not_found("no such page") })
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -221,6 +223,41 @@ fn router(
 /// the page holds figures only, no log content or names (see [`crate::metrics`]).
 async fn metrics(State(st): State<AppState>) -> Response {
     metrics_page(&st.store)
+}
+
+/// `/healthz`: 200 while the process serves. Open even with auth on, like `/readyz`.
+async fn healthz() -> Response {
+    health_answer(axum::http::StatusCode::OK, "ok\n".to_string())
+}
+
+/// `/readyz`: 200 while the store is writable, 503 with the reason otherwise (see
+/// [`crate::health`]).
+async fn readyz(State(st): State<AppState>) -> Response {
+    readiness_page(&st.store).await
+}
+
+/// What `/readyz` answers for `store`.
+pub(crate) async fn readiness_page(store: &Store) -> Response {
+    match crate::health::readiness(store).await {
+        Ok(()) => health_answer(axum::http::StatusCode::OK, "ok\n".to_string()),
+        Err(e) => health_answer(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {e}\n"),
+        ),
+    }
+}
+
+/// A plain-text, uncached answer of `/healthz` or `/readyz`.
+fn health_answer(status: axum::http::StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// The metrics page of the collector serving `store`.
@@ -237,8 +274,8 @@ pub(crate) fn metrics_page(store: &Store) -> Response {
         .into_response()
 }
 
-/// Serves only `GET /metrics` on `listener` (for `--metrics ADDR`), until `shutdown`
-/// resolves.
+/// Serves only `GET /metrics`, `/healthz` and `/readyz` on `listener` (for
+/// `--metrics ADDR`), until `shutdown` resolves.
 ///
 /// # Errors
 /// The server failed.
@@ -251,6 +288,11 @@ pub async fn serve_metrics(
         .route(
             "/metrics",
             get(|State(store): State<Store>| async move { metrics_page(&store) }),
+        )
+        .route("/healthz", get(healthz))
+        .route(
+            "/readyz",
+            get(|State(store): State<Store>| async move { readiness_page(&store).await }),
         )
         .fallback(|| async { api::ApiError::not_found("no such page") })
         .with_state(store);
