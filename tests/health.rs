@@ -144,7 +144,8 @@ fn a_healthy_collector_is_serving_and_ready_without_a_token() {
     }
     let (code, _) = get(c.http.as_deref().unwrap(), "/api/projects");
     assert_eq!(code, 401, "the viewer's API needs a token");
-    // Stopping: the collector exits cleanly.
+    // The clients' connections close with their runtime; then the collector stops at once.
+    drop(rt);
     c.stop();
 }
 
@@ -173,6 +174,7 @@ fn a_store_whose_directory_is_gone_is_not_ready_until_it_is_back() {
 
     std::fs::rename(&moved, &data).unwrap();
     wait_for(&rt, &c, ServingStatus::Serving, 200);
+    drop(rt);
     let log = c.stop_with_log();
     assert!(log.contains("store not writable"), "{log}");
     assert!(log.contains("store writable again"), "{log}");
@@ -194,5 +196,40 @@ fn a_store_whose_index_is_locked_is_not_ready_until_it_is_released() {
 
     db.execute_batch("ROLLBACK").unwrap();
     wait_for(&rt, &c, ServingStatus::Serving, 200);
+    drop(rt);
     c.stop();
+}
+
+#[test]
+fn a_stopping_collector_tells_its_watchers_it_is_not_serving() {
+    use nix::sys::signal::{Signal, kill};
+    let dir = tempdir();
+    let mut c = start(dir.path());
+    let rt = runtime();
+    let mut watch = rt.block_on(async {
+        let mut client = client(&c.addr).await;
+        client
+            .watch(HealthCheckRequest {
+                service: "logdog.collector.Collector".into(),
+            })
+            .await
+            .expect("Health.Watch")
+            .into_inner()
+    });
+    let next = |watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>| {
+        rt.block_on(async { tokio::time::timeout(TIMEOUT, watch.message()).await })
+            .expect("a status within the timeout")
+            .expect("a status")
+            .expect("the stream goes on")
+            .status()
+    };
+    assert_eq!(next(&mut watch), ServingStatus::Serving);
+    // SIGTERM: balancers watching are told to send new calls elsewhere while the calls in
+    // progress finish.
+    kill(c.guarded.pid(), Signal::SIGTERM).unwrap();
+    assert_eq!(next(&mut watch), ServingStatus::NotServing);
+    drop(watch);
+    drop(rt);
+    let status = c.guarded.wait();
+    assert!(status.success(), "{status}; log:\n{}", c.log());
 }

@@ -43,10 +43,10 @@ struct Cli {
     /// address is printed on stdout as LOGDOG_HTTP=ADDR).
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
-    /// Serve only `GET /metrics` (Prometheus text format) on this address (off unless given;
-    /// port 0 picks a free port; the address is printed on stdout as LOGDOG_METRICS=ADDR).
-    /// The viewer (--http) serves /metrics too. Open to anyone who reaches it: figures only,
-    /// no log content or names.
+    /// Serve only `GET /metrics` (Prometheus text format), `/healthz` and `/readyz` on this
+    /// address (off unless given; port 0 picks a free port; the address is printed on stdout
+    /// as LOGDOG_METRICS=ADDR). The viewer (--http) serves them too. Open to anyone who
+    /// reaches it: figures only, no log content or names.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
     /// Serve the tail server on this address (off unless given; port 0 picks a free port; the
