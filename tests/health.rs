@@ -1,7 +1,9 @@
 //! Health: the standard gRPC health service (`grpc.health.v1.Health`, checked with
 //! `tonic-health`'s generated client) on a real collector's gRPC port, and `GET /healthz` and
-//! `GET /readyz` on its viewer and `--metrics` ports; a collector whose store fails reports
-//! `NOT_SERVING` and 503 until the store works again.
+//! `GET /readyz` on its viewer and `--metrics` ports; a collector whose store fails (its data
+//! directory gone, its index locked by another process, its disk full) reports `NOT_SERVING`
+//! and 503 until the store works again, and tells watchers `NOT_SERVING` when it stops. The
+//! failures are made in ways that work as root too (no chmod).
 
 mod common;
 
@@ -65,13 +67,23 @@ fn grpc_status(rt: &tokio::runtime::Runtime, addr: &str, service: &str) -> Servi
 /// Polls until every service has `want` and `/readyz` answers `code` (the store's check runs
 /// every 2 s; its answer is reused for 1 s): panics after [`TIMEOUT`].
 fn wait_for(rt: &tokio::runtime::Runtime, c: &Collector, want: ServingStatus, code: u16) {
-    let deadline = Instant::now() + TIMEOUT;
     let http = c.http.as_deref().expect("the viewer");
+    wait_for_at(rt, &c.addr, http, &|| c.log(), want, code);
+}
+
+/// [`wait_for`] for the collector at `addr` with its viewer at `http`; `log` gives its log.
+fn wait_for_at(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    http: &str,
+    log: &dyn Fn() -> String,
+    want: ServingStatus,
+    code: u16,
+) {
+    let deadline = Instant::now() + TIMEOUT;
     loop {
-        let statuses: Vec<ServingStatus> = SERVICES
-            .iter()
-            .map(|s| grpc_status(rt, &c.addr, s))
-            .collect();
+        let statuses: Vec<ServingStatus> =
+            SERVICES.iter().map(|s| grpc_status(rt, addr, s)).collect();
         let (got, body) = get(http, "/readyz");
         if statuses.iter().all(|s| *s == want) && got == code {
             return;
@@ -79,7 +91,7 @@ fn wait_for(rt: &tokio::runtime::Runtime, c: &Collector, want: ServingStatus, co
         assert!(
             Instant::now() < deadline,
             "still {statuses:?} and /readyz {got} {body:?}; want {want:?} and {code}; log:\n{}",
-            c.log()
+            log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -232,4 +244,73 @@ fn a_stopping_collector_tells_its_watchers_it_is_not_serving() {
     drop(rt);
     let status = c.guarded.wait();
     assert!(status.success(), "{status}; log:\n{}", c.log());
+}
+
+#[test]
+fn a_full_disk_is_not_ready_until_there_is_room_again() {
+    use std::process::{Command, Stdio};
+    if !small_file_systems_can_be_made() {
+        return;
+    }
+    let dir = tempdir();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let log_path = dir.path().join("collector.log");
+    let log =
+        || String::from_utf8_lossy(&std::fs::read(&log_path).unwrap_or_default()).into_owned();
+    // The collector's data directory is an 8 MiB tmpfs of its own (a user and mount namespace).
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "-rm",
+        "sh",
+        "-c",
+        r#"mount -t tmpfs -o size=8m tmpfs "$0" && exec "$@""#,
+    ])
+    .arg(&small)
+    .arg(env!("CARGO_BIN_EXE_logdog_collector"))
+    .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data"])
+    .arg(small.join("store"))
+    .env_remove("RUST_LOG")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(&log_path).unwrap());
+    let mut g = Guarded::spawn(&mut cmd);
+    let mut out = std::io::BufReader::new(g.child.stdout.take().unwrap());
+    let mut line = |prefix: &str| {
+        let mut l = String::new();
+        std::io::BufRead::read_line(&mut out, &mut l).unwrap();
+        l.trim_end()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("not {prefix}: {l:?}; log:\n{}", log()))
+            .to_string()
+    };
+    let addr = line("LOGDOG_COLLECTOR=");
+    let http = line("LOGDOG_HTTP=");
+    drain(out);
+    let rt = runtime();
+    wait_for_at(&rt, &addr, &http, &log, ServingStatus::Serving, 200);
+
+    // Fill its file system through its own view of it (exec kept the pid).
+    let inside = std::path::PathBuf::from(format!("/proc/{}/root{}", g.pid(), small.display()));
+    let filler = inside.join("filler");
+    let mut f =
+        std::fs::File::create(&filler).unwrap_or_else(|e| panic!("{}: {e}", filler.display()));
+    let chunk = vec![0u8; 64 << 10];
+    let full = loop {
+        if let Err(e) = f.write_all(&chunk) {
+            break e;
+        }
+    };
+    assert_eq!(full.kind(), std::io::ErrorKind::StorageFull, "{full}");
+    drop(f);
+    wait_for_at(&rt, &addr, &http, &log, ServingStatus::NotServing, 503);
+    let (_, body) = get(&http, "/readyz");
+    assert!(body.contains("No space left on device"), "{body:?}");
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_for_at(&rt, &addr, &http, &log, ServingStatus::Serving, 200);
+    drop(rt);
+    nix::sys::signal::kill(g.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = g.wait();
+    assert!(status.success(), "{status}; log:\n{}", log());
 }

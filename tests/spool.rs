@@ -504,35 +504,6 @@ fn stream_with_a_spool_uploads_everything_before_it_exits() {
     collector.stop();
 }
 
-/// Whether a small tmpfs can be mounted in a user and mount namespace (`unshare -rm`). When
-/// it cannot, says so loudly; under CI (the `CI` environment variable set) that fails the
-/// test, elsewhere the caller skips it.
-fn small_file_systems_can_be_made() -> bool {
-    let tmp = tempdir();
-    let probe = std::process::Command::new("unshare")
-        .args(["-rm", "sh", "-c", r#"mount -t tmpfs -o size=1m tmpfs "$0""#])
-        .arg(tmp.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
-    let why = match probe {
-        Ok(o) if o.status.success() => return true,
-        Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-        Err(e) => e.to_string(),
-    };
-    let msg = format!(
-        "cannot mount a small tmpfs with `unshare -rm` here ({}), so a full disk cannot be \
-         made",
-        why.trim()
-    );
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{msg} (CI is set: failing)"
-    );
-    eprintln!("SKIPPED: {msg}");
-    false
-}
-
 /// The report's scenario: the spool on a 32 MiB tmpfs, the collector down, four `pipe`
 /// streams of 9 MiB each under one `run` (more than the spool's disk holds). The butler
 /// holds on past its flush timeout instead of giving anything up; once the collector is up
