@@ -127,7 +127,7 @@ impl std::fmt::Debug for StreamSource {
 pub struct StreamReport {
     /// The stream's name.
     pub name: String,
-    /// Bytes read from the source.
+    /// Bytes read from the source (before the policies, if any).
     pub bytes_read: u64,
     /// Payload bytes put into bundles.
     pub bytes_sent: u64,
@@ -698,7 +698,7 @@ impl Actor {
         let live = self.live.clone();
         let open = OpenStream::enter(&live);
         self.readers.spawn(async move {
-            let (read_error, policy) = reader::pump(
+            let pumped = reader::pump(
                 &name,
                 src.reader,
                 src.tee,
@@ -716,7 +716,13 @@ impl Actor {
                 let _ = me.send(Command::ReadDone).await;
             }
             match done.await {
-                Ok(f) => StreamReport::new(f, read_error, policy),
+                Ok(f) => {
+                    let mut r = StreamReport::new(f, pumped.error, pumped.policy);
+                    if let Some(n) = pumped.bytes_read {
+                        r.bytes_read = n;
+                    }
+                    r
+                }
                 Err(_) => StreamReport {
                     name,
                     bytes_read: 0,
@@ -725,7 +731,7 @@ impl Actor {
                     bytes_dropped: 0,
                     bytes_undelivered: 0,
                     error: Some("bundler stopped before the stream finished".into()),
-                    policy,
+                    policy: pumped.policy,
                 },
             }
         });

@@ -11,6 +11,18 @@ use crate::{Source, Tee};
 /// First read buffer of a stream.
 const MIN_READ: usize = 4 * 1024;
 
+/// What [`pump`] reports about a stream.
+#[derive(Debug, Default)]
+pub struct Pumped {
+    /// The read error that ended the stream early, if any.
+    pub error: Option<String>,
+    /// What the policies did.
+    pub policy: PolicyCounts,
+    /// With policies: the bytes read from the source (the bundler only sees what they let
+    /// through).
+    pub bytes_read: Option<u64>,
+}
+
 /// Reads `reader` to the end, through the policies of `chain` if any, echoing to `tee` and
 /// appending to `sink`, then ends the stream. Returns the read error that ended the stream
 /// early, if any, and what the policies did. Stops early when `cancel` turns true. Every byte
@@ -29,7 +41,12 @@ pub async fn pump(
     mut chain: Option<Chain>,
     mut cancel: watch::Receiver<bool>,
     captured: &std::sync::atomic::AtomicU64,
-) -> (Option<String>, PolicyCounts) {
+) -> Pumped {
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    let counted = Counted {
+        total: captured,
+        mine: &counter,
+    };
     let error = pump_inner(
         name,
         &mut reader,
@@ -37,26 +54,46 @@ pub async fn pump(
         &sink,
         &mut chain,
         &mut cancel,
-        captured,
+        &counted,
     )
     .await;
-    let counts = chain.as_ref().map(Chain::counts).unwrap_or_default();
-    match error {
-        Pumped::SinkGone => (None, counts),
-        Pumped::Ended(e) => {
+    let error = match error {
+        Ended::SinkGone => None,
+        Ended::Ended(e) => {
             let e = match drain_chain(name, &mut chain, &mut tee, &sink).await {
                 Ok(()) => e,
                 Err(de) => e.or(de),
             };
-            let counts = chain.as_ref().map(Chain::counts).unwrap_or_default();
             sink.close().await;
-            (e, counts)
+            e
         }
+    };
+    Pumped {
+        error,
+        policy: chain.as_ref().map(Chain::counts).unwrap_or_default(),
+        bytes_read: chain
+            .is_some()
+            .then(|| counter.load(std::sync::atomic::Ordering::Relaxed)),
+    }
+}
+
+/// Adds bytes read to the butler's total and the stream's own.
+struct Counted<'a> {
+    total: &'a std::sync::atomic::AtomicU64,
+    mine: &'a std::sync::atomic::AtomicU64,
+}
+
+impl Counted<'_> {
+    fn add(&self, n: usize) {
+        self.total
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.mine
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 /// How the reading ended.
-enum Pumped {
+enum Ended {
     /// The bundler ended the stream.
     SinkGone,
     /// End of file, a shutdown, or a read error.
@@ -139,8 +176,8 @@ async fn pump_inner(
     sink: &StreamSink,
     chain: &mut Option<Chain>,
     cancel: &mut watch::Receiver<bool>,
-    captured: &std::sync::atomic::AtomicU64,
-) -> Pumped {
+    captured: &Counted<'_>,
+) -> Ended {
     // Buffers start small and double while reads fill them, up to the sink's read size: a
     // quiet stream (one of thousands) holds little memory, a busy one reads in big chunks.
     let max = sink.read_size();
@@ -156,7 +193,7 @@ async fn pump_inner(
             // A shutdown stops reading once what is already there has been taken.
             () = stopped(cancel) => {
                 if !drain_ready(name, reader, sink, chain, captured).await {
-                    return Pumped::SinkGone;
+                    return Ended::SinkGone;
                 }
                 break;
             }
@@ -165,24 +202,24 @@ async fn pump_inner(
         match read {
             Ok(0) => break,
             Ok(n) => {
-                captured.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                captured.add(n);
                 if n >= size / 2 {
                     size = (size * 2).min(max);
                 }
                 let chunk = buf.split().freeze();
                 if forward(name, chunk, chain, tee, sink).await.is_err() {
                     // The bundler ended this stream (its error is in the stream's report).
-                    return Pumped::SinkGone;
+                    return Ended::SinkGone;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(stream = name, error = %e, "read failed; ending the stream");
-                return Pumped::Ended(Some(format!("read failed: {e}")));
+                return Ended::Ended(Some(format!("read failed: {e}")));
             }
         }
     }
-    Pumped::Ended(None)
+    Ended::Ended(None)
 }
 
 async fn echo(t: &mut Tee, data: &[u8]) -> std::io::Result<()> {
@@ -197,7 +234,7 @@ async fn drain_ready(
     reader: &mut Source,
     sink: &StreamSink,
     chain: &mut Option<Chain>,
-    captured: &std::sync::atomic::AtomicU64,
+    captured: &Counted<'_>,
 ) -> bool {
     loop {
         let mut buf = BytesMut::with_capacity(sink.read_size());
@@ -208,7 +245,7 @@ async fn drain_ready(
         };
         match ready {
             Ok(n) if n > 0 => {
-                captured.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                captured.add(n);
                 if forward(name, buf.freeze(), chain, &mut None, sink)
                     .await
                     .is_err()

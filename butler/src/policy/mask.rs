@@ -212,8 +212,7 @@ impl Mask {
             self.hold_point(data, 0)
         };
         let mut line_start = self.line_start;
-        loop {
-            let Some(ac) = self.ac.as_ref() else { break };
+        while let Some(ac) = self.ac.as_ref() {
             let Some(m) = ac.find(Input::new(data).span(at..data.len())) else {
                 break;
             };
