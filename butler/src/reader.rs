@@ -110,6 +110,7 @@ async fn drain_chain(
     let Some(c) = chain.as_mut() else {
         return Ok(());
     };
+    c.set_echo(tee.is_some());
     loop {
         let more = match c.drain(sink.read_size(), std::time::Instant::now()) {
             Ok(more) => more,
@@ -119,8 +120,7 @@ async fn drain_chain(
             }
         };
         echo_or_drop(name, tee, c.echo()).await;
-        let out = c.take_out();
-        if !out.is_empty() && sink.write(Bytes::from(out)).await.is_err() {
+        if !c.out().is_empty() && sink.write(Bytes::copy_from_slice(c.out())).await.is_err() {
             return Err(None);
         }
         if !more {
@@ -157,14 +157,16 @@ async fn forward(
             sink.write(chunk).await.map_err(|_| ())
         }
         Some(c) => {
+            c.set_echo(tee.is_some());
             c.push(&chunk, std::time::Instant::now());
             drop(chunk);
             echo_or_drop(name, tee, c.echo()).await;
-            let out = c.take_out();
-            if out.is_empty() {
+            if c.out().is_empty() {
                 return Ok(());
             }
-            sink.write(Bytes::from(out)).await.map_err(|_| ())
+            sink.write(Bytes::copy_from_slice(c.out()))
+                .await
+                .map_err(|_| ())
         }
     }
 }

@@ -45,12 +45,22 @@ pub enum MaskError {
     TooMany,
 }
 
-/// The secrets of a butler, shared by every stream.
-#[derive(Debug, Default)]
+/// The secrets of a butler, shared by every stream. Its `Debug` form shows how many there
+/// are, never what they are.
+#[derive(Default)]
 pub struct MaskRegistry {
     secrets: RwLock<Vec<Vec<u8>>>,
     generation: AtomicU64,
     refused: AtomicU64,
+}
+
+impl std::fmt::Debug for MaskRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaskRegistry")
+            .field("secrets", &self.len())
+            .field("refused", &self.refused())
+            .finish()
+    }
 }
 
 impl MaskRegistry {
@@ -211,14 +221,13 @@ impl Mask {
         } else {
             self.hold_point(data, 0)
         };
-        let mut line_start = self.line_start;
         while let Some(ac) = self.ac.as_ref() {
             let Some(m) = ac.find(Input::new(data).span(at..data.len())) else {
                 break;
             };
             if m.pattern().as_usize() == 0 {
                 let at_line_start = if m.start() == 0 {
-                    line_start
+                    self.line_start
                 } else {
                     data[m.start() - 1] == b'\n'
                 };
@@ -253,7 +262,6 @@ impl Mask {
                 self.command(&data[m.end()..value_end]);
                 pos = next;
                 at = next;
-                line_start = true;
                 if !fin {
                     hold = self.hold_point(data, pos);
                 }
@@ -271,13 +279,9 @@ impl Mask {
         let cut = pos.max(hold);
         out.extend_from_slice(&data[pos..cut]);
         self.held.extend_from_slice(&data[cut..]);
-        self.line_start = if cut > pos {
-            data[cut - 1] == b'\n'
-        } else if pos > 0 {
-            line_start || data[pos - 1] == b'\n'
-        } else {
-            self.line_start
-        };
+        if cut > 0 {
+            self.line_start = data[cut - 1] == b'\n';
+        }
     }
 
     /// Drops `input` up to the end of an overlong command line; returns the rest.
@@ -437,6 +441,14 @@ mod tests {
     }
 
     #[test]
+    fn a_command_right_after_a_secret_is_not_at_a_line_start() {
+        let reg = registry(&["abcd"]);
+        let (out, _) = run(&reg, &[b"x\nabcd::add-", b"mask::efgh\nefgh\n"]);
+        assert_eq!(out, b"x\n***::add-mask::efgh\nefgh\n");
+        assert!(!format!("{reg:?}").contains("abcd"));
+    }
+
+    #[test]
     fn registry_refuses_short_and_long_secrets() {
         let reg = MaskRegistry::default();
         assert_eq!(reg.add(b"abc"), Err(MaskError::TooShort(3)));
@@ -487,7 +499,44 @@ mod tests {
         })
     }
 
+    /// Lines, some of them `::add-mask::` commands for secrets used in later lines.
+    fn lines_with_commands() -> impl Strategy<Value = Vec<u8>> {
+        let line = prop_oneof![
+            "[a-d]{4,6}".prop_map(|s| format!("::add-mask::{s}\n")),
+            "[a-d :]{0,10}\n?".prop_map(|s| s),
+            Just("::add-".to_string()),
+        ];
+        prop::collection::vec(line, 0..10).prop_map(|l| l.concat().into_bytes())
+    }
+
+    /// The commands of `text` applied line by line, for the reference.
+    fn reference_with_commands(text: &[u8]) -> Vec<u8> {
+        let mut secrets: Vec<String> = Vec::new();
+        let mut out = Vec::new();
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            if let Some(v) = line.strip_prefix(ADD_MASK) {
+                let v = String::from_utf8_lossy(v).trim().to_string();
+                if v.len() >= MIN_SECRET_LEN && !secrets.contains(&v) {
+                    secrets.push(v);
+                }
+                continue;
+            }
+            out.extend(reference(&secrets, line));
+        }
+        out
+    }
+
     proptest! {
+        #[test]
+        fn add_mask_commands_work_at_every_split(text in lines_with_commands()) {
+            let whole = reference_with_commands(&text);
+            for cut in 0..=text.len() {
+                let (a, b) = text.split_at(cut);
+                let reg = Arc::new(MaskRegistry::default());
+                prop_assert_eq!(&run(&reg, &[a, b]).0, &whole, "cut at {}", cut);
+            }
+        }
+
         #[test]
         fn every_split_gives_the_same_output_and_no_secret_survives(
             (secrets, text) in text_with_secrets()

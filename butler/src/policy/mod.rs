@@ -82,6 +82,8 @@ pub struct Chain {
     scratch: [Vec<u8>; 2],
     /// Next stage to drain.
     draining: usize,
+    /// Whether [`echo`](Self::echo) is filled.
+    echo_wanted: bool,
 }
 
 impl std::fmt::Debug for Chain {
@@ -103,7 +105,14 @@ impl Chain {
             echo: Vec::new(),
             scratch: [Vec::new(), Vec::new()],
             draining: 0,
+            echo_wanted: true,
         }
+    }
+
+    /// Whether to fill [`echo`](Self::echo) (on by default); off saves a copy when nothing
+    /// is echoed.
+    pub fn set_echo(&mut self, wanted: bool) {
+        self.echo_wanted = wanted;
     }
 
     /// Bytes for the bundler released by the last [`push`](Self::push) or
@@ -117,11 +126,6 @@ impl Chain {
         &self.echo
     }
 
-    /// Takes the bytes for the bundler released by the last call, leaving none.
-    pub fn take_out(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
-    }
-
     /// Runs `input` through every stage; the results are in [`out`](Self::out) and
     /// [`echo`](Self::echo).
     pub fn push(&mut self, input: &[u8], now: Instant) {
@@ -131,7 +135,7 @@ impl Chain {
     }
 
     fn run_from(&mut self, first: usize, input: &[u8], now: Instant) {
-        if first == 0 && self.echo_after == 0 {
+        if first == 0 && self.echo_after == 0 && self.echo_wanted {
             self.echo.extend_from_slice(input);
         }
         if first >= self.stages.len() {
@@ -140,16 +144,24 @@ impl Chain {
         }
         let [mut cur, mut next] = std::mem::take(&mut self.scratch);
         cur.clear();
-        cur.extend_from_slice(input);
-        for (i, stage) in self.stages.iter_mut().enumerate().skip(first) {
+        self.stages[first].push(input, now, &mut cur);
+        if first + 1 == self.echo_after && self.echo_wanted {
+            self.echo.extend_from_slice(&cur);
+        }
+        for i in first + 1..self.stages.len() {
             next.clear();
-            stage.push(&cur, now, &mut next);
-            if i + 1 == self.echo_after {
+            self.stages[i].push(&cur, now, &mut next);
+            if i + 1 == self.echo_after && self.echo_wanted {
                 self.echo.extend_from_slice(&next);
             }
             std::mem::swap(&mut cur, &mut next);
         }
-        self.out.extend_from_slice(&cur);
+        if self.out.is_empty() {
+            // No copy: the buffers trade places.
+            std::mem::swap(&mut self.out, &mut cur);
+        } else {
+            self.out.extend_from_slice(&cur);
+        }
         self.scratch = [cur, next];
     }
 
@@ -168,7 +180,7 @@ impl Chain {
             let i = self.draining;
             held.clear();
             let more = self.stages[i].drain(max, now, &mut held)?;
-            if i + 1 == self.echo_after {
+            if i + 1 == self.echo_after && self.echo_wanted {
                 self.echo.extend_from_slice(&held);
             }
             self.run_from(i + 1, &held, now);
