@@ -59,7 +59,7 @@ fn text(rng: &mut Rng, secrets: &[Vec<u8>]) -> Vec<u8> {
             out.extend_from_slice(WORDS[(rng.next() % WORDS.len() as u64) as usize]);
             out.push(b' ');
         }
-        if line % 500 == 0 {
+        if line.is_multiple_of(500) {
             out.extend_from_slice(&secrets[(rng.next() % secrets.len() as u64) as usize]);
         }
         out.push(b'\n');
