@@ -147,9 +147,10 @@ pub struct Mask {
     reg: Arc<MaskRegistry>,
     /// Generation the matcher was built for.
     generation: Option<u64>,
-    /// Pattern 0 is [`ADD_MASK`]; the others are the secrets.
-    patterns: Vec<Vec<u8>>,
+    /// The longest pattern (pattern 0 is [`ADD_MASK`]; the others are the secrets).
     longest: usize,
+    /// The patterns, sorted (to find the ones a tail could grow into).
+    sorted: Vec<Vec<u8>>,
     /// Matchers of at most `group` patterns each, with the index of their first pattern.
     groups: Vec<(AhoCorasick, usize)>,
     group: usize,
@@ -173,8 +174,8 @@ impl Mask {
         let mut m = Self {
             reg,
             generation: None,
-            patterns: Vec::new(),
             longest: 0,
+            sorted: Vec::new(),
             groups: Vec::new(),
             group: group.max(1),
             held: Vec::new(),
@@ -211,7 +212,9 @@ impl Mask {
             }
         }
         self.longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
-        self.patterns = patterns;
+        self.sorted = patterns;
+        self.sorted.sort_unstable();
+        self.sorted.dedup();
         self.groups = groups;
         self.generation = Some(generation);
     }
@@ -259,9 +262,13 @@ impl Mask {
             .max(from);
         (start..data.len())
             .find(|&p| {
+                // In sorted order, the patterns starting with `rest` follow it: `rest` itself
+                // (if it is a pattern), then the longer ones.
                 let rest = &data[p..];
-                self.patterns
+                let i = self.sorted.partition_point(|pat| pat.as_slice() < rest);
+                self.sorted[i..]
                     .iter()
+                    .take(2)
                     .any(|pat| pat.len() > rest.len() && pat.starts_with(rest))
             })
             .unwrap_or(data.len())
