@@ -299,3 +299,35 @@ fn the_rate_limit_drops_whole_lines_and_says_how_many_when_lines_pass_again() {
         r.stderr_str()
     );
 }
+
+#[test]
+fn policies_apply_to_the_stream_command_too() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let out = d.join("out");
+    let src = d.join("in.txt");
+    std::fs::write(&src, "keep pw=hunter22\nDEBUG drop\nkeep 2\n").unwrap();
+    let mut cmd = butler(
+        d,
+        &[
+            "--output",
+            &dir_output(&out),
+            "--exclude",
+            "^DEBUG",
+            "--mask-env",
+            "PW",
+            "stream",
+            "--source",
+            src.to_str().unwrap(),
+            "--stream",
+            "name=f",
+        ],
+    );
+    cmd.env("PW", "hunter22");
+    let r = run(&mut cmd, Input::Null);
+    r.assert_code(0);
+    assert_eq!(
+        text(&read(&stream_path(&out, "f"))),
+        "keep pw=***\nkeep 2\n"
+    );
+}
