@@ -30,6 +30,8 @@ pub struct ButlerConfig {
     /// count towards it too); a stream beyond it is refused. Bounds what clients can make the
     /// butler hold: each open stream has its own buffer.
     pub max_streams: usize,
+    /// Masking, filters, rate limit and head+tail cap, applied to every text stream.
+    pub policy: crate::policy::PolicyConfig,
 }
 
 /// Default for [`ButlerConfig::max_streams`].
@@ -46,6 +48,7 @@ impl Default for ButlerConfig {
             read_size: 64 * 1024,
             flush_timeout: Duration::from_secs(60),
             max_streams: DEFAULT_MAX_STREAMS,
+            policy: crate::policy::PolicyConfig::default(),
         }
     }
 }

@@ -10,10 +10,13 @@
 //!
 //! # Layout
 //! - [`config`]: [`ButlerConfig`] and descriptor validation.
-//! - [`reader`]: the per-stream reader task (reads, echoes, appends to the bundler).
+//! - [`reader`]: the per-stream reader task (reads, applies the policies, echoes, appends to
+//!   the bundler).
+//! - [`policy`]: masking, filters, rate limit and head+tail cap of text streams.
 
 pub mod callbacks;
 pub mod config;
+pub mod policy;
 pub mod reader;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use callbacks::{EntryCallback, RegistrationCallback};
 pub use config::{ButlerConfig, ConfigError, DEFAULT_MAX_STREAMS};
+pub use policy::{PolicyConfig, PolicyCounts};
 
 /// Anything a stream can be read from.
 pub type Source = Box<dyn AsyncRead + Send + Unpin>;
@@ -123,7 +127,7 @@ impl std::fmt::Debug for StreamSource {
 pub struct StreamReport {
     /// The stream's name.
     pub name: String,
-    /// Bytes read from the source.
+    /// Bytes read from the source (before the policies, if any).
     pub bytes_read: u64,
     /// Payload bytes put into bundles.
     pub bytes_sent: u64,
@@ -136,10 +140,12 @@ pub struct StreamReport {
     pub bytes_undelivered: u64,
     /// What went wrong, if anything.
     pub error: Option<String>,
+    /// What the policies (masking, filters, rate limit, head+tail) did to the stream.
+    pub policy: PolicyCounts,
 }
 
 impl StreamReport {
-    fn new(f: Finished, read_error: Option<String>) -> Self {
+    fn new(f: Finished, read_error: Option<String>, policy: PolicyCounts) -> Self {
         let StreamStats {
             bytes_in,
             bytes_out,
@@ -155,6 +161,7 @@ impl StreamReport {
             bytes_dropped: dropped_bytes,
             bytes_undelivered: 0,
             error: f.error.or(read_error),
+            policy,
         }
     }
 }
@@ -667,6 +674,14 @@ impl Actor {
         let callback = self.callbacks.iter().find_map(|(cb, wrap)| {
             cb(&desc).map(|c| if *wrap { callbacks::wrap(kind, c) } else { c })
         });
+        let chain = self
+            .cfg
+            .policy
+            .chain_for(&name, kind, self.output.max_bundle_size())
+            .map_err(|e| ButlerError::Refused {
+                name: name.clone(),
+                reason: format!("cannot set up its policies: {e}"),
+            })?;
         let (sink, done) =
             bundler
                 .register(desc, callback)
@@ -683,11 +698,12 @@ impl Actor {
         let live = self.live.clone();
         let open = OpenStream::enter(&live);
         self.readers.spawn(async move {
-            let read_error = reader::pump(
+            let pumped = reader::pump(
                 &name,
                 src.reader,
                 src.tee,
                 sink,
+                chain,
                 cancel,
                 &live.bytes_captured,
             )
@@ -700,7 +716,13 @@ impl Actor {
                 let _ = me.send(Command::ReadDone).await;
             }
             match done.await {
-                Ok(f) => StreamReport::new(f, read_error),
+                Ok(f) => {
+                    let mut r = StreamReport::new(f, pumped.error, pumped.policy);
+                    if let Some(n) = pumped.bytes_read {
+                        r.bytes_read = n;
+                    }
+                    r
+                }
                 Err(_) => StreamReport {
                     name,
                     bytes_read: 0,
@@ -709,6 +731,7 @@ impl Actor {
                     bytes_dropped: 0,
                     bytes_undelivered: 0,
                     error: Some("bundler stopped before the stream finished".into()),
+                    policy: pumped.policy,
                 },
             }
         });

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use logdog_butler::policy::{FilterRule, RateLimit, RuleKind};
 use logdog_outputs::OutputSpec;
 use logdog_proto::StreamType;
 
@@ -64,6 +65,55 @@ pub struct Global {
     /// line). The end-of-run summary stays a table (`--no-summary`; `--result-path` for JSON).
     #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text)]
     pub log_format: crate::logging::LogFormat,
+    /// Keeps only the lines of text streams that match REGEX (repeatable: a line matching any
+    /// is kept). `NAME=REGEX` applies to the stream NAME only when NAME is a valid stream
+    /// name; a leading `=` (`=a=b`) makes the rest a regex for every stream.
+    #[arg(long = "include", global = true, value_name = "[NAME=]REGEX", value_parser = parse_include)]
+    pub include: Vec<FilterRule>,
+    /// Drops the lines of text streams that match REGEX (repeatable), in the same form as
+    /// --include; e.g. `--exclude 'stderr=^DEBUG'`.
+    #[arg(long = "exclude", global = true, value_name = "[NAME=]REGEX", value_parser = parse_exclude)]
+    pub exclude: Vec<FilterRule>,
+    /// Limits every text stream to RATE bytes per second (e.g. 64KiB, 1MiB/s), with bursts of
+    /// SIZE (default: one second's worth). Lines over the limit are dropped and counted; a
+    /// marker line says how many when lines pass again.
+    #[arg(long, global = true, value_name = "RATE[,burst=SIZE]", value_parser = parse_rate_limit)]
+    pub rate_limit: Option<RateLimit>,
+    /// Masks the value of this environment variable (repeatable) with `***` in every text
+    /// stream. The variable must be set and not empty.
+    #[arg(long = "mask-env", global = true, value_name = "NAME")]
+    pub mask_env: Vec<String>,
+    /// Masks every line of this file (one secret per line; repeatable) with `***`.
+    #[arg(long = "mask-file", global = true, value_name = "FILE")]
+    pub mask_file: Vec<PathBuf>,
+    /// Honours `::add-mask::VALUE` lines in text streams even without --mask-env or
+    /// --mask-file (always honoured with them). Such lines are never logged.
+    #[arg(long, global = true)]
+    pub mask_commands: bool,
+    /// Keeps the first and the last SIZE/2 bytes of a text stream that grows past SIZE
+    /// (e.g. 100MiB), with a marker line in the gap.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    pub max_stream_bytes: Option<u64>,
+}
+
+fn parse_include(s: &str) -> Result<FilterRule, String> {
+    FilterRule::parse(RuleKind::Include, s).map_err(|e| e.to_string())
+}
+
+fn parse_exclude(s: &str) -> Result<FilterRule, String> {
+    FilterRule::parse(RuleKind::Exclude, s).map_err(|e| e.to_string())
+}
+
+fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
+    RateLimit::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    match logdog_butler::policy::ratelimit::parse_size(s) {
+        Ok(0) => Err("must be at least 1 byte".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Subcommands.

@@ -28,7 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
-use logdog_butler::{Butler, ButlerConfig};
+use logdog_butler::policy::MaskRegistry;
+use logdog_butler::{Butler, ButlerConfig, PolicyConfig};
 use logdog_outputs::security::{CaCert, ClientSecurity, TOKEN_ENV, Token};
 use logdog_outputs::spool::{Spool, SpoolError};
 use logdog_outputs::{GrpcOutput, Output};
@@ -230,6 +231,7 @@ pub fn start_butler(g: &Global, max_streams: usize) -> Result<Started, Failure> 
         max_buffer_age: g.max_buffer_age,
         flush_timeout: g.flush_timeout,
         max_streams,
+        policy: policy_config(g)?,
         ..Default::default()
     };
     cfg.validate().map_err(|e| Failure::Usage(e.to_string()))?;
@@ -249,6 +251,74 @@ pub fn start_butler(g: &Global, max_streams: usize) -> Result<Started, Failure> 
         output,
         cfg,
         grpc,
+    })
+}
+
+/// The stream policies of the global flags: filters, rate limit, secrets to mask, head+tail
+/// cap (its tail under `--spool DIR/tails` when there is a spool).
+///
+/// # Errors
+/// A usage error: a `--mask-env` variable unset or empty, a `--mask-file` that cannot be
+/// read; a runtime error if the tails directory cannot be made.
+pub fn policy_config(g: &Global) -> Result<PolicyConfig, Failure> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut filters = g.include.clone();
+    filters.extend(g.exclude.iter().cloned());
+    let masks = if g.mask_env.is_empty() && g.mask_file.is_empty() && !g.mask_commands {
+        None
+    } else {
+        let reg = Arc::new(MaskRegistry::default());
+        let add = |what: &str, secret: &[u8]| {
+            if let Err(e) = reg.add(secret) {
+                say!("warning: {what}: {e}; it is NOT masked");
+            }
+        };
+        for name in &g.mask_env {
+            match std::env::var_os(name) {
+                None => {
+                    return Err(Failure::Usage(format!(
+                        "--mask-env {name}: the variable is not set"
+                    )));
+                }
+                Some(v) if v.is_empty() => {
+                    return Err(Failure::Usage(format!(
+                        "--mask-env {name}: the variable is empty"
+                    )));
+                }
+                Some(v) => add(&format!("--mask-env {name}"), v.as_bytes()),
+            }
+        }
+        for path in &g.mask_file {
+            let text = std::fs::read(path)
+                .map_err(|e| Failure::Usage(format!("--mask-file {}: {e}", path.display())))?;
+            for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if !line.is_empty() {
+                    add(
+                        &format!("--mask-file {} line {}", path.display(), i + 1),
+                        line,
+                    );
+                }
+            }
+        }
+        Some(reg)
+    };
+    let spool_dir = match (&g.spool, g.max_stream_bytes) {
+        (Some(dir), Some(_)) => {
+            let tails = dir.join("tails");
+            std::fs::create_dir_all(&tails).map_err(|e| {
+                Failure::Runtime(anyhow::anyhow!("cannot make {}: {e}", tails.display()))
+            })?;
+            Some(tails)
+        }
+        _ => None,
+    };
+    Ok(PolicyConfig {
+        filters,
+        rate_limit: g.rate_limit,
+        masks,
+        max_stream_bytes: g.max_stream_bytes,
+        spool_dir,
     })
 }
 

@@ -321,6 +321,16 @@ async fn run_command(
         );
         report_refusals(&report);
     }
+    if let Some(reg) = &cfg.policy.masks
+        && reg.refused() > 0
+    {
+        say!(
+            "warning: {} secret(s) were refused (shorter than {} bytes, too long, or too \
+             many) and are NOT masked",
+            reg.refused(),
+            logdog_butler::policy::mask::MIN_SECRET_LEN
+        );
+    }
     if let Some(msg) = grpc.as_ref().and_then(|o| o.failure()) {
         say!(
             "the collector's store is damaged and can store nothing until it is \
@@ -343,6 +353,9 @@ async fn run_command(
     }
     if let Some(r) = result {
         r.set(report_fields(&report, &out_stats, acked.as_ref()));
+        if let Some(reg) = &cfg.policy.masks {
+            r.set(serde_json::json!({ "secrets_refused": reg.refused() }));
+        }
         r.write_unless_written(code, status.signal(), None);
     }
     Ok(code)

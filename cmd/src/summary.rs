@@ -272,7 +272,47 @@ pub fn render(
     if let Some(sp) = &output.spool {
         let _ = write!(out, "\n{}", spool_line(sp));
     }
+    policy_notes(report, &mut out);
     out
+}
+
+/// One line per stream the policies changed (`stderr: 12 lines (1.2 KiB) filtered, 3
+/// secrets masked`), at most [`MAX_ROWS`] of them.
+fn policy_notes(report: &Report, out: &mut String) {
+    let changed: Vec<&StreamReport> = report
+        .streams
+        .values()
+        .filter(|s| !s.policy.is_empty())
+        .collect();
+    for s in changed.iter().take(MAX_ROWS) {
+        let p = &s.policy;
+        let mut parts = Vec::new();
+        let lines = |n: u64, b: u64, what: &str| format!("{n} lines ({}) {what}", human(b));
+        if p.filtered_lines > 0 {
+            parts.push(lines(p.filtered_lines, p.filtered_bytes, "filtered"));
+        }
+        if p.rate_limited_lines > 0 {
+            parts.push(lines(
+                p.rate_limited_lines,
+                p.rate_limited_bytes,
+                "dropped by rate limit",
+            ));
+        }
+        if p.omitted_lines > 0 || p.omitted_bytes > 0 {
+            parts.push(lines(p.omitted_lines, p.omitted_bytes, "left out"));
+        }
+        if p.masked > 0 {
+            parts.push(format!("{} secrets masked", p.masked));
+        }
+        let _ = write!(out, "\n  {}: {}", s.name, parts.join(", "));
+    }
+    if changed.len() > MAX_ROWS {
+        let _ = write!(
+            out,
+            "\n  … and {} more stream(s) changed by policies (see --result-path)",
+            changed.len() - MAX_ROWS
+        );
+    }
 }
 
 /// The status column of the totals row.
@@ -368,7 +408,27 @@ mod tests {
             bytes_dropped: dropped,
             bytes_undelivered: undelivered,
             error: (dropped > 0).then(|| "bad datagram header".to_string()),
+            policy: Default::default(),
         }
+    }
+
+    #[test]
+    fn what_the_policies_did_is_noted_per_stream() {
+        let mut s = stream("stderr", 4096, 0, 0);
+        s.policy.filtered_lines = 12;
+        s.policy.filtered_bytes = 1229;
+        s.policy.masked = 3;
+        let text = render(
+            &report(vec![s, stream("stdout", 10, 0, 0)]),
+            &OutputStats::default(),
+            "x",
+            None,
+        );
+        assert!(
+            text.ends_with("\n  stderr: 12 lines (1.2 KiB) filtered, 3 secrets masked"),
+            "{text}"
+        );
+        assert!(!text.contains("stdout:"), "{text}");
     }
 
     fn report(streams: Vec<StreamReport>) -> Report {

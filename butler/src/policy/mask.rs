@@ -1,0 +1,680 @@
+//! Secret masking: every occurrence of a secret is replaced with `***` before it leaves the
+//! process (bundles, the echo, the spool).
+//!
+//! Secrets come from the command line (`--mask-env`, `--mask-file`) and from
+//! `::add-mask::VALUE` lines in any captured text stream. Such a line is removed from its
+//! stream (and from the echo), and its value is masked in every stream from then on: the
+//! secrets live in one [`MaskRegistry`] shared by every stream's [`Mask`] stage, which
+//! rebuilds its matcher when the registry's generation changes.
+//!
+//! A stream is scanned as one continuous text, whatever its read chunks: the stage holds back
+//! only the shortest tail that could still be the start of a secret (or of an
+//! `::add-mask::` line), and releases it once decided, or when the stream ends. Where secrets
+//! overlap, the leftmost occurrence wins, and the longest secret starting there.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use aho_corasick::{AhoCorasick, Input, MatchKind};
+
+use super::{PolicyCounts, Stage};
+
+/// Shortest secret accepted: shorter ones would mask common text.
+pub const MIN_SECRET_LEN: usize = 4;
+/// Longest secret accepted (it bounds what a stream holds back).
+pub const MAX_SECRET_LEN: usize = 4096;
+/// Most secrets a registry holds.
+pub const MAX_SECRETS: usize = 10_000;
+/// Patterns per matcher. A matcher of a few dozen patterns searches with SIMD (Teddy) at
+/// gigabytes per second; one of a hundred falls back to an automaton that steps through every
+/// byte, four times slower than a few small matchers in turn.
+const GROUP: usize = 32;
+/// The command that adds a secret, at the start of a line.
+pub const ADD_MASK: &[u8] = b"::add-mask::";
+/// What a secret is replaced with.
+pub const REPLACEMENT: &[u8] = b"***";
+
+/// A secret that was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MaskError {
+    /// Shorter than [`MIN_SECRET_LEN`].
+    #[error("a secret of {0} byte(s) is too short to mask (at least {MIN_SECRET_LEN} bytes)")]
+    TooShort(usize),
+    /// Longer than [`MAX_SECRET_LEN`].
+    #[error("a secret of {0} bytes is too long to mask (at most {MAX_SECRET_LEN} bytes)")]
+    TooLong(usize),
+    /// [`MAX_SECRETS`] secrets are registered already.
+    #[error("too many secrets (at most {MAX_SECRETS})")]
+    TooMany,
+}
+
+/// The secrets of a butler, shared by every stream. Its `Debug` form shows how many there
+/// are, never what they are.
+#[derive(Default)]
+pub struct MaskRegistry {
+    secrets: RwLock<Vec<Vec<u8>>>,
+    generation: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl std::fmt::Debug for MaskRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaskRegistry")
+            .field("secrets", &self.len())
+            .field("refused", &self.refused())
+            .finish()
+    }
+}
+
+impl MaskRegistry {
+    /// Adds a secret; returns whether it was new. Every stream masks it from its next read.
+    ///
+    /// # Errors
+    /// The secret is too short or too long, or the registry is full; it is counted in
+    /// [`refused`](Self::refused).
+    pub fn add(&self, secret: &[u8]) -> Result<bool, MaskError> {
+        let err = if secret.len() < MIN_SECRET_LEN {
+            Some(MaskError::TooShort(secret.len()))
+        } else if secret.len() > MAX_SECRET_LEN {
+            Some(MaskError::TooLong(secret.len()))
+        } else {
+            None
+        };
+        if let Some(e) = err {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        let mut s = self.secrets.write().unwrap_or_else(|p| p.into_inner());
+        if s.iter().any(|x| x == secret) {
+            return Ok(false);
+        }
+        if s.len() >= MAX_SECRETS {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(MaskError::TooMany);
+        }
+        s.push(secret.to_vec());
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Secrets refused so far (too short, too long, too many).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Secrets registered.
+    pub fn len(&self) -> usize {
+        self.secrets.read().map_or(0, |s| s.len())
+    }
+
+    /// Whether no secret is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn snapshot(&self) -> (u64, Vec<Vec<u8>>) {
+        let s = self.secrets.read().unwrap_or_else(|p| p.into_inner());
+        (self.generation(), s.clone())
+    }
+}
+
+/// A match: where, and which pattern.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    start: usize,
+    end: usize,
+    pattern: usize,
+}
+
+/// A matcher's next match in the data being searched.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// Not searched yet.
+    Unknown,
+    /// None from where it was searched on.
+    Done,
+    /// This one.
+    At(Found),
+}
+
+/// The masking stage of one stream.
+pub struct Mask {
+    reg: Arc<MaskRegistry>,
+    /// Generation the matcher was built for.
+    generation: Option<u64>,
+    /// The longest pattern (pattern 0 is [`ADD_MASK`]; the others are the secrets).
+    longest: usize,
+    /// The patterns, sorted (to find the ones a tail could grow into).
+    sorted: Vec<Vec<u8>>,
+    /// Matchers of at most `group` patterns each, with the index of their first pattern.
+    groups: Vec<(AhoCorasick, usize)>,
+    group: usize,
+    /// The undecided tail of the stream.
+    held: Vec<u8>,
+    buf: Vec<u8>,
+    /// Whether the byte before `held` (or before the next input) ends a line.
+    line_start: bool,
+    /// Inside an overlong `::add-mask::` line, dropped up to its end.
+    discarding: bool,
+    masked: u64,
+}
+
+impl Mask {
+    /// A stage masking the secrets of `reg`.
+    pub fn new(reg: Arc<MaskRegistry>) -> Self {
+        Self::with_group(reg, GROUP)
+    }
+
+    fn with_group(reg: Arc<MaskRegistry>, group: usize) -> Self {
+        let mut m = Self {
+            reg,
+            generation: None,
+            longest: 0,
+            sorted: Vec::new(),
+            groups: Vec::new(),
+            group: group.max(1),
+            held: Vec::new(),
+            buf: Vec::new(),
+            line_start: true,
+            discarding: false,
+            masked: 0,
+        };
+        m.refresh();
+        m
+    }
+
+    /// Rebuilds the matcher if the registry changed.
+    fn refresh(&mut self) {
+        if self.generation == Some(self.reg.generation()) {
+            return;
+        }
+        let (generation, secrets) = self.reg.snapshot();
+        let mut patterns = Vec::with_capacity(secrets.len() + 1);
+        patterns.push(ADD_MASK.to_vec());
+        patterns.extend(secrets);
+        let mut groups = Vec::new();
+        for (i, g) in patterns.chunks(self.group).enumerate() {
+            match AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(g)
+            {
+                Ok(ac) => groups.push((ac, i * self.group)),
+                Err(e) => {
+                    // Keeps the previous matchers; the registry's bounds make this unexpected.
+                    tracing::error!(error = %e, "cannot build the secret matcher");
+                    return;
+                }
+            }
+        }
+        self.longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
+        self.sorted = patterns;
+        self.sorted.sort_unstable();
+        self.sorted.dedup();
+        self.groups = groups;
+        self.generation = Some(generation);
+    }
+
+    /// The leftmost match in `data` starting at or after `at` (the longest of those starting
+    /// there), as (start, end, pattern). `cache` holds each matcher's next match, which stays
+    /// valid while it starts at or after `at`.
+    fn next_match(&self, data: &[u8], at: usize, cache: &mut Vec<Slot>) -> Option<Found> {
+        cache.resize(self.groups.len(), Slot::Unknown);
+        let mut best: Option<Found> = None;
+        for (slot, (ac, first)) in cache.iter_mut().zip(&self.groups) {
+            let m = match *slot {
+                Slot::Done => continue,
+                Slot::At(m) if m.start >= at => m,
+                _ => match ac.find(Input::new(data).span(at..data.len())) {
+                    None => {
+                        *slot = Slot::Done;
+                        continue;
+                    }
+                    Some(m) => {
+                        let f = Found {
+                            start: m.start(),
+                            end: m.end(),
+                            pattern: first + m.pattern().as_usize(),
+                        };
+                        *slot = Slot::At(f);
+                        f
+                    }
+                },
+            };
+            best = match best {
+                Some(b) if b.start < m.start || (b.start == m.start && b.end >= m.end) => Some(b),
+                _ => Some(m),
+            };
+        }
+        best
+    }
+
+    /// The first position at or after `from` where the rest of `data` is a proper prefix of
+    /// a pattern (could grow into a match), or `data.len()`.
+    fn hold_point(&self, data: &[u8], from: usize) -> usize {
+        let start = data
+            .len()
+            .saturating_sub(self.longest.saturating_sub(1))
+            .max(from);
+        (start..data.len())
+            .find(|&p| {
+                // In sorted order, the patterns starting with `rest` follow it: `rest` itself
+                // (if it is a pattern), then the longer ones.
+                let rest = &data[p..];
+                let i = self.sorted.partition_point(|pat| pat.as_slice() < rest);
+                self.sorted[i..]
+                    .iter()
+                    .take(2)
+                    .any(|pat| pat.len() > rest.len() && pat.starts_with(rest))
+            })
+            .unwrap_or(data.len())
+    }
+
+    /// Handles one `::add-mask::` line's value.
+    fn command(&mut self, value: &[u8]) {
+        let value = value.strip_suffix(b"\r").unwrap_or(value).trim_ascii();
+        match self.reg.add(value) {
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "::add-mask:: refused; that value is NOT masked"),
+        }
+        self.refresh();
+    }
+
+    /// Masks `data` (held tail first), appends what is decided to `out` and keeps the rest in
+    /// `held`. With `fin`, the stream has ended: everything is decided.
+    fn process(&mut self, data: &[u8], fin: bool, out: &mut Vec<u8>) {
+        self.held.clear();
+        let mut pos = 0;
+        let mut at = 0;
+        let mut hold = if fin {
+            data.len()
+        } else {
+            self.hold_point(data, 0)
+        };
+        let mut cache = Vec::new();
+        while let Some(m) = self.next_match(data, at, &mut cache) {
+            if m.pattern == 0 {
+                let at_line_start = if m.start == 0 {
+                    self.line_start
+                } else {
+                    data[m.start - 1] == b'\n'
+                };
+                if !at_line_start {
+                    at = m.start + 1;
+                    continue;
+                }
+                let end = memchr::memchr(b'\n', &data[m.end..]).map(|i| m.end + i);
+                let (value_end, next) = match end {
+                    Some(e) => (e, e + 1),
+                    None if fin => (data.len(), data.len()),
+                    None if data.len() - m.start > MAX_SECRET_LEN + ADD_MASK.len() + 2 => {
+                        tracing::warn!(
+                            "an ::add-mask:: line longer than {} bytes was dropped; its \
+                             value is NOT masked",
+                            MAX_SECRET_LEN
+                        );
+                        out.extend_from_slice(&data[pos..m.start]);
+                        self.reg.refused.fetch_add(1, Ordering::Relaxed);
+                        self.discarding = true;
+                        self.line_start = true;
+                        return;
+                    }
+                    None => {
+                        out.extend_from_slice(&data[pos..m.start]);
+                        self.held.extend_from_slice(&data[m.start..]);
+                        self.line_start = true;
+                        return;
+                    }
+                };
+                out.extend_from_slice(&data[pos..m.start]);
+                self.command(&data[m.end..value_end]);
+                // The matchers may have changed.
+                cache.clear();
+                pos = next;
+                at = next;
+                if !fin {
+                    hold = self.hold_point(data, pos);
+                }
+                continue;
+            }
+            if m.start >= hold {
+                break;
+            }
+            out.extend_from_slice(&data[pos..m.start]);
+            out.extend_from_slice(REPLACEMENT);
+            self.masked += 1;
+            pos = m.end;
+            at = pos;
+        }
+        let cut = pos.max(hold);
+        out.extend_from_slice(&data[pos..cut]);
+        self.held.extend_from_slice(&data[cut..]);
+        if cut > 0 {
+            self.line_start = data[cut - 1] == b'\n';
+        }
+    }
+
+    /// Drops `input` up to the end of an overlong command line; returns the rest.
+    fn skip_discarded<'a>(&mut self, input: &'a [u8]) -> &'a [u8] {
+        if !self.discarding {
+            return input;
+        }
+        match memchr::memchr(b'\n', input) {
+            Some(i) => {
+                self.discarding = false;
+                self.line_start = true;
+                &input[i + 1..]
+            }
+            None => &[],
+        }
+    }
+}
+
+impl Stage for Mask {
+    fn push(&mut self, input: &[u8], _now: Instant, out: &mut Vec<u8>) {
+        self.refresh();
+        let input = self.skip_discarded(input);
+        if input.is_empty() {
+            return;
+        }
+        if self.held.is_empty() {
+            self.process(input, false, out);
+        } else {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            buf.extend_from_slice(&self.held);
+            buf.extend_from_slice(input);
+            self.process(&buf, false, out);
+            self.buf = buf;
+        }
+    }
+
+    fn drain(&mut self, _max: usize, _now: Instant, out: &mut Vec<u8>) -> std::io::Result<bool> {
+        self.refresh();
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            self.process(&held, true, out);
+            self.held.clear();
+        }
+        Ok(false)
+    }
+
+    fn counts(&self, into: &mut PolicyCounts) {
+        into.masked += self.masked;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn registry(secrets: &[&str]) -> Arc<MaskRegistry> {
+        let r = Arc::new(MaskRegistry::default());
+        for s in secrets {
+            r.add(s.as_bytes()).unwrap();
+        }
+        r
+    }
+
+    /// Runs `chunks` through one stage (and, with `reg2`, a second stream's stage sharing
+    /// the registry); returns the output and the count.
+    fn run(reg: &Arc<MaskRegistry>, chunks: &[&[u8]]) -> (Vec<u8>, u64) {
+        run_grouped(reg, chunks, GROUP)
+    }
+
+    /// Like [`run`], with matchers of `group` patterns (to try several matchers with few
+    /// secrets).
+    fn run_grouped(reg: &Arc<MaskRegistry>, chunks: &[&[u8]], group: usize) -> (Vec<u8>, u64) {
+        let now = Instant::now();
+        let mut m = Mask::with_group(reg.clone(), group);
+        let mut out = Vec::new();
+        for c in chunks {
+            m.push(c, now, &mut out);
+        }
+        while m.drain(1024, now, &mut out).unwrap() {}
+        let mut c = PolicyCounts::default();
+        m.counts(&mut c);
+        (out, c.masked)
+    }
+
+    #[test]
+    fn secrets_are_masked_whole_and_in_pieces() {
+        let reg = registry(&["hunter2!", "s3cr3t"]);
+        let (out, n) = run(&reg, &[b"pw=hunter2! and s3cr3t\n"]);
+        assert_eq!(out, b"pw=*** and ***\n");
+        assert_eq!(n, 2);
+        let (out, _) = run(&reg, &[b"pw=hun", b"ter", b"2! x"]);
+        assert_eq!(out, b"pw=*** x");
+    }
+
+    #[test]
+    fn only_a_possible_secret_prefix_is_held_back() {
+        let reg = registry(&["secret"]);
+        let now = Instant::now();
+        let mut m = Mask::new(reg);
+        let mut out = Vec::new();
+        m.push(b"line one\nsome sec", now, &mut out);
+        assert_eq!(out, b"line one\nsome ");
+        out.clear();
+        m.push(b"ond", now, &mut out);
+        assert_eq!(out, b"second");
+        out.clear();
+        m.push(b"x se", now, &mut out);
+        assert_eq!(out, b"x ");
+        out.clear();
+        m.drain(100, now, &mut out).unwrap();
+        assert_eq!(out, b"se");
+    }
+
+    #[test]
+    fn a_longer_secret_sharing_a_prefix_is_masked_whole() {
+        let reg = registry(&["abcd", "abcdefgh"]);
+        assert_eq!(run(&reg, &[b"1 abcd", b"efgh 2"]).0, b"1 *** 2");
+        assert_eq!(run(&reg, &[b"1 abcd", b"efg"]).0, b"1 ***efg");
+        assert_eq!(run(&reg, &[b"1 abcd"]).0, b"1 ***");
+    }
+
+    #[test]
+    fn add_mask_lines_are_removed_and_mask_every_stream_from_then_on() {
+        let reg = Arc::new(MaskRegistry::default());
+        let now = Instant::now();
+        let mut a = Mask::new(reg.clone());
+        let mut b = Mask::new(reg.clone());
+        let mut out = Vec::new();
+        a.push(b"before topsecret\n::add-mask::tops", now, &mut out);
+        assert_eq!(out, b"before topsecret\n");
+        out.clear();
+        a.push(b"ecret\r\nafter topsecret\n", now, &mut out);
+        assert_eq!(out, b"after ***\n");
+        out.clear();
+        b.push(b"b: topsecret\n", now, &mut out);
+        assert_eq!(out, b"b: ***\n");
+        out.clear();
+        // Not at the start of a line: plain text.
+        a.push(b"x ::add-mask::nope\n", now, &mut out);
+        assert_eq!(out, b"x ::add-mask::nope\n");
+        out.clear();
+        // Short values are refused and counted.
+        a.push(b"::add-mask::ab\nab\n", now, &mut out);
+        assert_eq!(out, b"ab\n");
+        assert_eq!(reg.refused(), 1);
+        // A command ending the stream without a newline still counts.
+        out.clear();
+        a.push(b"::add-mask::lastone", now, &mut out);
+        a.drain(100, now, &mut out).unwrap();
+        assert_eq!(out, b"");
+        assert_eq!(reg.len(), 2);
+    }
+
+    #[test]
+    fn overlong_commands_are_dropped_not_logged() {
+        let reg = Arc::new(MaskRegistry::default());
+        let long = vec![b'x'; MAX_SECRET_LEN + 100];
+        let (out, _) = run(&reg, &[b"::add-mask::", &long, &long, b"\nnext\n"]);
+        assert_eq!(out, b"next\n");
+        assert_eq!(reg.refused(), 1);
+    }
+
+    #[test]
+    fn a_command_right_after_a_secret_is_not_at_a_line_start() {
+        let reg = registry(&["abcd"]);
+        let (out, _) = run(&reg, &[b"x\nabcd::add-", b"mask::efgh\nefgh\n"]);
+        assert_eq!(out, b"x\n***::add-mask::efgh\nefgh\n");
+        assert!(!format!("{reg:?}").contains("abcd"));
+    }
+
+    #[test]
+    fn registry_refuses_short_and_long_secrets() {
+        let reg = MaskRegistry::default();
+        assert_eq!(reg.add(b"abc"), Err(MaskError::TooShort(3)));
+        assert!(reg.add(&vec![b'a'; MAX_SECRET_LEN + 1]).is_err());
+        assert_eq!(reg.add(b"abcd"), Ok(true));
+        assert_eq!(reg.add(b"abcd"), Ok(false));
+        assert_eq!(reg.refused(), 2);
+    }
+
+    /// Replaces every secret in `text`, leftmost first, longest first: a plain reference.
+    fn reference(secrets: &[String], text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < text.len() {
+            let best = secrets
+                .iter()
+                .filter(|s| text[i..].starts_with(s.as_bytes()))
+                .map(String::len)
+                .max();
+            match best {
+                Some(n) => {
+                    out.extend_from_slice(REPLACEMENT);
+                    i += n;
+                }
+                None => {
+                    out.push(text[i]);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    fn text_with_secrets() -> impl Strategy<Value = (Vec<String>, Vec<u8>)> {
+        let secrets = prop::collection::vec("[a-d]{4,8}", 1..4);
+        secrets.prop_flat_map(|secrets| {
+            let pieces = prop::collection::vec(
+                prop_oneof![
+                    (0..secrets.len()).prop_map({
+                        let s = secrets.clone();
+                        move |i| s[i].clone().into_bytes()
+                    }),
+                    "[a-e \n]{0,6}".prop_map(String::into_bytes),
+                ],
+                0..12,
+            );
+            (Just(secrets), pieces.prop_map(|p| p.concat()))
+        })
+    }
+
+    /// Lines, some of them `::add-mask::` commands for secrets used in later lines.
+    fn lines_with_commands() -> impl Strategy<Value = Vec<u8>> {
+        let line = prop_oneof![
+            "[a-d]{4,6}".prop_map(|s| format!("::add-mask::{s}\n")),
+            "[a-d :]{0,10}\n?".prop_map(|s| s),
+            Just("::add-".to_string()),
+        ];
+        prop::collection::vec(line, 0..10).prop_map(|l| l.concat().into_bytes())
+    }
+
+    /// The commands of `text` applied line by line, for the reference.
+    fn reference_with_commands(text: &[u8]) -> Vec<u8> {
+        let mut secrets: Vec<String> = Vec::new();
+        let mut out = Vec::new();
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            if let Some(v) = line.strip_prefix(ADD_MASK) {
+                let v = String::from_utf8_lossy(v).trim().to_string();
+                if v.len() >= MIN_SECRET_LEN && !secrets.contains(&v) {
+                    secrets.push(v);
+                }
+                continue;
+            }
+            out.extend(reference(&secrets, line));
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn add_mask_commands_work_at_every_split(text in lines_with_commands()) {
+            let whole = reference_with_commands(&text);
+            for cut in 0..=text.len() {
+                let (a, b) = text.split_at(cut);
+                let reg = Arc::new(MaskRegistry::default());
+                prop_assert_eq!(&run(&reg, &[a, b]).0, &whole, "cut at {}", cut);
+                let reg = Arc::new(MaskRegistry::default());
+                prop_assert_eq!(&run_grouped(&reg, &[a, b], 1).0, &whole, "cut at {}", cut);
+            }
+        }
+
+        #[test]
+        fn every_split_gives_the_same_output_and_no_secret_survives(
+            (secrets, text) in text_with_secrets()
+        ) {
+            let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            let reg = registry(&refs);
+            let whole = reference(&secrets, &text);
+            prop_assert_eq!(&run(&reg, &[&text]).0, &whole);
+            for s in &secrets {
+                prop_assert!(
+                    !whole.windows(s.len()).any(|w| w == s.as_bytes()),
+                    "secret {:?} survives in {:?}", s, String::from_utf8_lossy(&whole)
+                );
+            }
+            for cut in 0..=text.len() {
+                let (a, b) = text.split_at(cut);
+                prop_assert_eq!(&run(&reg, &[a, b]).0, &whole);
+                prop_assert_eq!(&run_grouped(&reg, &[a, b], 1).0, &whole);
+                prop_assert_eq!(&run_grouped(&reg, &[a, b], 2).0, &whole);
+            }
+            for (c1, c2) in [(1, 2), (2, 5), (3, 3)] {
+                if c2 <= text.len() && c1 <= c2 {
+                    let (a, rest) = text.split_at(c1);
+                    let (b, c) = rest.split_at(c2 - c1);
+                    prop_assert_eq!(&run(&reg, &[a, b, c]).0, &whole);
+                }
+            }
+        }
+
+        #[test]
+        fn random_chunkings_keep_the_text_around_secrets(
+            (secrets, text) in text_with_secrets(),
+            sizes in prop::collection::vec(1usize..7, 1..40),
+        ) {
+            let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            let reg = registry(&refs);
+            let whole = reference(&secrets, &text);
+            let mut chunks = Vec::new();
+            let mut rest: &[u8] = &text;
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = sizes[i % sizes.len()].min(rest.len());
+                let (a, b) = rest.split_at(n);
+                chunks.push(a);
+                rest = b;
+                i += 1;
+            }
+            prop_assert_eq!(&run(&reg, &chunks).0, &whole);
+            let mut expect_plain: Vec<u8> = whole.clone();
+            expect_plain.retain(|&b| b != b'*');
+            // Non-secret bytes keep their order: the output without masks is a subsequence
+            // of the input.
+            let mut it = text.iter();
+            for b in &expect_plain {
+                prop_assert!(it.any(|x| x == b));
+            }
+        }
+    }
+}
