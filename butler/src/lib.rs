@@ -14,6 +14,7 @@
 
 pub mod callbacks;
 pub mod config;
+pub mod policy;
 pub mod reader;
 
 use std::collections::{BTreeMap, BTreeSet};
