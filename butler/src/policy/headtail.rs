@@ -870,4 +870,83 @@ mod tests {
         h.counts(&mut c);
         assert_eq!(c.omitted_bytes, 10_000 - 4096);
     }
+
+    /// Feeds `input` in 1000-byte pieces, calling `meddle` once the ring exists; drains.
+    fn run_meddled(input: &[u8], dir: &Path, meddle: impl FnOnce(&mut SpoolFile)) -> Run {
+        let now = Instant::now();
+        let mut h = HeadTail::new(4096, Some(dir)).unwrap();
+        let mut out = Vec::new();
+        let mut meddle = Some(meddle);
+        for chunk in input.chunks(1000) {
+            h.push(chunk, now, &mut out);
+            if let Some(Ring {
+                store: Store::File(f),
+                ..
+            }) = &mut h.ring
+                && let Some(m) = meddle.take()
+            {
+                m(f);
+            }
+        }
+        while h.drain(1 << 20, now, &mut out).unwrap() {}
+        let mut counts = PolicyCounts::default();
+        h.counts(&mut counts);
+        Run {
+            out,
+            counts,
+            largest_drain: 0,
+        }
+    }
+
+    /// Checks the promises that hold whatever happened to the file: a prefix, one marker, a
+    /// suffix, and exact counts.
+    fn check_shape(input: &[u8], r: &Run) {
+        let marker = format!(
+            "[logdog: {} lines ({} bytes) left out by --max-stream-bytes]\n",
+            r.counts.omitted_lines, r.counts.omitted_bytes
+        );
+        let text = String::from_utf8_lossy(&r.out).into_owned();
+        let at = text.find(&marker).expect("the marker");
+        let (mut head, tail) = (&r.out[..at], &r.out[at + marker.len()..]);
+        if !input.starts_with(head) {
+            head = head.strip_suffix(b"\n").unwrap();
+        }
+        assert!(input.starts_with(head));
+        assert!(input.ends_with(tail));
+        assert_eq!(
+            (head.len() + tail.len()) as u64 + r.counts.omitted_bytes,
+            input.len() as u64
+        );
+    }
+
+    fn numbered(n: usize) -> Vec<u8> {
+        (0..n).flat_map(|i| format!("line {i}\n").into_bytes()).collect()
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_written_moves_the_tail_to_memory_unchanged() {
+        let input = numbered(5000);
+        let dir = TempDir::new();
+        let want = run(&input, &[1000], 4096, None, 1 << 20);
+        let got = run_meddled(&input, &dir.0, |f| {
+            // Read-only from now on: writes fail, what was written reads back.
+            f.file = File::open(&f.path).unwrap();
+        });
+        assert_eq!(got.out, want.out);
+        assert_eq!(got.counts, want.counts);
+        assert!(dir.entries().is_empty());
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_written_or_read_loses_only_counted_bytes() {
+        let input = numbered(5000);
+        let dir = TempDir::new();
+        let got = run_meddled(&input, &dir.0, |f| {
+            // A directory: neither written nor read.
+            f.file = File::open(f.path.parent().unwrap()).unwrap();
+        });
+        check_shape(&input, &got);
+        assert!(got.out.ends_with(b"line 4999\n"), "the tail after the failure is kept");
+        assert!(dir.entries().is_empty());
+    }
 }
