@@ -18,7 +18,9 @@ const CAP_BYTES: u64 = 64 << 10;
 
 /// The bytes of `seq 1 LAST`.
 fn seq_bytes() -> Vec<u8> {
-    (1..=LAST).flat_map(|i| format!("{i}\n").into_bytes()).collect()
+    (1..=LAST)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect()
 }
 
 /// Checks a captured `seq 1 LAST` under the cap: whole lines `1..=a`, the marker, whole lines
@@ -45,9 +47,17 @@ fn check_head_marker_tail(got: &[u8]) -> (u64, u64) {
     };
     let head = nums(&lines[..m]);
     let tail = nums(&lines[m + 1..]);
-    assert_eq!(head, (1..=head.len() as u64).collect::<Vec<_>>(), "the head is 1..");
+    assert_eq!(
+        head,
+        (1..=head.len() as u64).collect::<Vec<_>>(),
+        "the head is 1.."
+    );
     let first_tail = LAST + 1 - tail.len() as u64;
-    assert_eq!(tail, (first_tail..=LAST).collect::<Vec<_>>(), "the tail ends at {LAST}");
+    assert_eq!(
+        tail,
+        (first_tail..=LAST).collect::<Vec<_>>(),
+        "the tail ends at {LAST}"
+    );
     assert!(!head.is_empty() && !tail.is_empty());
 
     let rest = marker
@@ -81,7 +91,10 @@ fn check_reports(result: &Path, stderr: &str, (lines, bytes): (u64, u64)) {
     let p = &v["streams"]["stdout"]["policy"];
     assert_eq!(p["omitted_lines"], lines, "{v:#}");
     assert_eq!(p["omitted_bytes"], bytes, "{v:#}");
-    assert_eq!(v["streams"]["stderr"]["policy"]["omitted_lines"], 0, "{v:#}");
+    assert_eq!(
+        v["streams"]["stderr"]["policy"]["omitted_lines"], 0,
+        "{v:#}"
+    );
     assert!(
         stderr.contains(&format!("stdout: {lines} lines (")) && stderr.contains("left out"),
         "the summary reports what was left out:\n{stderr}"

@@ -120,7 +120,8 @@ impl HeadTail {
     }
 
     /// The path of the ring's file, while there is one.
-    pub fn spool_file(&self) -> Option<&Path> {
+    #[cfg(test)]
+    fn spool_file(&self) -> Option<&Path> {
         match &self.ring.as_ref()?.store {
             Store::File(f) => Some(&f.path),
             Store::Mem(_) => None,
@@ -309,7 +310,8 @@ impl Stage for HeadTail {
             // Before the stream has ended: at least the overwritten bytes.
             (None, Some(ring)) => (
                 0,
-                (ring.written + 1)
+                ring.written
+                    .saturating_add(1)
                     .saturating_sub(ring.slots)
                     .max(ring.valid_from),
             ),
@@ -345,7 +347,7 @@ impl Ring {
     /// A ring for a tail of `window` bytes, in a file under `dir` when given (in memory if that
     /// file cannot be made).
     fn new(window: u64, dir: Option<&Path>) -> Ring {
-        let slots = window + 1;
+        let slots = window.saturating_add(1);
         let store = match dir.map(SpoolFile::create) {
             Some(Ok(f)) => Store::File(f),
             Some(Err(e)) => {
@@ -920,7 +922,9 @@ mod tests {
     }
 
     fn numbered(n: usize) -> Vec<u8> {
-        (0..n).flat_map(|i| format!("line {i}\n").into_bytes()).collect()
+        (0..n)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect()
     }
 
     #[test]
@@ -946,7 +950,10 @@ mod tests {
             f.file = File::open(f.path.parent().unwrap()).unwrap();
         });
         check_shape(&input, &got);
-        assert!(got.out.ends_with(b"line 4999\n"), "the tail after the failure is kept");
+        assert!(
+            got.out.ends_with(b"line 4999\n"),
+            "the tail after the failure is kept"
+        );
         assert!(dir.entries().is_empty());
     }
 }
