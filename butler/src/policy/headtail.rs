@@ -10,7 +10,7 @@
 //! - **the tail**: the last `max_stream_bytes - head` bytes at most (so at least half of
 //!   `max_stream_bytes`), starting at the first line that starts inside them; the partial line
 //!   before it is left out. When those bytes hold no line start at all (the end of one line
-//!   longer than the tail), the tail is those bytes less one, cut inside that line.
+//!   longer than the tail), the tail is all of them, starting inside that line.
 //!
 //! Between them one marker line, released when the stream ends:
 //! `[logdog: N lines (M bytes) left out by --max-stream-bytes]`, preceded by a newline when
@@ -22,7 +22,8 @@
 //! memory, grown only as bytes arrive, or, with a spool directory, in a file of that fixed size
 //! under it, written and read in place with positional I/O, so that only small buffers are in
 //! memory. The file is made when the head is full (a stream that never gets that far holds no
-//! file), has a unique name and is removed when the stage is dropped. Should the file not be
+//! file), has a unique name and is removed once the tail has been drained, or when the stage
+//! is dropped. Should the file not be
 //! made or written (a full disk), the ring moves to memory and the butler logs a warning; bytes
 //! that could not be read back from the file then are counted as left out, never emitted.
 //!
@@ -52,7 +53,9 @@ const SCAN_CHUNK: usize = 64 << 10;
 /// line in the gap. The tail is held in a ring of max_stream_bytes/2 bytes: in memory, or in a file under
 /// `spool_dir` (removed when dropped) when one is given.
 ///
-/// See the [module documentation](self) for the exact rules.
+/// The ring is `max_stream_bytes - head + 1` bytes, so at least half of `max_stream_bytes`: a
+/// head that ends early, at a newline, leaves its room to the tail. See the
+/// [module documentation](self) for the exact rules.
 #[derive(Debug)]
 pub struct HeadTail {
     max: u64,
