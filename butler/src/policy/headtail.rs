@@ -959,4 +959,24 @@ mod tests {
         );
         assert!(dir.entries().is_empty());
     }
+
+    #[test]
+    fn streams_around_the_cap_are_cut_from_one_byte_over() {
+        for max in [2048u64, 2049, 4096] {
+            for len in max as usize - 2..=max as usize + 2 {
+                let lines: Vec<u8> = (0..len)
+                    .map(|i| if i % 10 == 9 { b'\n' } else { b'a' })
+                    .collect();
+                for input in [lines, vec![b'g'; len]] {
+                    for chunks in [&[1usize][..], &[len], &[max as usize / 2, 1]] {
+                        let r = run(&input, chunks, max, None, 100);
+                        check(&input, max, &r, 100);
+                        assert_eq!(r.out == input, len as u64 <= max, "len {len}, max {max}");
+                        let dir = TempDir::new();
+                        assert_eq!(run(&input, chunks, max, Some(&dir.0), 100), r);
+                    }
+                }
+            }
+        }
+    }
 }
