@@ -14,7 +14,7 @@ use gelf_decoder::{Dechunker, Message, Receiver, decompress, parse, split_frames
 use logdog_outputs::gelf::encoding::{self, Compression};
 use logdog_outputs::gelf::message::{self, StreamFields};
 use logdog_outputs::gelf::session::Backoff;
-use logdog_outputs::gelf::{GelfConfig, GelfOutput, GelfTransport};
+use logdog_outputs::gelf::{self, GelfConfig, GelfOutput, GelfTransport};
 use logdog_outputs::{Delivery, Output};
 use logdog_proto::logpb::{self, StreamType};
 use logdog_proto::{Bundle, BundleEntry, Content, Descriptor, Entry};
@@ -268,6 +268,37 @@ async fn tcp_round_trip() {
         assert_eq!(m["_line"], i as u64 + 1);
         assert_eq!(m["level"], 3);
     }
+    out.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn very_long_lines_go_out_in_pieces() {
+    let rx = Receiver::tcp();
+    let out = GelfOutput::new(config(GelfTransport::Tcp, &rx.addr)).unwrap();
+    let piece = "z".repeat(gelf::MAX_HELD_BYTES / 2);
+    let d = desc("out", StreamType::Text, &[]);
+    for (i, last) in [(0, false), (1, false), (2, false), (3, true)] {
+        let body = if last {
+            "end\n".to_owned()
+        } else {
+            piece.clone()
+        };
+        out.send(bundle(vec![BundleEntry {
+            desc: d.clone(),
+            terminal_index: last.then_some(i),
+            logs: vec![entry(0, 0, text(&body))],
+        }]))
+        .await
+        .unwrap();
+    }
+    let got = rx.take(2, WAIT);
+    let lens: Vec<usize> = got
+        .iter()
+        .map(|m| m["short_message"].as_str().unwrap().len())
+        .collect();
+    // Two halves make a piece of MAX_HELD_BYTES; the third half and "end" the rest.
+    assert_eq!(lens, [piece.len() * 2, piece.len() + 3]);
+    assert!(got.iter().all(|m| m["_line"] == 1));
     out.close().await.unwrap();
 }
 

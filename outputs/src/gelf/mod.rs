@@ -41,6 +41,10 @@ use transport::{Sent, StreamConnector, UdpTransport};
 /// The output's [`Output::max_bundle_size`]: 1 MiB.
 pub const GELF_BUNDLE_SIZE: usize = 1024 * 1024;
 
+/// Most bytes of one line (or datagram) held while its pieces arrive; a longer one is sent
+/// in pieces of about this size, each a message with the line's number.
+pub const MAX_HELD_BYTES: usize = 1024 * 1024;
+
 /// Most bytes of frames written to a TCP or TLS connection in one batch.
 pub const STREAM_BATCH_BYTES: usize = 64 * 1024;
 
@@ -150,6 +154,8 @@ enum Link {
 #[derive(Debug, Default)]
 struct Pending {
     data: Vec<u8>,
+    /// Payload bytes of the pieces held (delimiters included).
+    bytes: u64,
     number: u64,
     timestamp: f64,
 }
@@ -293,19 +299,31 @@ impl GelfOutput {
                 match &e.content {
                     Content::Text(data) => {
                         for (i, (value, delim)) in text_lines(data).enumerate() {
-                            let bytes = (value.len() + delim.len()) as u64;
                             let number = e.sequence + i as u64 + 1;
                             let held = if i == 0 { pending.remove(&key) } else { None };
                             let mut p = held.unwrap_or(Pending {
-                                data: Vec::new(),
                                 number,
                                 timestamp: ts,
+                                ..Pending::default()
                             });
                             p.data.extend_from_slice(value);
-                            if delim.is_empty() {
-                                pending.insert(key.clone(), p);
+                            p.bytes += (value.len() + delim.len()) as u64;
+                            if !delim.is_empty() {
+                                emit(&p.data, p.number, p.timestamp, p.bytes, entry_no);
+                            } else if p.data.len() >= MAX_HELD_BYTES {
+                                // A line this long goes out in pieces, each its own message
+                                // with the line's number.
+                                emit(&p.data, p.number, p.timestamp, p.bytes, entry_no);
+                                pending.insert(
+                                    key.clone(),
+                                    Pending {
+                                        number: p.number,
+                                        timestamp: ts,
+                                        ..Pending::default()
+                                    },
+                                );
                             } else {
-                                emit(&p.data, p.number, p.timestamp, bytes, entry_no);
+                                pending.insert(key.clone(), p);
                             }
                         }
                     }
@@ -315,19 +333,24 @@ impl GelfOutput {
                             None => emit(data, number, ts, data.len() as u64, entry_no),
                             Some(part) => {
                                 let mut p = pending.remove(&key).unwrap_or(Pending {
-                                    data: Vec::new(),
                                     number,
                                     timestamp: ts,
+                                    ..Pending::default()
                                 });
                                 p.data.extend_from_slice(data);
-                                if part.last {
-                                    emit(
-                                        &p.data,
-                                        p.number,
-                                        p.timestamp,
-                                        data.len() as u64,
-                                        entry_no,
-                                    );
+                                p.bytes += data.len() as u64;
+                                if part.last || p.data.len() >= MAX_HELD_BYTES {
+                                    emit(&p.data, p.number, p.timestamp, p.bytes, entry_no);
+                                    if !part.last {
+                                        pending.insert(
+                                            key.clone(),
+                                            Pending {
+                                                number: p.number,
+                                                timestamp: ts,
+                                                ..Pending::default()
+                                            },
+                                        );
+                                    }
                                 } else {
                                     pending.insert(key.clone(), p);
                                 }
@@ -350,8 +373,13 @@ impl GelfOutput {
                 && let Some(p) = pending.remove(&key)
             {
                 // The stream ended inside a line (or a datagram): send what there is.
-                let ts = p.timestamp;
-                emit(&p.data, p.number, ts, 0, entry_no.saturating_sub(1));
+                emit(
+                    &p.data,
+                    p.number,
+                    p.timestamp,
+                    p.bytes,
+                    entry_no.saturating_sub(1),
+                );
             }
         }
         out
@@ -388,7 +416,9 @@ impl GelfOutput {
             }
             for d in &packet.datagrams {
                 if udp.send(d).await == Sent::Dropped {
+                    // The rest of the message is of no use without this chunk.
                     lost[i] = true;
+                    break;
                 }
             }
             if lost[i] {
