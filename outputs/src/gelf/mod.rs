@@ -539,3 +539,43 @@ impl Output for GelfOutput {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_name_and_schemes() {
+        let h = local_host_name();
+        assert!(!h.is_empty() && !h.contains('\n'), "{h:?}");
+        assert_eq!(GelfTransport::Udp.scheme(), "gelf+udp");
+        assert_eq!(GelfTransport::Tcp.scheme(), "gelf+tcp");
+        assert_eq!(GelfTransport::Tls.scheme(), "gelf+tls");
+    }
+
+    #[tokio::test]
+    async fn delivery_follows_the_transport_and_ids_differ() {
+        let udp = GelfOutput::new(GelfConfig::new(GelfTransport::Udp, "127.0.0.1:9")).unwrap();
+        assert_eq!(udp.delivery(), Delivery::BestEffort);
+        assert_eq!(udp.host(), local_host_name());
+        let ids: std::collections::HashSet<[u8; 8]> = (0..1000).map(|_| udp.message_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        let mut cfg = GelfConfig::new(GelfTransport::Tcp, "127.0.0.1:9");
+        cfg.host = Some("named".into());
+        let tcp = GelfOutput::new(cfg).unwrap();
+        assert_eq!(tcp.delivery(), Delivery::Acknowledged);
+        assert_eq!(tcp.host(), "named");
+        assert_eq!(tcp.max_bundle_size(), GELF_BUNDLE_SIZE);
+        tcp.close().await.unwrap();
+        assert!(matches!(
+            tcp.send(Bundle {
+                timestamp: Default::default(),
+                project: "p".into(),
+                prefix: "x".into(),
+                entries: Vec::new(),
+            })
+            .await,
+            Err(OutputError::Closed)
+        ));
+    }
+}
