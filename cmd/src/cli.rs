@@ -31,7 +31,9 @@ pub struct Global {
     #[arg(long, global = true)]
     pub prefix: Option<String>,
     /// Where bundles go: `log` (stderr), `null`, `directory:PATH`, `grpc://HOST:PORT` (a
-    /// collector) or `grpcs://HOST:PORT` (a collector over TLS).
+    /// collector), `grpcs://HOST:PORT` (a collector over TLS), or a GELF receiver (Graylog):
+    /// `gelf+udp://HOST:PORT[?compress=gzip|zlib|none&chunk-size=N]`, `gelf+tcp://HOST:PORT`
+    /// or `gelf+tls://HOST:PORT`.
     #[arg(long, global = true, default_value = "directory:./logdog-out")]
     pub output: OutputSpec,
     /// A tag added to every stream, as KEY=VALUE (repeatable; a stream's own tags win).
@@ -49,10 +51,14 @@ pub struct Global {
     /// `resume`). Bundles an earlier butler left there are uploaded too.
     #[arg(long, global = true, value_name = "DIR")]
     pub spool: Option<PathBuf>,
-    /// With `grpcs://`: trust this CA certificate (PEM) for the collector instead of the
-    /// system's roots.
+    /// With `grpcs://` or `gelf+tls://`: trust this CA certificate (PEM) for the receiver
+    /// instead of the system's roots.
     #[arg(long, global = true, value_name = "PEM")]
     pub ca_cert: Option<PathBuf>,
+    /// With a GELF output: the `host` field of every message [default: this machine's host
+    /// name].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub gelf_host: Option<String>,
     /// With a collector: send the token in this file (whitespace around it is trimmed) with
     /// every call. Wins over the LOGDOG_TOKEN environment variable, which is used otherwise.
     /// The command `run` starts never sees LOGDOG_TOKEN.
@@ -113,6 +119,26 @@ fn parse_size(s: &str) -> Result<u64, String> {
         Ok(0) => Err("must be at least 1 byte".into()),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Global {
+    /// `spec` with what other flags say about it filled in: for a GELF output, the host name
+    /// (`--gelf-host`, else this machine's) and the CA certificate (`--ca-cert`).
+    pub fn resolve_output(&self, spec: &OutputSpec) -> OutputSpec {
+        match spec {
+            OutputSpec::Gelf(c) => {
+                let mut c = c.clone();
+                c.host = Some(
+                    self.gelf_host
+                        .clone()
+                        .unwrap_or_else(logdog_outputs::gelf::local_host_name),
+                );
+                c.ca_cert.clone_from(&self.ca_cert);
+                OutputSpec::Gelf(c)
+            }
+            other => other.clone(),
+        }
     }
 }
 

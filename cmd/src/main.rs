@@ -173,7 +173,8 @@ pub fn build_output(g: &Global, upload_in_flight: usize) -> Result<Outputs, Fail
             g.output
         ))),
         (None, None) => Ok((
-            logdog_outputs::build_output(&g.output).map_err(|e| open_failed(&e))?,
+            logdog_outputs::build_output(&g.resolve_output(&g.output))
+                .map_err(|e| open_failed(&e))?,
             None,
         )),
     }

@@ -6,18 +6,24 @@
 //! - `directory:PATH`: [`DirectoryOutput`] writing under `PATH` (everything after the first
 //!   `:`, which may itself contain `:`);
 //! - `grpc://HOST:PORT`: [`GrpcOutput`] to a collector;
-//! - `grpcs://HOST:PORT`: the same over TLS.
+//! - `grpcs://HOST:PORT`: the same over TLS;
+//! - `gelf+udp://HOST:PORT[?compress=gzip|zlib|none&chunk-size=N]`: [`GelfOutput`] over UDP
+//!   (defaults: gzip, 1420-byte datagrams; N from 64 to 65507, the chunk header included);
+//! - `gelf+tcp://HOST:PORT`, `gelf+tls://HOST:PORT`: the same over TCP, or TCP with TLS.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::gelf::encoding::{Compression, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::gelf::{GelfConfig, GelfTransport};
 use crate::security::{ClientSecurity, Collector};
-use crate::{DirectoryOutput, GrpcOutput, LogOutput, NullOutput, Output, OutputError};
+use crate::{DirectoryOutput, GelfOutput, GrpcOutput, LogOutput, NullOutput, Output, OutputError};
 
 /// The valid forms of an output spec, for messages.
-pub const VALID_FORMS: &str = "log, null, directory:PATH, grpc://HOST:PORT, grpcs://HOST:PORT";
+pub const VALID_FORMS: &str = "log, null, directory:PATH, grpc://HOST:PORT, grpcs://HOST:PORT, \
+     gelf+udp://HOST:PORT, gelf+tcp://HOST:PORT, gelf+tls://HOST:PORT";
 
 /// A parsed `--output` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +38,10 @@ pub enum OutputSpec {
     Grpc(String),
     /// `grpcs://HOST:PORT`: send to a collector over TLS.
     Grpcs(String),
+    /// `gelf+udp://`, `gelf+tcp://` or `gelf+tls://HOST:PORT`: send every line to a GELF
+    /// receiver. The `host` and `ca_cert` fields are not part of the text form; the command
+    /// line fills them in (`--gelf-host`, `--ca-cert`).
+    Gelf(GelfConfig),
 }
 
 impl OutputSpec {
@@ -63,6 +73,69 @@ pub enum ParseOutputSpecError {
     /// `grpc://` or `grpcs://` without `HOST:PORT`.
     #[error("output {0:?} needs an address: expected grpc://HOST:PORT or grpcs://HOST:PORT")]
     MissingAddress(String),
+    /// A malformed `gelf+…://` output.
+    #[error("output {spec:?}: {reason}")]
+    Gelf {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Parses `gelf+udp://HOST:PORT[?QUERY]`, `gelf+tcp://HOST:PORT` or `gelf+tls://HOST:PORT`.
+fn parse_gelf(
+    s: &str,
+    transport: GelfTransport,
+    rest: &str,
+) -> Result<GelfConfig, ParseOutputSpecError> {
+    let bad = |reason: String| ParseOutputSpecError::Gelf {
+        spec: s.to_owned(),
+        reason,
+    };
+    let (addr, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let addr = addr.strip_suffix('/').unwrap_or(addr);
+    let collector = Collector::parse(&format!("grpc://{addr}"), false)
+        .map_err(|_| bad(format!("expected {}://HOST:PORT", transport.scheme())))?;
+    let mut cfg = GelfConfig::new(transport, &collector.host_port);
+    let Some(query) = query else {
+        return Ok(cfg);
+    };
+    if transport != GelfTransport::Udp {
+        return Err(bad(format!(
+            "{} takes no options (compress and chunk-size are for gelf+udp)",
+            transport.scheme()
+        )));
+    }
+    for pair in query.split('&') {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| bad(format!("option {pair:?} has no value: expected NAME=VALUE")))?;
+        match k {
+            "compress" => cfg.compression = v.parse().map_err(bad)?,
+            "chunk-size" => {
+                cfg.chunk_size = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(n))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "chunk-size {v:?}: expected a number of bytes from {MIN_CHUNK_SIZE} \
+                             to {MAX_CHUNK_SIZE} (the whole datagram, chunk header included)"
+                        ))
+                    })?;
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown option {k:?}: expected compress=gzip|zlib|none or chunk-size=N"
+                )));
+            }
+        }
+    }
+    Ok(cfg)
 }
 
 impl FromStr for OutputSpec {
@@ -74,6 +147,14 @@ impl FromStr for OutputSpec {
             "null" => Ok(Self::Null),
             "directory" => Err(ParseOutputSpecError::MissingPath(s.to_owned())),
             _ => {
+                for t in [GelfTransport::Udp, GelfTransport::Tcp, GelfTransport::Tls] {
+                    if let Some(rest) = s
+                        .strip_prefix(t.scheme())
+                        .and_then(|r| r.strip_prefix("://"))
+                    {
+                        return parse_gelf(s, t, rest).map(Self::Gelf);
+                    }
+                }
                 if s.starts_with("grpc://") || s.starts_with("grpcs://") {
                     return match Collector::parse(s, false) {
                         Ok(c) if c.tls => Ok(Self::Grpcs(c.host_port)),
@@ -100,6 +181,18 @@ impl fmt::Display for OutputSpec {
             Self::Directory(p) => write!(f, "directory:{}", p.display()),
             Self::Grpc(a) => write!(f, "grpc://{a}"),
             Self::Grpcs(a) => write!(f, "grpcs://{a}"),
+            Self::Gelf(c) => {
+                write!(f, "{}://{}", c.transport.scheme(), c.address)?;
+                let mut sep = '?';
+                if c.compression != Compression::default() {
+                    write!(f, "{sep}compress={}", c.compression)?;
+                    sep = '&';
+                }
+                if c.chunk_size != DEFAULT_CHUNK_SIZE {
+                    write!(f, "{sep}chunk-size={}", c.chunk_size)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -114,6 +207,7 @@ pub fn build_output(spec: &OutputSpec) -> Result<Arc<dyn Output>, OutputError> {
             Some(c) => Arc::new(GrpcOutput::connect(&c, &ClientSecurity::default())?),
             None => return Err(OutputError::Other(format!("{spec} is not a collector"))),
         },
+        OutputSpec::Gelf(c) => Arc::new(GelfOutput::new(c.clone())?),
     })
 }
 
@@ -172,7 +266,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "unknown output \"foo\": expected log, null, directory:PATH, grpc://HOST:PORT, \
-             grpcs://HOST:PORT"
+             grpcs://HOST:PORT, gelf+udp://HOST:PORT, gelf+tcp://HOST:PORT, gelf+tls://HOST:PORT"
         );
         for s in [
             "grpcs://",
@@ -210,6 +304,74 @@ mod tests {
             assert_eq!(err, ParseOutputSpecError::MissingPath(s.into()));
             assert!(err.to_string().contains("directory:PATH"), "{err}");
         }
+    }
+
+    #[test]
+    fn parses_gelf() {
+        let udp = |s: &str| match s.parse::<OutputSpec>() {
+            Ok(OutputSpec::Gelf(c)) => c,
+            other => panic!("{s}: {other:?}"),
+        };
+        let c = udp("gelf+udp://graylog.example:12201");
+        assert_eq!(
+            c,
+            GelfConfig::new(GelfTransport::Udp, "graylog.example:12201")
+        );
+        let c = udp("gelf+udp://127.0.0.1:12201?compress=zlib&chunk-size=8192");
+        assert_eq!((c.compression, c.chunk_size), (Compression::Zlib, 8192));
+        let c = udp("gelf+udp://[::1]:12201/?chunk-size=64&compress=none");
+        assert_eq!(
+            (c.address.as_str(), c.compression, c.chunk_size),
+            ("[::1]:12201", Compression::None, 64)
+        );
+        assert_eq!(udp("gelf+tcp://h:1").transport, GelfTransport::Tcp);
+        assert_eq!(udp("gelf+tls://h:1").transport, GelfTransport::Tls);
+        for s in [
+            "gelf+udp://h:12201",
+            "gelf+udp://h:12201?compress=none",
+            "gelf+udp://h:12201?chunk-size=9000",
+            "gelf+udp://h:12201?compress=zlib&chunk-size=65507",
+            "gelf+tcp://h:12201",
+            "gelf+tls://[::1]:12201",
+        ] {
+            assert_eq!(s.parse::<OutputSpec>().unwrap().to_string(), s);
+        }
+        // The defaults written out parse to the same spec, shown without them.
+        assert_eq!(
+            "gelf+udp://h:1?compress=gzip&chunk-size=1420"
+                .parse::<OutputSpec>()
+                .unwrap()
+                .to_string(),
+            "gelf+udp://h:1"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_gelf() {
+        for (s, says) in [
+            ("gelf+udp://", "expected gelf+udp://HOST:PORT"),
+            ("gelf+udp://host", "expected gelf+udp://HOST:PORT"),
+            ("gelf+tcp://h:99999", "expected gelf+tcp://HOST:PORT"),
+            ("gelf+udp://h:1?compress=lz4", "unknown compression \"lz4\""),
+            ("gelf+udp://h:1?chunk-size=63", "from 64 to 65507"),
+            ("gelf+udp://h:1?chunk-size=65508", "from 64 to 65507"),
+            ("gelf+udp://h:1?chunk-size=big", "chunk-size \"big\""),
+            ("gelf+udp://h:1?chunk-size", "has no value"),
+            ("gelf+udp://h:1?level=3", "unknown option \"level\""),
+            ("gelf+tcp://h:1?compress=gzip", "gelf+tcp takes no options"),
+            ("gelf+tls://h:1?chunk-size=100", "gelf+tls takes no options"),
+        ] {
+            let err = s.parse::<OutputSpec>().unwrap_err();
+            assert!(
+                matches!(err, ParseOutputSpecError::Gelf { .. }),
+                "{s}: {err:?}"
+            );
+            assert!(err.to_string().contains(says), "{s}: {err}");
+        }
+        assert!(matches!(
+            "gelf://h:1".parse::<OutputSpec>(),
+            Err(ParseOutputSpecError::Unknown(_))
+        ));
     }
 
     #[tokio::test]
