@@ -12,6 +12,7 @@
 //! - [`grpc`]: sends bundles to a collector, retrying until they are acknowledged.
 //! - [`null`]: discards bundles, counting them.
 //! - [`spool`]: the durable on-disk log of bundles not yet acknowledged by the collector.
+//! - [`fanout`]: several outputs at once, each with its own delivery policy.
 //! - [`spec`]: parses `--output` values such as `directory:PATH`.
 //! - [`security`]: TLS to the collector, the bearer token and the prefix secret.
 
@@ -22,6 +23,7 @@ use async_trait::async_trait;
 use logdog_proto::Bundle;
 
 pub mod directory;
+pub mod fanout;
 pub mod grpc;
 pub mod log;
 pub mod memory;
@@ -31,6 +33,7 @@ pub mod spec;
 pub mod spool;
 
 pub use directory::DirectoryOutput;
+pub use fanout::FanOut;
 pub use grpc::GrpcOutput;
 pub use log::LogOutput;
 pub use memory::MemoryOutput;
@@ -148,6 +151,17 @@ impl StatsCounter {
     }
 }
 
+/// How an output treats bundles it cannot deliver in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// The output acknowledges what it took; a slow one holds the command back (collector, directory).
+    #[default]
+    Acknowledged,
+    /// The output drops what it cannot send at once and counts it (GELF over UDP).
+    BestEffort,
+}
+
 /// Where bundles go.
 ///
 /// Contract:
@@ -174,6 +188,11 @@ pub trait Output: Send + Sync + fmt::Debug {
 
     /// Counters.
     fn stats(&self) -> OutputStats;
+
+    /// How this output treats bundles it cannot deliver in time.
+    fn delivery(&self) -> Delivery {
+        Delivery::Acknowledged
+    }
 
     /// Whether every `send` still running keeps its bundle safe by itself, however long it
     /// takes (a send waiting for room on a full spool disk), so that the butler waits for it
