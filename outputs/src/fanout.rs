@@ -147,7 +147,7 @@ impl FanOut {
         }
         q.dropped.failed(bundle.payload_bytes() as u64);
         let n = q.drops.fetch_add(1, Ordering::Relaxed);
-        if n % 1000 == 0 {
+        if n.is_multiple_of(1000) {
             tracing::warn!(
                 output = %m.name,
                 dropped_bundles = n + 1,
@@ -420,7 +420,10 @@ mod tests {
         let before = f.reports();
         assert_eq!(before[1].stats.failed_bundles, 0);
         let dropped = before[0].stats.failed_bundles;
-        assert_eq!(dropped, 10, "one in the send, a full queue, the rest dropped");
+        assert_eq!(
+            dropped, 10,
+            "one in the send, a full queue, the rest dropped"
+        );
         assert_eq!(before[0].stats.failed_bytes, dropped * 5);
         assert_eq!(f.stats().sent_bundles, total as u64, "primary: null");
         // Released, the queue drains in order at close.
@@ -428,8 +431,14 @@ mod tests {
         f.close().await.unwrap();
         let r = f.reports();
         assert_eq!(r[0].delivery, Delivery::BestEffort);
-        assert_eq!(r[0].stats.sent_bundles + r[0].stats.failed_bundles, total as u64);
-        assert_eq!(slow.got.lock().unwrap().len() as u64, total as u64 - dropped);
+        assert_eq!(
+            r[0].stats.sent_bundles + r[0].stats.failed_bundles,
+            total as u64
+        );
+        assert_eq!(
+            slow.got.lock().unwrap().len() as u64,
+            total as u64 - dropped
+        );
     }
 
     #[tokio::test]
@@ -437,7 +446,10 @@ mod tests {
         let good = Arc::new(NullOutput::new());
         let f = FanOut::new(vec![
             ("null".into(), good.clone() as Arc<dyn Output>),
-            ("directory:/x".into(), Arc::new(Broken::default()) as Arc<dyn Output>),
+            (
+                "directory:/x".into(),
+                Arc::new(Broken::default()) as Arc<dyn Output>,
+            ),
         ])
         .unwrap();
         let err = f.send(bundle(b"x\n")).await.unwrap_err().to_string();
