@@ -33,9 +33,15 @@ pub struct Global {
     /// Where bundles go: `log` (stderr), `null`, `directory:PATH`, `grpc://HOST:PORT` (a
     /// collector), `grpcs://HOST:PORT` (a collector over TLS), or a GELF receiver (Graylog):
     /// `gelf+udp://HOST:PORT[?compress=gzip|zlib|none&chunk-size=N]`, `gelf+tcp://HOST:PORT`
-    /// or `gelf+tls://HOST:PORT`.
-    #[arg(long, global = true, default_value = "directory:./logdog-out")]
-    pub output: OutputSpec,
+    /// or `gelf+tls://HOST:PORT`. Repeat it to send every bundle to several outputs (at most
+    /// one collector).
+    #[arg(
+        long = "output",
+        value_name = "OUTPUT",
+        global = true,
+        default_value = "directory:./logdog-out"
+    )]
+    pub outputs: Vec<OutputSpec>,
     /// A tag added to every stream, as KEY=VALUE (repeatable; a stream's own tags win).
     #[arg(long = "tag", global = true, value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
@@ -139,6 +145,52 @@ impl Global {
             }
             other => other.clone(),
         }
+    }
+}
+
+impl Global {
+    /// The collector output (`grpc://` or `grpcs://`), if one was given.
+    pub fn collector_output(&self) -> Option<&OutputSpec> {
+        self.outputs.iter().find(|o| o.collector().is_some())
+    }
+
+    /// The collector to send to, if any.
+    pub fn collector(&self) -> Option<logdog_outputs::security::Collector> {
+        self.collector_output().and_then(OutputSpec::collector)
+    }
+
+    /// The outputs as given, for messages: `grpc://h:7431 and directory:out`.
+    pub fn outputs_label(&self) -> String {
+        let names: Vec<String> = self.outputs.iter().map(ToString::to_string).collect();
+        match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => names.concat(),
+        }
+    }
+
+    /// Checks the outputs together: none given twice, at most one collector.
+    ///
+    /// # Errors
+    /// What is wrong, for a usage error.
+    pub fn check_outputs(&self) -> Result<(), String> {
+        for (i, o) in self.outputs.iter().enumerate() {
+            if self.outputs[..i].contains(o) {
+                return Err(format!("--output {o} is given twice"));
+            }
+        }
+        let collectors: Vec<String> = self
+            .outputs
+            .iter()
+            .filter(|o| o.collector().is_some())
+            .map(ToString::to_string)
+            .collect();
+        if collectors.len() > 1 {
+            return Err(format!(
+                "one collector output at a time, not {}",
+                collectors.join(" and ")
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -32,7 +32,7 @@ use logdog_butler::policy::MaskRegistry;
 use logdog_butler::{Butler, ButlerConfig, PolicyConfig};
 use logdog_outputs::security::{CaCert, ClientSecurity, TOKEN_ENV, Token};
 use logdog_outputs::spool::{Spool, SpoolError};
-use logdog_outputs::{GrpcOutput, Output};
+use logdog_outputs::{FanOut, GrpcOutput, Output, OutputSpec};
 
 use cli::{Cli, Command, Global};
 
@@ -110,12 +110,21 @@ pub struct Started {
     pub output: Arc<dyn Output>,
     /// Its settings.
     pub cfg: ButlerConfig,
-    /// The same output when it is the gRPC one (for the spool's recovery and counters).
+    /// The collector output, when there is one (for the spool's recovery and counters).
     pub grpc: Option<Arc<GrpcOutput>>,
+    /// The fan-out, with several outputs (for their reports).
+    pub fanout: Option<Arc<FanOut>>,
 }
 
-/// The output, and the same output as the gRPC one when it is that.
-pub type Outputs = (Arc<dyn Output>, Option<Arc<GrpcOutput>>);
+/// The output the butler sends to, and typed handles on what it is made of.
+pub struct Outputs {
+    /// What the butler sends to: the one output, or a [`FanOut`] over several.
+    pub output: Arc<dyn Output>,
+    /// The collector output, when there is one (for the spool's recovery and counters).
+    pub grpc: Option<Arc<GrpcOutput>>,
+    /// The fan-out, with several outputs (for their reports).
+    pub fanout: Option<Arc<FanOut>>,
+}
 
 /// How to reach the collector from the global flags: `--ca-cert` (only with `grpcs://`) and
 /// the token of `--token-file`, else of `LOGDOG_TOKEN`. Prints a warning when the token would
@@ -125,14 +134,14 @@ pub type Outputs = (Arc<dyn Output>, Option<Arc<GrpcOutput>>);
 /// A usage error: `--ca-cert` without TLS, a CA or token file that cannot be read or holds
 /// nothing usable.
 pub fn client_security(g: &Global) -> Result<ClientSecurity, Failure> {
-    let Some(collector) = g.output.collector() else {
+    let Some(collector) = g.collector() else {
         return Ok(ClientSecurity::default());
     };
     let ca = match &g.ca_cert {
         Some(_) if !collector.tls => {
             return Err(Failure::Usage(format!(
                 "--ca-cert is for a collector over TLS (grpcs://HOST:PORT), not {}",
-                g.output
+                g.outputs_label()
             )));
         }
         Some(path) => Some(CaCert::load(path).map_err(Failure::Usage)?),
@@ -147,37 +156,63 @@ pub fn client_security(g: &Global) -> Result<ClientSecurity, Failure> {
     Ok(security)
 }
 
-/// Builds the output from the global flags: `--output`, and `--spool` for the gRPC output
-/// (uploading `upload_in_flight` spooled bundles at a time).
+/// Builds the output from the global flags: every `--output` (the collector's first, then the
+/// others in the order given, behind a [`FanOut`] when there are several), and `--spool` for
+/// the collector output (uploading `upload_in_flight` spooled bundles at a time).
 pub fn build_output(g: &Global, upload_in_flight: usize) -> Result<Outputs, Failure> {
-    let open_failed = |e: &dyn std::fmt::Display| {
-        Failure::Runtime(anyhow::anyhow!("cannot open output {}: {e}", g.output))
-    };
-    match (g.output.collector(), &g.spool) {
-        (Some(collector), spool) => {
-            let security = client_security(g)?;
-            let mut out =
-                GrpcOutput::connect(&collector, &security).map_err(|e| open_failed(&e))?;
-            if let Some(dir) = spool {
-                let spool = Spool::open(dir).map_err(|e| match e {
-                    SpoolError::Locked(_) => Failure::Runtime(anyhow::anyhow!("{e}")),
-                    other => Failure::Runtime(anyhow::anyhow!("cannot open the spool: {other}")),
-                })?;
-                out = out.with_spool(spool, upload_in_flight);
-            }
-            let out = Arc::new(out);
-            Ok((out.clone(), Some(out)))
-        }
-        (None, Some(_)) => Err(Failure::Usage(format!(
+    g.check_outputs().map_err(Failure::Usage)?;
+    if g.spool.is_some() && g.collector().is_none() {
+        return Err(Failure::Usage(format!(
             "--spool is for the collector output (grpc://HOST:PORT), not {}",
-            g.output
-        ))),
-        (None, None) => Ok((
-            logdog_outputs::build_output(&g.resolve_output(&g.output))
-                .map_err(|e| open_failed(&e))?,
-            None,
-        )),
+            g.outputs_label()
+        )));
     }
+    let mut specs: Vec<&OutputSpec> = g.collector_output().into_iter().collect();
+    specs.extend(g.outputs.iter().filter(|o| o.collector().is_none()));
+    let mut built: Vec<(String, Arc<dyn Output>)> = Vec::new();
+    let mut grpc = None;
+    for spec in specs {
+        let open_failed = |e: &dyn std::fmt::Display| {
+            Failure::Runtime(anyhow::anyhow!("cannot open output {spec}: {e}"))
+        };
+        let out: Arc<dyn Output> = match spec.collector() {
+            Some(collector) => {
+                let security = client_security(g)?;
+                let mut out =
+                    GrpcOutput::connect(&collector, &security).map_err(|e| open_failed(&e))?;
+                if let Some(dir) = &g.spool {
+                    let spool = Spool::open(dir).map_err(|e| match e {
+                        SpoolError::Locked(_) => Failure::Runtime(anyhow::anyhow!("{e}")),
+                        other => {
+                            Failure::Runtime(anyhow::anyhow!("cannot open the spool: {other}"))
+                        }
+                    })?;
+                    out = out.with_spool(spool, upload_in_flight);
+                }
+                let out = Arc::new(out);
+                grpc = Some(out.clone());
+                out
+            }
+            None => logdog_outputs::build_output(&g.resolve_output(spec))
+                .map_err(|e| open_failed(&e))?,
+        };
+        built.push((spec.to_string(), out));
+    }
+    if built.len() == 1
+        && let Some((_, output)) = built.pop()
+    {
+        return Ok(Outputs {
+            output,
+            grpc,
+            fanout: None,
+        });
+    }
+    let fanout = Arc::new(FanOut::new(built).map_err(|e| Failure::Usage(e.to_string()))?);
+    Ok(Outputs {
+        output: fanout.clone(),
+        grpc,
+        fanout: Some(fanout),
+    })
 }
 
 impl Started {
@@ -236,13 +271,17 @@ pub fn start_butler(g: &Global, max_streams: usize) -> Result<Started, Failure> 
         ..Default::default()
     };
     cfg.validate().map_err(|e| Failure::Usage(e.to_string()))?;
-    let (output, grpc) = build_output(g, logdog_outputs::grpc::DEFAULT_UPLOAD_IN_FLIGHT)?;
+    let Outputs {
+        output,
+        grpc,
+        fanout,
+    } = build_output(g, logdog_outputs::grpc::DEFAULT_UPLOAD_IN_FLIGHT)?;
     if g.prefix.is_none() {
         say!(
             "streaming to {}/{}/+/ via {}",
             cfg.project,
             cfg.prefix,
-            g.output
+            g.outputs_label()
         );
     }
     let butler =
@@ -252,6 +291,7 @@ pub fn start_butler(g: &Global, max_streams: usize) -> Result<Started, Failure> 
         output,
         cfg,
         grpc,
+        fanout,
     })
 }
 

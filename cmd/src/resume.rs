@@ -11,17 +11,17 @@ pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
             "resume needs --spool DIR (and --output grpc://HOST:PORT)".into(),
         ));
     };
-    if g.output.collector().is_none() {
+    if g.collector().is_none() || g.outputs.len() != 1 {
         return Err(Failure::Usage(format!(
-            "resume uploads to a collector: expected --output grpc://HOST:PORT or \
+            "resume uploads to a collector: expected one --output grpc://HOST:PORT or \
              grpcs://HOST:PORT, not {}",
-            g.output
+            g.outputs_label()
         )));
     }
     // Two bundles at a time, and big buffers given back at once, keep memory low whatever
     // the spool's size.
     return_big_buffers();
-    let (output, grpc) = build_output(g, 2)?;
+    let crate::Outputs { output, grpc, .. } = build_output(g, 2)?;
     let Some(grpc) = grpc else {
         return Err(Failure::Usage("resume needs the collector output".into()));
     };
@@ -34,7 +34,7 @@ pub async fn resume(g: &Global, args: ResumeArgs) -> Result<u8, Failure> {
             crate::summary::human(before.leftover_bytes),
             before.leftover_segments,
             dir.display(),
-            g.output,
+            g.outputs_label(),
             humantime::format_duration(g.flush_timeout)
         );
     }

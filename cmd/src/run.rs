@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use logdog_bootstrap::Environment;
 use logdog_butler::{Report, StreamSource, Tee};
+use logdog_outputs::fanout::OutputReport;
 use logdog_streamserver::StreamServer;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -136,8 +137,9 @@ fn report_fields(
     report: &Report,
     out_stats: &logdog_outputs::OutputStats,
     acked: Option<&crate::summary::AckedByName>,
+    outputs: Option<&[OutputReport]>,
 ) -> serde_json::Value {
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "streams": report.streams,
         "bundles": report.bundles,
         "failed_bundles": report.failed_bundles,
@@ -146,7 +148,11 @@ fn report_fields(
         "refused_connections": report.refused_connections,
         "refused_streams": report.refused_streams,
         "output": out_stats,
-    })
+    });
+    if let Some(outputs) = outputs {
+        doc["outputs"] = serde_json::json!(outputs);
+    }
+    doc
 }
 
 async fn run_command(
@@ -173,6 +179,7 @@ async fn run_command(
         output,
         cfg,
         grpc,
+        fanout,
     } = &started;
     if let Some(r) = result {
         r.set(serde_json::json!({ "project": cfg.project, "prefix": cfg.prefix }));
@@ -224,7 +231,12 @@ async fn run_command(
             let report = butler.wait().await;
             let _ = output.close().await;
             if let (Some(r), Ok(report)) = (result, &report) {
-                r.set(report_fields(report, &output.stats(), None));
+                r.set(report_fields(
+                    report,
+                    &output.stats(),
+                    None,
+                    fanout.as_ref().map(|f| f.reports()).as_deref(),
+                ));
             }
             return Err(Failure::Runtime(e));
         }
@@ -294,6 +306,7 @@ async fn run_command(
     let code = exit_code(status);
     // After close: the spool's counters are final.
     let out_stats = output.stats();
+    let reports = fanout.as_ref().map(|f| f.reports());
     let acked: Option<crate::summary::AckedByName> = grpc.as_ref().map(|o| {
         o.acknowledged()
             .into_iter()
@@ -314,11 +327,19 @@ async fn run_command(
             }
         }
     } else {
-        let dest = format!("{}/{}/+/ via {}", cfg.project, cfg.prefix, g.output);
+        let dest = format!(
+            "{}/{}/+/ via {}",
+            cfg.project,
+            cfg.prefix,
+            g.outputs_label()
+        );
         eprintln!(
             "{}",
             crate::summary::render(&report, &out_stats, &dest, acked.as_ref())
         );
+        if let Some(reports) = &reports {
+            eprintln!("{}", crate::summary::outputs_table(reports));
+        }
         report_refusals(&report);
     }
     if let Some(reg) = &cfg.policy.masks
@@ -348,11 +369,18 @@ async fn run_command(
              logdog_butler resume --spool {} --output {}",
             crate::summary::human(sp.pending_bytes),
             dir.display(),
-            g.output
+            g.collector_output()
+                .map(ToString::to_string)
+                .unwrap_or_default()
         );
     }
     if let Some(r) = result {
-        r.set(report_fields(&report, &out_stats, acked.as_ref()));
+        r.set(report_fields(
+            &report,
+            &out_stats,
+            acked.as_ref(),
+            reports.as_deref(),
+        ));
         if let Some(reg) = &cfg.policy.masks {
             r.set(serde_json::json!({ "secrets_refused": reg.refused() }));
         }

@@ -395,6 +395,55 @@ pub fn spool_line(sp: &SpoolStats) -> String {
     out
 }
 
+/// One row per output when there are several: what each was sent, and what it failed to
+/// deliver (an acknowledged output) or dropped (a best-effort one).
+pub fn outputs_table(reports: &[logdog_outputs::fanout::OutputReport]) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "  {:<36} {:<12} {:>9} {:>10} {:>10}  status",
+        "output", "delivery", "bundles", "entries", "sent"
+    );
+    for r in reports {
+        let s = &r.stats;
+        let (delivery, failed) = match r.delivery {
+            logdog_outputs::Delivery::Acknowledged => ("acknowledged", "FAILED"),
+            logdog_outputs::Delivery::BestEffort => ("best effort", "DROPPED"),
+        };
+        let status = if s.failed_bundles == 0 {
+            "ok".to_string()
+        } else {
+            format!(
+                "{failed} {} bundle(s), {}",
+                s.failed_bundles,
+                human(s.failed_bytes)
+            )
+        };
+        let name = if r.output.chars().count() <= 36 {
+            r.output.clone()
+        } else {
+            let tail: String = r
+                .output
+                .chars()
+                .rev()
+                .take(35)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            format!("…{tail}")
+        };
+        let _ = write!(
+            out,
+            "\n  {name:<36} {delivery:<12} {:>9} {:>10} {:>10}  {status}",
+            s.sent_bundles,
+            s.sent_entries,
+            human(s.sent_bytes),
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,5 +723,34 @@ mod tests {
         let text = render(&r, &OutputStats::default(), "p/x/+/ via null", None);
         assert!(text.lines().count() <= MAX_ROWS + 4, "{text}");
         assert!(text.contains("… and 981 more stream(s), all ok"), "{text}");
+    }
+
+    #[test]
+    fn several_outputs_get_a_row_each_saying_what_they_dropped() {
+        use logdog_outputs::Delivery;
+        use logdog_outputs::fanout::OutputReport;
+        let row = |output: &str, delivery, failed_bundles, failed_bytes| OutputReport {
+            output: output.into(),
+            delivery,
+            stats: OutputStats {
+                sent_bundles: 3,
+                sent_entries: 30,
+                sent_bytes: 3000,
+                failed_bundles,
+                failed_bytes,
+                spool: None,
+            },
+        };
+        let text = outputs_table(&[
+            row("grpc://127.0.0.1:7431", Delivery::Acknowledged, 0, 0),
+            row("gelf+udp://127.0.0.1:12201", Delivery::BestEffort, 2, 2048),
+            row("directory:out", Delivery::Acknowledged, 1, 10),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[1].contains("grpc://127.0.0.1:7431") && lines[1].ends_with(" ok"));
+        assert!(lines[2].contains("best effort"), "{text}");
+        assert!(lines[2].ends_with("DROPPED 2 bundle(s), 2.0 KiB"), "{text}");
+        assert!(lines[3].ends_with("FAILED 1 bundle(s), 10 B"), "{text}");
     }
 }

@@ -12,6 +12,7 @@
 //! - [`grpc`]: sends bundles to a collector, retrying until they are acknowledged.
 //! - [`null`]: discards bundles, counting them.
 //! - [`spool`]: the durable on-disk log of bundles not yet acknowledged by the collector.
+//! - [`fanout`]: several outputs at once, each with its own delivery policy.
 //! - [`gelf`]: sends every line to a GELF (Graylog) receiver over UDP, TCP or TLS.
 //! - [`spec`]: parses `--output` values such as `directory:PATH`.
 //! - [`security`]: TLS to the collector, the bearer token and the prefix secret.
@@ -23,6 +24,7 @@ use async_trait::async_trait;
 use logdog_proto::Bundle;
 
 pub mod directory;
+pub mod fanout;
 pub mod gelf;
 pub mod grpc;
 pub mod log;
@@ -33,6 +35,7 @@ pub mod spec;
 pub mod spool;
 
 pub use directory::DirectoryOutput;
+pub use fanout::FanOut;
 pub use gelf::GelfOutput;
 pub use grpc::GrpcOutput;
 pub use log::LogOutput;
