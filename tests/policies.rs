@@ -235,11 +235,13 @@ fn the_rate_limit_drops_whole_lines_and_says_how_many_when_lines_pass_again() {
     // 100 bytes per second, bursts of 100: five 20-byte lines pass at once, the rest of a
     // fast burst is dropped; after a pause, lines pass again (marker first); a last burst is
     // cut short by the end of the stream (marker last).
+    // Each burst is one write (awk buffers its output), so the butler sees it all at once
+    // however slowly the machine runs the script.
     let script = r#"
-        i=0; while [ $i -lt 50 ]; do printf 'burst one line %04d\n' $i; i=$((i+1)); done
+        awk 'BEGIN { for (i = 0; i < 50; i++) printf "burst one line %04d\n", i }'
         sleep 1.2
         echo 'after the pause'
-        i=0; while [ $i -lt 50 ]; do printf 'burst two line %04d\n' $i; i=$((i+1)); done
+        awk 'BEGIN { for (i = 0; i < 50; i++) printf "burst two line %04d\n", i }'
     "#;
     let r = run_script(
         d,
