@@ -186,3 +186,68 @@ fn outputs_that_cannot_go_together_are_usage_errors() {
         );
     }
 }
+
+#[test]
+fn a_best_effort_output_that_cannot_deliver_never_holds_the_command_and_its_drops_are_reported() {
+    let tmp = tempdir();
+    let collector = Collector::start(&tmp.path().join("data"), "127.0.0.1:0");
+    let input = tmp.path().join("in.txt");
+    write_text_file(&input, 200 << 10, 0xbe57);
+    let result = tmp.path().join("result.json");
+    let grpc = format!("grpc://{}", collector.addr);
+    // Nothing listens there: every datagram after the first is refused by the kernel.
+    let gelf = format!("gelf+udp://127.0.0.1:{}", free_udp_port());
+    let mut args: Vec<String> = vec![
+        "--prefix".into(),
+        "several/2".into(),
+        "--output".into(),
+        gelf.clone(),
+        "--output".into(),
+        grpc.clone(),
+        "run".into(),
+        "--no-echo".into(),
+        "--result-path".into(),
+        result.display().to_string(),
+        "--".into(),
+    ];
+    args.extend(child_script(&input));
+    let r = run(&mut butler(tmp.path(), &args), Input::Null);
+    r.assert_code(0);
+    let err = r.stderr_str();
+    for (name, want) in [("stdout", read(&input)), ("stderr", stderr_expected())] {
+        let got = logdog(
+            &collector.addr,
+            &["cat", &format!("default/several/2/+/{name}")],
+        );
+        got.assert_code(0);
+        assert_eq!(got.stdout, want, "collector: {name}");
+    }
+    assert!(
+        err.contains("nothing lost"),
+        "the collector has everything: {err}"
+    );
+    let row = err
+        .lines()
+        .find(|l| l.trim_start().starts_with(&gelf))
+        .unwrap_or_else(|| panic!("a row for {gelf}: {err}"));
+    assert!(row.contains("best effort"), "{err}");
+
+    let doc: Value = serde_json::from_slice(&read(&result)).unwrap();
+    let outputs = doc["outputs"].as_array().expect("an outputs array");
+    assert_eq!(outputs[0]["output"], grpc.as_str(), "the collector first");
+    let g = &outputs[1];
+    assert_eq!(g["output"], gelf.as_str());
+    assert_eq!(g["delivery"], "best_effort");
+    // Whatever could not be sent is counted, and the row says so.
+    let failed = g["failed_bytes"].as_u64().unwrap();
+    if failed > 0 {
+        assert!(row.contains("DROPPED"), "{row}");
+    }
+    assert_eq!(outputs[0]["failed_bytes"].as_u64(), Some(0));
+}
+
+/// A UDP port nothing listens on (bound, then released).
+fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
