@@ -268,33 +268,14 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use logdog_proto::{BundleEntry, Content, Descriptor, Entry, logpb};
+    use logdog_proto::Content;
     use tokio::sync::Semaphore;
 
     use super::*;
     use crate::{MemoryOutput, NullOutput};
 
     fn bundle(data: &'static [u8]) -> Bundle {
-        let desc = Arc::new(Descriptor::new(logpb::LogStreamDescriptor {
-            name: "out".into(),
-            ..Default::default()
-        }));
-        Bundle {
-            timestamp: Default::default(),
-            project: "p".into(),
-            prefix: "x".into(),
-            entries: vec![BundleEntry {
-                desc,
-                terminal_index: None,
-                logs: vec![Entry {
-                    time_offset: Default::default(),
-                    prefix_index: 0,
-                    stream_index: 0,
-                    sequence: 0,
-                    content: Content::Text(Bytes::from_static(data)),
-                }],
-            }],
-        }
+        crate::testing::text_bundle(data, 0)
     }
 
     /// A best-effort output whose sends wait for a permit, recording what it got.

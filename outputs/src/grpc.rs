@@ -841,36 +841,14 @@ impl Output for GrpcOutput {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use bytes::Bytes;
-    use logdog_proto::{BundleEntry, Content, Descriptor, Entry, logpb};
+    use logdog_proto::logpb;
     use prost::Message;
 
     use super::*;
     use crate::spool::SpoolReader;
 
     fn bundle(data: &'static [u8], index: u64) -> Bundle {
-        let desc = Arc::new(Descriptor::new(logpb::LogStreamDescriptor {
-            name: "out".into(),
-            ..Default::default()
-        }));
-        Bundle {
-            timestamp: Default::default(),
-            project: "p".into(),
-            prefix: "x".into(),
-            entries: vec![BundleEntry {
-                desc,
-                terminal_index: None,
-                logs: vec![Entry {
-                    time_offset: Default::default(),
-                    prefix_index: index,
-                    stream_index: index,
-                    sequence: index,
-                    content: Content::Text(Bytes::from_static(data)),
-                }],
-            }],
-        }
+        crate::testing::text_bundle(data, index)
     }
 
     #[test]

@@ -213,3 +213,37 @@ pub trait Output: Send + Sync + fmt::Debug {
     /// Flushes and releases everything. Called once, after the last `send`.
     async fn close(&self) -> Result<(), OutputError>;
 }
+
+/// Bundles for the unit tests of the outputs.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use logdog_proto::{Bundle, BundleEntry, Content, Descriptor, Entry, logpb};
+
+    /// A bundle of project `p`, prefix `x`: one entry of text `data` of the stream `out`, at
+    /// `index` (prefix index, stream index and sequence alike).
+    pub(crate) fn text_bundle(data: &'static [u8], index: u64) -> Bundle {
+        let desc = Arc::new(Descriptor::new(logpb::LogStreamDescriptor {
+            name: "out".into(),
+            ..Default::default()
+        }));
+        Bundle {
+            timestamp: Default::default(),
+            project: "p".into(),
+            prefix: "x".into(),
+            entries: vec![BundleEntry {
+                desc,
+                terminal_index: None,
+                logs: vec![Entry {
+                    time_offset: Default::default(),
+                    prefix_index: index,
+                    stream_index: index,
+                    sequence: index,
+                    content: Content::Text(Bytes::from_static(data)),
+                }],
+            }],
+        }
+    }
+}

@@ -54,34 +54,10 @@ impl Output for NullOutput {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use bytes::Bytes;
-    use logdog_proto::{BundleEntry, Content, Descriptor, Entry, logpb};
-
     use super::*;
 
     fn bundle(data: &'static [u8]) -> Bundle {
-        let desc = Arc::new(Descriptor::new(logpb::LogStreamDescriptor {
-            name: "out".into(),
-            ..Default::default()
-        }));
-        Bundle {
-            timestamp: Default::default(),
-            project: "p".into(),
-            prefix: "x".into(),
-            entries: vec![BundleEntry {
-                desc,
-                terminal_index: None,
-                logs: vec![Entry {
-                    time_offset: Default::default(),
-                    prefix_index: 0,
-                    stream_index: 0,
-                    sequence: 0,
-                    content: Content::Text(Bytes::from_static(data)),
-                }],
-            }],
-        }
+        crate::testing::text_bundle(data, 0)
     }
 
     #[tokio::test]
