@@ -1,10 +1,12 @@
 //! Stream policies end to end: secrets masked (from the environment, a file and
-//! `::add-mask::` lines) in the output, the echo and a real collector; filters per stream;
+//! `::add-mask::` lines) in the output, the echo, the spool and a real collector; filters per stream;
 //! the rate limit's marker; what they did in the summary and in --result-path.
 
 mod common;
 
-use common::{Collector, Input, butler, dir_output, logdog, read, run, stream_path, tempdir};
+use common::{
+    Collector, Input, butler, dir_output, free_port, logdog, read, run, stream_path, tempdir,
+};
 
 /// Runs `logdog_butler FLAGS run RUN_FLAGS -- sh -c SCRIPT` in `cwd` with `env` set.
 fn run_script(
@@ -120,21 +122,69 @@ fn a_masked_secret_never_reaches_the_collector() {
     assert_eq!(got.stdout_str(), "token=***\n*** and again\n");
     collector.stop();
     // Nothing in the collector's files holds either secret.
-    let mut stack = vec![data];
+    assert_no_file_holds(&data, &[b"s3cr3t-t0k3n", b"added-later-1"]);
+}
+
+/// Fails the test if any file under `dir` holds one of `secrets`.
+#[track_caller]
+fn assert_no_file_holds(dir: &std::path::Path, secrets: &[&[u8]]) -> usize {
+    let mut files = 0;
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(p) = stack.pop() {
         if p.is_dir() {
             stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
         } else {
+            files += 1;
             let bytes = read(&p);
-            for s in [&b"s3cr3t-t0k3n"[..], b"added-later-1"] {
+            for s in secrets {
                 assert!(
-                    !bytes.windows(s.len()).any(|w| w == s),
+                    !bytes.windows(s.len()).any(|w| w == *s),
                     "{} holds a secret",
                     p.display()
                 );
             }
         }
     }
+    files
+}
+
+#[test]
+fn masked_secrets_are_masked_in_the_spool_too() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let spool = d.join("spool");
+    // Nothing listens there: every bundle stays in the spool.
+    let r = run_script(
+        d,
+        &[
+            "--output",
+            &format!("grpc://127.0.0.1:{}", free_port()),
+            "--spool",
+            spool.to_str().unwrap(),
+            "--flush-timeout",
+            "1s",
+            "--mask-env",
+            "TOKEN_X",
+        ],
+        &["--no-echo"],
+        &[("TOKEN_X", "s3cr3t-t0k3n")],
+        r#"echo "token=$TOKEN_X"; printf 's3cr3t'; sleep 0.2; echo '-t0k3n again'"#,
+    );
+    r.assert_code(0);
+    assert!(r.stderr_str().contains("IN SPOOL"), "{}", r.stderr_str());
+    let files = assert_no_file_holds(&spool, &[b"s3cr3t-t0k3n", b"s3cr3t"]);
+    assert!(files > 0, "the spool holds the bundles");
+    let all: Vec<u8> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flat_map(|e| {
+            let p = e.unwrap().path();
+            if p.is_file() { read(&p) } else { Vec::new() }
+        })
+        .collect();
+    assert!(
+        all.windows(9).any(|w| w == b"token=***"),
+        "the masked line is in the spool"
+    );
 }
 
 #[test]
