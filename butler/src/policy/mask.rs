@@ -29,7 +29,7 @@ pub const MAX_SECRETS: usize = 10_000;
 /// Patterns per matcher. A matcher of a few dozen patterns searches with SIMD (Teddy) at
 /// gigabytes per second; one of a hundred falls back to an automaton that steps through every
 /// byte, four times slower than a few small matchers in turn.
-const GROUP: usize = 32;
+const GROUP: usize = 64;
 /// The command that adds a secret, at the start of a line.
 pub const ADD_MASK: &[u8] = b"::add-mask::";
 /// What a secret is replaced with.
