@@ -336,10 +336,15 @@ fn totals_status(t: &Totals) -> String {
 
 /// A stream name cut to the 28 columns of the name column (keeping its end).
 fn short_name(name: &str) -> String {
-    if name.chars().count() <= 28 {
+    fit(name, 28)
+}
+
+/// `name` cut to `width` columns, keeping its end (the part that tells names apart).
+fn fit(name: &str, width: usize) -> String {
+    if name.chars().count() <= width {
         return name.to_string();
     }
-    let tail: Vec<char> = name.chars().rev().take(27).collect();
+    let tail: Vec<char> = name.chars().rev().take(width - 1).collect();
     format!("…{}", tail.into_iter().rev().collect::<String>())
 }
 
@@ -419,20 +424,7 @@ pub fn outputs_table(reports: &[logdog_outputs::fanout::OutputReport]) -> String
                 human(s.failed_bytes)
             )
         };
-        let name = if r.output.chars().count() <= 36 {
-            r.output.clone()
-        } else {
-            let tail: String = r
-                .output
-                .chars()
-                .rev()
-                .take(35)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            format!("…{tail}")
-        };
+        let name = fit(&r.output, 36);
         let _ = write!(
             out,
             "\n  {name:<36} {delivery:<12} {:>9} {:>10} {:>10}  {status}",

@@ -112,22 +112,22 @@ impl FanOut {
 
     /// Every output's name, policy and counters, in the order given.
     pub fn reports(&self) -> Vec<OutputReport> {
-        self.members
-            .iter()
-            .map(|m| {
-                let mut stats = m.output.stats();
-                if let Some(q) = &m.queue {
-                    let d = q.dropped.snapshot();
-                    stats.failed_bundles += d.failed_bundles;
-                    stats.failed_bytes += d.failed_bytes;
-                }
-                OutputReport {
-                    output: m.name.clone(),
-                    delivery: m.delivery,
-                    stats,
-                }
-            })
-            .collect()
+        self.members.iter().map(Self::report).collect()
+    }
+
+    /// What one output did; a best-effort output's queue drops count as its failures.
+    fn report(m: &Member) -> OutputReport {
+        let mut stats = m.output.stats();
+        if let Some(q) = &m.queue {
+            let d = q.dropped.snapshot();
+            stats.failed_bundles += d.failed_bundles;
+            stats.failed_bytes += d.failed_bytes;
+        }
+        OutputReport {
+            output: m.name.clone(),
+            delivery: m.delivery,
+            stats,
+        }
     }
 
     fn acknowledged(&self) -> impl Iterator<Item = &Member> {
@@ -211,10 +211,9 @@ impl Output for FanOut {
     }
 
     fn stats(&self) -> OutputStats {
-        self.reports()
-            .into_iter()
-            .nth(self.primary)
-            .map(|r| r.stats)
+        self.members
+            .get(self.primary)
+            .map(|m| Self::report(m).stats)
             .unwrap_or_default()
     }
 
