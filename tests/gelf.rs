@@ -1,8 +1,9 @@
 //! End to end: `logdog_butler --output gelf+…://` running a real command, received by a GELF
-//! receiver written from the specification (UDP and TCP) and by a third-party receiver,
+//! receiver written from the specification (UDP and TCP) and by two third-party receivers:
 //! graygelf's server, installed by `npm ci --prefix tests/gelf-receiver` (UDP: chunked, gzip
-//! and zlib). Without node or that install the third-party test is skipped loudly, and fails
-//! when `CI` is set.
+//! and zlib), and rsyslog from the distribution's packages (TCP: NUL-delimited frames, as
+//! Graylog's GELF TCP input reads them, each parsed as JSON by rsyslog's `mmjsonparse`).
+//! Without them the third-party tests are skipped loudly, and fail when `CI` is set.
 
 mod common;
 #[path = "../outputs/tests/gelf_decoder/mod.rs"]
@@ -274,17 +275,16 @@ fn bad_gelf_outputs_are_usage_errors() {
     }
 }
 
+const NPM_INSTALL: &str = "`npm ci --prefix tests/gelf-receiver`";
+
 /// The third-party receiver's directory.
 fn receiver_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/gelf-receiver")
 }
 
 /// Skips loudly, or fails under CI.
-fn skip(why: &str) {
-    let msg = format!(
-        "SKIPPED: third-party GELF receiver test: {why}; install it with \
-         `npm ci --prefix tests/gelf-receiver`"
-    );
+fn skip(why: &str, install: &str) {
+    let msg = format!("SKIPPED: third-party GELF receiver test: {why}; install it with {install}");
     if std::env::var_os("CI").is_some() {
         panic!("{msg} (CI is set: the receiver is required)");
     }
@@ -298,10 +298,13 @@ fn skip(why: &str) {
 fn udp_to_graygelf() {
     let dir = receiver_dir();
     if !dir.join("node_modules/graygelf/server.js").is_file() {
-        return skip("tests/gelf-receiver/node_modules/graygelf is not installed");
+        return skip(
+            "tests/gelf-receiver/node_modules/graygelf is not installed",
+            NPM_INSTALL,
+        );
     }
     if Command::new("node").arg("--version").output().is_err() {
-        return skip("node is not on PATH");
+        return skip("node is not on PATH", NPM_INSTALL);
     }
     for query in ["?chunk-size=300", "?compress=zlib&chunk-size=200", ""] {
         // A UDP port that is free now; the receiver binds it.
@@ -347,4 +350,101 @@ fn udp_to_graygelf() {
         let status = g.wait();
         assert!(status.success(), "receiver: {status}");
     }
+}
+
+/// rsyslogd, from the distribution's `rsyslog` package.
+fn rsyslogd() -> Option<PathBuf> {
+    let candidates = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]);
+    candidates
+        .map(|d| d.join("rsyslogd"))
+        .find(|p| p.is_file())
+}
+
+/// rsyslog as a GELF TCP receiver: `imtcp` splits the stream at NUL bytes (GELF's TCP
+/// framing), `mmjsonparse` parses each message as JSON, and the parsed fields are written as
+/// one JSON line per message to `received.jsonl`; anything that is not a JSON object goes to
+/// `rejected.txt` as received.
+fn rsyslog_config(dir: &std::path::Path, port: u16) -> String {
+    let d = dir.display();
+    format!(
+        r#"global(workDirectory="{d}" maxMessageSize="1m" parser.escapeControlCharactersOnReceive="off")
+module(load="imtcp")
+module(load="mmjsonparse")
+template(name="fields" type="string" string="%$!all-json%\n")
+template(name="raw" type="string" string="%rawmsg%\n")
+input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="gelf" AddtlFrameDelimiter="0")
+ruleset(name="gelf") {{
+  action(type="mmjsonparse" cookie="" useRawMsg="on")
+  if $parsesuccess == "OK" then {{
+    action(type="omfile" file="{d}/received.jsonl" template="fields")
+  }} else {{
+    action(type="omfile" file="{d}/rejected.txt" template="raw")
+  }}
+}}
+"#
+    )
+}
+
+#[test]
+fn tcp_to_rsyslog() {
+    const APT_INSTALL: &str = "`apt-get install rsyslog`";
+    let Some(rsyslogd) = rsyslogd() else {
+        return skip("rsyslogd is not installed", APT_INSTALL);
+    };
+    let tmp = tempdir();
+    let dir = tmp.path().join("rsyslog");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let port = common::free_port();
+    let conf = dir.join("gelf.conf");
+    std::fs::write(&conf, rsyslog_config(&dir, port))
+        .unwrap_or_else(|e| panic!("{}: {e}", conf.display()));
+    let mut cmd = Command::new(&rsyslogd);
+    cmd.arg("-n")
+        .arg("-f")
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.join("rsyslogd.pid"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    let _receiver = Guarded::spawn(&mut cmd);
+    // Listening once it accepts a connection (that connection sends nothing).
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rsyslogd never listened on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (started, ended) = run_to(&format!("gelf+tcp://127.0.0.1:{port}"));
+    let received = dir.join("received.jsonl");
+    let deadline = std::time::Instant::now() + WAIT;
+    let lines = loop {
+        let text = std::fs::read_to_string(&received).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= 5 {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rsyslog received {} message(s) of 5: {text}",
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let got: Vec<Message> = lines
+        .iter()
+        .map(|line| match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(m)) => m,
+            other => panic!("not an object: {line}: {other:?}"),
+        })
+        .collect();
+    check(got, started, ended);
+    let rejected = std::fs::read_to_string(dir.join("rejected.txt")).unwrap_or_default();
+    assert!(rejected.is_empty(), "rsyslog could not parse: {rejected}");
 }
