@@ -5,7 +5,9 @@
 Both cases capture the same build-log-like text file (with some of the secrets in it) to the
 `null` output (or `directory`, with --output directory); runs alternate between the cases so
 that they share the machine and the page cache. Prints MiB/s per case (median of the runs)
-and the cost of masking; the target is a cost under 20%.
+and the cost of masking; the target is a cost under 20%. The CPU seconds (user + system, the
+butler and cat together) of each case are printed too: on a busy machine they show the cost
+more steadily than the throughput does.
 
 Usage: bench/masking.py [--size-mib 256] [--runs 5] [--output null|directory]
 Builds the release binary first (into $CARGO_TARGET_DIR, default target/).
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import string
@@ -57,12 +60,16 @@ def make_text_file(path, size, secrets, rng):
 
 
 def run_once(argv):
+    """Wall-clock seconds, and CPU seconds (user + system, the butler and cat)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     code = subprocess.run(argv, stdout=subprocess.DEVNULL).returncode
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if code != 0:
         sys.exit(f"benchmark command failed ({code}): {argv}")
-    return wall
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
 
 
 def main():
@@ -99,11 +106,14 @@ def main():
                         "--", "cat", data]
 
         times = {"off": [], "on": []}
+        cpus = {"off": [], "on": []}
         masked = None
         for _ in range(args.runs):
             for case in ("off", "on"):
                 shutil.rmtree(out_dir, ignore_errors=True)
-                times[case].append(run_once(argv(case == "on")))
+                wall, cpu = run_once(argv(case == "on"))
+                times[case].append(wall)
+                cpus[case].append(cpu)
                 if case == "on":
                     with open(result) as f:
                         masked = json.load(f)["streams"]["stdout"]["policy"]["masked"]
@@ -113,7 +123,8 @@ def main():
               f"output {args.output}; median of {args.runs} runs")
         for c in ("off", "on"):
             print(f"  masking {c:<3}  {rate[c]:8.1f} MiB/s  "
-                  f"(runs: {', '.join(f'{t:.2f}s' for t in times[c])})")
+                  f"(runs: {', '.join(f'{t:.2f}s' for t in times[c])}; "
+                  f"CPU {statistics.median(cpus[c]):.2f}s)")
         ratio = rate["on"] / rate["off"]
         cost = 1 - ratio
         print(f"  on/off throughput ratio {ratio:.3f}: masking costs {cost * 100:.1f}% "

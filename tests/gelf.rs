@@ -359,9 +359,7 @@ fn rsyslogd() -> Option<PathBuf> {
         .unwrap_or_default()
         .into_iter()
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]);
-    candidates
-        .map(|d| d.join("rsyslogd"))
-        .find(|p| p.is_file())
+    candidates.map(|d| d.join("rsyslogd")).find(|p| p.is_file())
 }
 
 /// rsyslog as a GELF TCP receiver: `imtcp` splits the stream at NUL bytes (GELF's TCP

@@ -17,6 +17,7 @@
 pub mod callbacks;
 pub mod config;
 pub mod policy;
+mod pool;
 pub mod reader;
 
 use std::collections::{BTreeMap, BTreeSet};

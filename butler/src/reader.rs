@@ -6,6 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::policy::{Chain, PolicyCounts};
+use crate::pool::Pool;
 use crate::{Source, Tee};
 
 /// First read buffer of a stream.
@@ -120,7 +121,7 @@ async fn drain_chain(
             }
         };
         echo_or_drop(name, tee, c.echo()).await;
-        if !c.out().is_empty() && sink.write(Bytes::copy_from_slice(c.out())).await.is_err() {
+        if !c.out().is_empty() && sink.write(c.out_chunk()).await.is_err() {
             return Err(None);
         }
         if !more {
@@ -164,9 +165,7 @@ async fn forward(
             if c.out().is_empty() {
                 return Ok(());
             }
-            sink.write(Bytes::copy_from_slice(c.out()))
-                .await
-                .map_err(|_| ())
+            sink.write(c.out_chunk()).await.map_err(|_| ())
         }
     }
 }
@@ -269,38 +268,5 @@ async fn stopped(cancel: &mut watch::Receiver<bool>) {
     let told = cancel.wait_for(|c| *c).await.is_ok();
     if !told {
         std::future::pending::<()>().await;
-    }
-}
-
-/// Read buffers for one stream, reused once every chunk cut from them has been dropped.
-///
-/// Chunks leave in the order they were read, so the oldest buffer is the first to come free.
-/// Reusing it keeps the allocator from handing memory back to the system and faulting it in
-/// again on every read, which at hundreds of MiB/s costs more than the reading itself.
-#[derive(Default)]
-struct Pool {
-    spare: std::collections::VecDeque<BytesMut>,
-}
-
-/// Buffers a stream keeps around for reuse.
-const POOL_SIZE: usize = 8;
-
-impl Pool {
-    /// Retires `used` (still referenced by chunks in flight) and returns a buffer with room
-    /// for `size` bytes: the oldest retired one if it has come free, else a new one.
-    fn next(&mut self, used: BytesMut, size: usize) -> BytesMut {
-        if used.capacity() > 0 || !used.is_empty() {
-            self.spare.push_back(used);
-        }
-        if let Some(mut oldest) = self.spare.pop_front() {
-            oldest.clear();
-            if oldest.try_reclaim(size) {
-                return oldest;
-            }
-            if self.spare.len() + 1 < POOL_SIZE {
-                self.spare.push_front(oldest);
-            }
-        }
-        BytesMut::with_capacity(size)
     }
 }

@@ -31,9 +31,10 @@ pub const MAX_SECRETS: usize = 10_000;
 /// byte, four times slower than a few small matchers in turn.
 const GROUP: usize = 64;
 /// Bytes of text the sieve looks at in each sample (see [`Sieve`]).
-const GRAM: usize = 4;
+const GRAM: usize = 4; // the window is read as a u32
 /// The sieve's table has `1 << SIEVE_BITS` bits: 32 KiB, which stays in the L1 cache.
 const SIEVE_BITS: u32 = 18;
+const SIEVE_WORDS: usize = 1 << (SIEVE_BITS - 6);
 /// Smallest step between samples for which the sieve beats searching every byte: it needs
 /// the shortest pattern to be at least `GRAM + MIN_STEP - 1` bytes long.
 const MIN_STEP: usize = 4;
@@ -149,20 +150,24 @@ enum Slot {
     At(Found),
 }
 
-/// A filter that finds where a pattern may start by looking at the text in samples.
+/// Finds patterns by looking at the text in samples.
 ///
 /// Every pattern is at least `shortest` bytes long, so each occurrence covers every
 /// position from its start to `step = shortest - GRAM + 1` bytes later with a whole
 /// `GRAM`-byte window of the pattern. Sampling the text every `step` bytes thus hits each
-/// occurrence at least once, at one of its first `step` offsets; the table holds the
-/// hashes of every pattern's windows at those offsets. A sample whose window is not in the
-/// table rules out an occurrence starting in the `step` bytes up to it, and only the few
-/// samples that hit (about one in a hundred with a hundred secrets) are searched by the
-/// matchers, over a window of a pattern's length. With 100 secrets this is several times
-/// faster than running the matchers over every byte.
+/// occurrence at least once, at one of its first `step` offsets. A bit table of the hashes of
+/// every pattern's windows at those offsets rules out almost every sample at the cost of one
+/// lookup; for the few left (about one in a thousand with a hundred secrets, plus the real
+/// occurrences) the window itself says which patterns, at which offsets, could contain it,
+/// and those are compared in place. With 100 secrets this is several times faster than
+/// running the matchers over every byte.
 struct Sieve {
     step: usize,
-    bits: Vec<u64>,
+    bits: Box<[u64; SIEVE_WORDS]>,
+    /// Each pattern window in the table, with the patterns and offsets where it occurs.
+    windows: std::collections::HashMap<u32, Vec<(usize, usize)>>,
+    /// The patterns, in the matchers' order (pattern 0 is [`ADD_MASK`]).
+    patterns: Vec<Vec<u8>>,
 }
 
 impl Sieve {
@@ -177,32 +182,78 @@ impl Sieve {
         if step < min_step.max(1) {
             return None;
         }
-        let mut bits = vec![0u64; (1usize << SIEVE_BITS) / 64];
-        for p in patterns {
+        let mut bits: Box<[u64; SIEVE_WORDS]> = Box::new([0; SIEVE_WORDS]);
+        let mut windows: std::collections::HashMap<u32, Vec<(usize, usize)>> =
+            std::collections::HashMap::new();
+        for (i, p) in patterns.iter().enumerate() {
             for off in 0..step {
-                let h = Self::hash(&p[off..off + GRAM]);
+                let mut w = [0u8; GRAM];
+                w.copy_from_slice(&p[off..off + GRAM]);
+                let w = u32::from_le_bytes(w);
+                let h = Self::hash(w);
                 bits[h / 64] |= 1 << (h % 64);
+                windows.entry(w).or_default().push((i, off));
             }
         }
-        Some(Self { step, bits })
+        Some(Self {
+            step,
+            bits,
+            windows,
+            patterns: patterns.to_vec(),
+        })
     }
 
-    fn hash(gram: &[u8]) -> usize {
-        let mut w = [0u8; GRAM];
-        w.copy_from_slice(&gram[..GRAM]);
-        (u32::from_le_bytes(w).wrapping_mul(0x9E37_79B1) >> (32 - SIEVE_BITS)) as usize
+    fn hash(window: u32) -> usize {
+        (window.wrapping_mul(0x9E37_79B1) >> (32 - SIEVE_BITS)) as usize
     }
 
-    /// The first sample at or after `p` that may lie in an occurrence, stepping by `step`.
-    fn next_hit(&self, data: &[u8], mut p: usize) -> Option<usize> {
-        while p + GRAM <= data.len() {
-            let h = Self::hash(&data[p..p + GRAM]);
-            if self.bits[h / 64] & (1 << (h % 64)) != 0 {
-                return Some(p);
+    /// The leftmost occurrence starting at or after `at` (the longest of those starting
+    /// there).
+    fn find(&self, data: &[u8], at: usize) -> Option<Found> {
+        let last = data.len().checked_sub(GRAM)?;
+        let mut p = at;
+        while p <= last {
+            // `p + 3 <= last + 3 < data.len()`: the compiler drops the bounds checks.
+            let w = u32::from_le_bytes([data[p], data[p + 1], data[p + 2], data[p + 3]]);
+            let h = Self::hash(w);
+            if self.bits[h / 64] & (1 << (h % 64)) != 0
+                && let Some(m) = self.occurrence_at(data, p, w, at)
+            {
+                return Some(m);
             }
             p += self.step;
         }
         None
+    }
+
+    /// The leftmost (then longest) occurrence starting at or after `at` that contains the
+    /// sample at `p`, whose window is `w`. Every occurrence starting in the `step` bytes up
+    /// to `p` contains it; one starting before those contains an earlier sample, one after
+    /// them a later one.
+    fn occurrence_at(&self, data: &[u8], p: usize, w: u32, at: usize) -> Option<Found> {
+        let mut best: Option<Found> = None;
+        for &(pattern, off) in self.windows.get(&w)? {
+            let Some(start) = p.checked_sub(off).filter(|&s| s >= at) else {
+                continue;
+            };
+            let pat = &self.patterns[pattern];
+            let end = start + pat.len();
+            if data.get(start..end) != Some(pat.as_slice()) {
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some(b) => start < b.start || (start == b.start && end > b.end),
+            };
+            if better {
+                best = Some(Found {
+                    start,
+                    end,
+                    pattern,
+                });
+            }
+        }
+        best
     }
 }
 
@@ -218,8 +269,8 @@ pub struct Mask {
     /// Matchers of at most `group` patterns each, with the index of their first pattern.
     groups: Vec<(AhoCorasick, usize)>,
     group: usize,
-    /// Narrows the matchers' search to the few places a pattern may start, when every
-    /// pattern is long enough.
+    /// Finds the patterns instead of the matchers when every pattern is long enough (the
+    /// matchers are then not built).
     sieve: Option<Sieve>,
     /// Smallest sampling step worth a sieve (tests lower it to exercise the sieve).
     sieve_min_step: usize,
@@ -268,8 +319,15 @@ impl Mask {
         let mut patterns = Vec::with_capacity(secrets.len() + 1);
         patterns.push(ADD_MASK.to_vec());
         patterns.extend(secrets);
+        let sieve = Sieve::new(&patterns, self.sieve_min_step);
         let mut groups = Vec::new();
-        for (i, g) in patterns.chunks(self.group).enumerate() {
+        // With a sieve the matchers are not needed.
+        let grouped = if sieve.is_some() {
+            &[][..]
+        } else {
+            &patterns[..]
+        };
+        for (i, g) in grouped.chunks(self.group).enumerate() {
             match AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostLongest)
                 .build(g)
@@ -283,7 +341,7 @@ impl Mask {
             }
         }
         self.longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
-        self.sieve = Sieve::new(&patterns, self.sieve_min_step);
+        self.sieve = sieve;
         self.sorted = patterns;
         self.sorted.sort_unstable();
         self.sorted.dedup();
@@ -294,24 +352,10 @@ impl Mask {
     /// The leftmost match in `data` starting at or after `at` (the longest of those starting
     /// there), through the sieve when there is one.
     fn find(&self, data: &[u8], at: usize, cache: &mut Vec<Slot>) -> Option<Found> {
-        let Some(sieve) = &self.sieve else {
-            return self.next_match(data, at, cache);
-        };
-        let mut p = at;
-        while let Some(hit) = sieve.next_hit(data, p) {
-            // An occurrence this sample lies in starts in the `step` bytes up to it, and
-            // ends within a pattern's length of it. One starting later has a later sample.
-            let from = (hit + 1).saturating_sub(sieve.step).max(at);
-            let to = (hit + self.longest).min(data.len());
-            cache.clear();
-            if let Some(m) = self.next_match(&data[..to], from, cache)
-                && m.start <= hit
-            {
-                return Some(m);
-            }
-            p = hit + sieve.step;
+        match &self.sieve {
+            Some(sieve) => sieve.find(data, at),
+            None => self.next_match(data, at, cache),
         }
-        None
     }
 
     /// The leftmost match in `data` starting at or after `at` (the longest of those starting

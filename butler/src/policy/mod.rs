@@ -84,6 +84,9 @@ pub struct Chain {
     draining: usize,
     /// Whether [`echo`](Self::echo) is filled.
     echo_wanted: bool,
+    /// What [`out_chunk`](Self::out_chunk) cuts chunks from, and its spares.
+    chunks: bytes::BytesMut,
+    pool: crate::pool::Pool,
 }
 
 impl std::fmt::Debug for Chain {
@@ -106,6 +109,8 @@ impl Chain {
             scratch: [Vec::new(), Vec::new()],
             draining: 0,
             echo_wanted: true,
+            chunks: bytes::BytesMut::new(),
+            pool: crate::pool::Pool::default(),
         }
     }
 
@@ -119,6 +124,21 @@ impl Chain {
     /// [`drain`](Self::drain).
     pub fn out(&self) -> &[u8] {
         &self.out
+    }
+
+    /// The bytes [`out`](Self::out) returns, as a chunk for the bundler. They are copied
+    /// (from a buffer still in the cache) into buffers the chain reuses once the bundler has
+    /// let go of every chunk cut from them: a fresh allocation per chunk would have the
+    /// allocator fault its pages in again each time, which costs more than the copy.
+    pub fn out_chunk(&mut self) -> bytes::Bytes {
+        let n = self.out.len();
+        if self.chunks.capacity() < n {
+            // Room for a few chunks of this size, cut from one buffer.
+            let size = n.saturating_mul(4).max(4096);
+            self.chunks = self.pool.next(std::mem::take(&mut self.chunks), size);
+        }
+        self.chunks.extend_from_slice(&self.out);
+        self.chunks.split().freeze()
     }
 
     /// Bytes for the echo released by the last call: the output of the mask stage.
