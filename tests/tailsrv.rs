@@ -215,7 +215,10 @@ fn tail_server_serves_offsets_follows_until_complete_and_lists() {
             "stream default/tail/+/stdout from byte x\n",
             "not a byte offset",
         ),
-        ("stream default/tail/+/stdout from 10\n", "expected `from byte`"),
+        (
+            "stream default/tail/+/stdout from 10\n",
+            "expected `from byte`",
+        ),
         ("stream Bad/x/+/y\n", "project"),
         ("stream default/no-plus\n", "PREFIX/+/NAME"),
         (long.as_str(), "longer than 4096 bytes"),
@@ -292,7 +295,11 @@ fn tail_server_starts_at_a_line_or_a_time_and_refuses_bad_arguments() {
 
     // Line numbers count from 0; -N is the last N lines stored when the request arrives.
     let mut from_10 = request(&tail, format!("{STDOUT} from line 10\n").as_bytes());
-    let got = read_n(&mut from_10, phase1.len() - numbered(0, 10).len(), "from line 10");
+    let got = read_n(
+        &mut from_10,
+        phase1.len() - numbered(0, 10).len(),
+        "from line 10",
+    );
     assert_same_bytes("from line 10", numbered(10, 90).as_bytes(), &got);
     let mut last_3 = request(&tail, format!("{STDOUT} from line -3\n").as_bytes());
     let got = read_n(&mut last_3, numbered(97, 3).len(), "from line -3");
@@ -305,7 +312,10 @@ fn tail_server_starts_at_a_line_or_a_time_and_refuses_bad_arguments() {
         format!("{STDOUT} from time {after_phase1}\n").as_bytes(),
     );
     // A time long ago: everything.
-    let mut ago = request(&tail, format!("{STDOUT} from time 2000-01-01T00:00:00Z\n").as_bytes());
+    let mut ago = request(
+        &tail,
+        format!("{STDOUT} from time 2000-01-01T00:00:00Z\n").as_bytes(),
+    );
 
     std::fs::write(&go, b"").unwrap();
     let status = b.wait();
@@ -340,12 +350,21 @@ fn tail_server_starts_at_a_line_or_a_time_and_refuses_bad_arguments() {
     );
     // On a complete stream: past its end, nothing, and the connection is closed.
     assert_eq!(ask(&tail, &format!("{STDOUT} from line 500\n")), "");
-    assert_eq!(ask(&tail, &format!("{STDOUT} from time 2999-01-01T00:00:00Z\n")), "");
-    assert_eq!(ask(&tail, &format!("{STDOUT} from line -2\n")), numbered(148, 2));
+    assert_eq!(
+        ask(&tail, &format!("{STDOUT} from time 2999-01-01T00:00:00Z\n")),
+        ""
+    );
+    assert_eq!(
+        ask(&tail, &format!("{STDOUT} from line -2\n")),
+        numbered(148, 2)
+    );
     assert_eq!(ask(&tail, &format!("{STDOUT} from line -1000\n")), whole);
     // Binary streams have no lines, but times.
     assert_eq!(
-        ask(&tail, "stream default/lines/+/blob from time 2000-01-01T00:00:00Z\n"),
+        ask(
+            &tail,
+            "stream default/lines/+/blob from time 2000-01-01T00:00:00Z\n"
+        ),
         "b"
     );
 
@@ -353,14 +372,26 @@ fn tail_server_starts_at_a_line_or_a_time_and_refuses_bad_arguments() {
         (format!("{STDOUT} from line x\n"), "not a line number"),
         (format!("{STDOUT} from line --2\n"), "not a line number"),
         (format!("{STDOUT} from line\n"), "needs a value"),
-        (format!("{STDOUT} from time yesterday\n"), "not an RFC 3339 time"),
-        (format!("{STDOUT} from time 2026-11-27\n"), "not an RFC 3339 time"),
-        (format!("{STDOUT} from page 2\n"), "expected `from byte`, `from line` or `from time`"),
+        (
+            format!("{STDOUT} from time yesterday\n"),
+            "not an RFC 3339 time",
+        ),
+        (
+            format!("{STDOUT} from time 2026-11-27\n"),
+            "not an RFC 3339 time",
+        ),
+        (
+            format!("{STDOUT} from page 2\n"),
+            "expected `from byte`, `from line` or `from time`",
+        ),
         (
             "stream default/lines/+/blob from line 1\n".to_string(),
             "binary and has no lines",
         ),
-        ("stream default/lines/+/nope from line 1\n".to_string(), "not found"),
+        (
+            "stream default/lines/+/nope from line 1\n".to_string(),
+            "not found",
+        ),
     ] {
         let answer = ask(&tail, &line);
         assert!(

@@ -640,7 +640,8 @@ impl Store {
             .inner
             .abandon_after_ms
             .load(std::sync::atomic::Ordering::Relaxed);
-        !state.terminated && now_ms().saturating_sub(last_ms) > i64::try_from(after).unwrap_or(i64::MAX)
+        !state.terminated
+            && now_ms().saturating_sub(last_ms) > i64::try_from(after).unwrap_or(i64::MAX)
     }
 
     /// The metrics of the collector serving this store: one collector per store, so every

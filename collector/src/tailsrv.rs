@@ -53,9 +53,9 @@ use crate::auth::{Auth, Caller, Denied, Right};
 use crate::chunks::ChunkCache;
 use crate::reader::{self, ByteCursor, ByteStart, ReadError, RowStart};
 use crate::store::{Store, StoreError, StreamInfo, StreamKey};
-use logdog_proto::logpb::StreamType;
 use crate::tls::HANDSHAKE_TIMEOUT;
 use crate::watchers::Watchers;
+use logdog_proto::logpb::StreamType;
 
 /// Longest request line accepted, without its `\n`.
 pub const MAX_REQUEST_LINE: usize = 4096;
@@ -825,7 +825,9 @@ fn parse_offset(s: &str) -> Result<ByteStart, String> {
 
 /// Parses a line number `N` or `-N` (the last N lines).
 fn parse_line(s: &str) -> Result<RowStart, String> {
-    let bad = || format!("{s:?} is not a line number (N from the first line, 0, or -N for the last N lines)");
+    let bad = || {
+        format!("{s:?} is not a line number (N from the first line, 0, or -N for the last N lines)")
+    };
     match s.strip_prefix('-') {
         Some(n) => n.parse().map(RowStart::Last).map_err(|_| bad()),
         None => s.parse().map(RowStart::From).map_err(|_| bad()),

@@ -231,11 +231,19 @@ fn not_grpc(s: &Status) -> bool {
 
 fn status_error(path: &str, s: Status) -> anyhow::Error {
     if not_grpc(&s) {
+        let m = s.message();
+        let what = match m.find("with status: ") {
+            Some(i) => format!(
+                "it answered HTTP {}, not gRPC",
+                &m[i + "with status: ".len()..]
+            ),
+            None => "it does not speak gRPC".to_string(),
+        };
         return anyhow!(
-            "the server at {} does not answer like a logdog collector (not its gRPC port: the \
-             web viewer's or the tail server's port, or another server?): {}",
+            "the server at {} does not answer like a logdog collector ({what}): is it the web \
+             viewer's or the tail server's port? Give --collector the address the collector \
+             prints as LOGDOG_COLLECTOR=",
             COLLECTOR.get().map_or("--collector", String::as_str),
-            s.message()
         );
     }
     match s.code() {
