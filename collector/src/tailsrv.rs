@@ -11,6 +11,13 @@
 //!   the stream gets there).
 //! - `stream PATH from byte -N` — the last `N` bytes stored when the request arrives, then
 //!   new bytes as above.
+//! - `stream PATH from line N` — from line `N` of a text stream (datagram `N` of a datagram
+//!   stream), counted from 0, found by binary search over the entries' first line numbers;
+//!   `from line -N`: the last `N` lines stored when the request arrives. A line not stored
+//!   yet is waited for. Binary streams have no lines.
+//! - `stream PATH from time RFC3339` — from the first line (datagram, binary entry) written at
+//!   or after that time (UTC), found by binary search over the entries' times; waited for
+//!   when nothing that recent is stored.
 //! - `list [PROJECT[/PREFIX]]` — stream paths, one per line (without an argument: the
 //!   `default` project and every project written to since the collector started).
 //!
