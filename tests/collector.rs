@@ -313,7 +313,14 @@ fn every_kind_of_stream_arrives_identical_listed_and_queryable() {
         ["default/kinds/run1/+/piped/dgram"],
         "query --tag kind=dgram"
     );
-    assert!(listing(&addr, &["query", "--tag", "suite=other", "default"]).is_empty());
+    let none = logdog(&addr, &["query", "--tag", "suite=other", "default"]);
+    none.assert_code(1);
+    assert!(
+        none.stderr_str().contains("no streams match"),
+        "{}",
+        none.stderr_str()
+    );
+    assert_eq!(none.stdout_str(), "");
     collector.stop();
 }
 
@@ -323,10 +330,10 @@ fn every_kind_of_stream_arrives_identical_listed_and_queryable() {
 
 /// Reads one line from `r`; fails the test at end of file.
 #[track_caller]
-/// `logdog tail -f PATH` against the collector at `addr`, stdout piped.
+/// `logdog tail -f --wait PATH` against the collector at `addr`, stdout piped.
 fn tail_follow(addr: &str, path: &str, stderr: Stdio) -> Guarded {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_logdog"));
-    cmd.args(["--collector", addr, "tail", "-f", path])
+    cmd.args(["--collector", addr, "tail", "-f", "--wait", path])
         .env_remove("LOGDOG_COLLECTOR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -739,7 +746,9 @@ fn sigterm_stops_the_collector_even_while_a_follower_waits_on_an_open_stream() {
         took < Duration::from_secs(60),
         "the collector took {took:?} to stop"
     );
-    // The follower is told, and ends.
+    // The follower is told: it keeps trying to reconnect (see tests/reader_cli.rs), and is
+    // stopped here.
+    let _ = nix::sys::signal::kill(tail.pid(), nix::sys::signal::Signal::SIGKILL);
     tail.wait();
 
     std::fs::write(&stop, b"").unwrap();

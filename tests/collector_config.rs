@@ -148,6 +148,7 @@ fn a_config_file_starts_the_collector_it_describes() {
              read-deadline = \"30s\"\n\
              tail-max-connections = 8\n\
              reader-nice = 10\n\
+             abandon-after = \"1h\"\n\
              log-level = \"warn\"\n",
             data.display().to_string(),
             auth.display().to_string(),

@@ -215,7 +215,10 @@ fn tail_server_serves_offsets_follows_until_complete_and_lists() {
             "stream default/tail/+/stdout from byte x\n",
             "not a byte offset",
         ),
-        ("stream default/tail/+/stdout from 10\n", "expected `stream"),
+        (
+            "stream default/tail/+/stdout from 10\n",
+            "expected `from byte`",
+        ),
         ("stream Bad/x/+/y\n", "project"),
         ("stream default/no-plus\n", "PREFIX/+/NAME"),
         (long.as_str(), "longer than 4096 bytes"),
@@ -238,4 +241,164 @@ fn tail_server_serves_offsets_follows_until_complete_and_lists() {
         log.contains("tail server stopped") && log.contains("refused=7"),
         "the tail server's counters are not in its log:\n{log}"
     );
+}
+
+/// The child for the line and time test: phase 1 on stdout, a binary stream, then after the
+/// go-file `$2`, phase 2.
+const LINES_SCRIPT: &str = r#"
+    printf 'b' | "$LOGDOG_TEST_BUTLER" pipe --type binary blob || exit 90
+    cat "$1/phase1"
+    while [ ! -e "$2" ]; do sleep 0.02; done
+    cat "$1/phase2"
+"#;
+
+/// `n` numbered lines from `first`: `line 7\n`...
+fn numbered(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("line {i}\n")).collect()
+}
+
+/// Now as RFC 3339 in UTC with milliseconds.
+fn rfc3339_now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[test]
+fn tail_server_starts_at_a_line_or_a_time_and_refuses_bad_arguments() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let collector =
+        Collector::start_with(&d.join("data"), "127.0.0.1:0", &["--tail", "127.0.0.1:0"]);
+    let tail = collector.tail.clone().expect("the tail server's address");
+    let phase1 = numbered(0, 100);
+    let phase2 = numbered(100, 50);
+    std::fs::write(d.join("phase1"), &phase1).unwrap();
+    std::fs::write(d.join("phase2"), &phase2).unwrap();
+    let go = d.join("go");
+    let mut cmd = butler_script(
+        d,
+        &["--output", &collector.output(), "--prefix", "lines"],
+        LINES_SCRIPT,
+        &[d, &go],
+    );
+    let mut b = Guarded::spawn(&mut cmd);
+    let b_err = drain(b.child.stderr.take().unwrap());
+    const STDOUT: &str = "stream default/lines/+/stdout";
+    wait_until("stdout to be listed", || {
+        ask(&tail, "list default/lines\n").contains("default/lines/+/stdout\n")
+    });
+
+    // All of phase 1 is stored once the last line of it can be read.
+    let mut last = request(&tail, format!("{STDOUT} from line 99\n").as_bytes());
+    assert_eq!(read_n(&mut last, 8, "line 99"), b"line 99\n");
+    // Whatever comes from now on was written after this time.
+    let after_phase1 = rfc3339_now();
+
+    // Line numbers count from 0; -N is the last N lines stored when the request arrives.
+    let mut from_10 = request(&tail, format!("{STDOUT} from line 10\n").as_bytes());
+    let got = read_n(
+        &mut from_10,
+        phase1.len() - numbered(0, 10).len(),
+        "from line 10",
+    );
+    assert_same_bytes("from line 10", numbered(10, 90).as_bytes(), &got);
+    let mut last_3 = request(&tail, format!("{STDOUT} from line -3\n").as_bytes());
+    let got = read_n(&mut last_3, numbered(97, 3).len(), "from line -3");
+    assert_same_bytes("from line -3", numbered(97, 3).as_bytes(), &got);
+    // A line not written yet: nothing until it is.
+    let mut ahead = request(&tail, format!("{STDOUT} from line 120\n").as_bytes());
+    // A time after phase 1: nothing until phase 2.
+    let mut since = request(
+        &tail,
+        format!("{STDOUT} from time {after_phase1}\n").as_bytes(),
+    );
+    // A time long ago: everything.
+    let mut ago = request(
+        &tail,
+        format!("{STDOUT} from time 2000-01-01T00:00:00Z\n").as_bytes(),
+    );
+
+    std::fs::write(&go, b"").unwrap();
+    let status = b.wait();
+    let err = String::from_utf8_lossy(&b_err.join().unwrap()).into_owned();
+    assert!(status.success(), "butler: {status}; stderr:\n{err}");
+
+    let whole = format!("{phase1}{phase2}");
+    assert_same_bytes(
+        "from line 10, followed",
+        phase2.as_bytes(),
+        &read_all(&mut from_10, "from line 10"),
+    );
+    assert_same_bytes(
+        "from line -3, followed",
+        phase2.as_bytes(),
+        &read_all(&mut last_3, "from line -3"),
+    );
+    assert_same_bytes(
+        "from line 120",
+        numbered(120, 30).as_bytes(),
+        &read_all(&mut ahead, "from line 120"),
+    );
+    assert_same_bytes(
+        "from a time after phase 1",
+        phase2.as_bytes(),
+        &read_all(&mut since, "from time"),
+    );
+    assert_same_bytes(
+        "from a time long ago",
+        whole.as_bytes(),
+        &read_all(&mut ago, "from time long ago"),
+    );
+    // On a complete stream: past its end, nothing, and the connection is closed.
+    assert_eq!(ask(&tail, &format!("{STDOUT} from line 500\n")), "");
+    assert_eq!(
+        ask(&tail, &format!("{STDOUT} from time 2999-01-01T00:00:00Z\n")),
+        ""
+    );
+    assert_eq!(
+        ask(&tail, &format!("{STDOUT} from line -2\n")),
+        numbered(148, 2)
+    );
+    assert_eq!(ask(&tail, &format!("{STDOUT} from line -1000\n")), whole);
+    // Binary streams have no lines, but times.
+    assert_eq!(
+        ask(
+            &tail,
+            "stream default/lines/+/blob from time 2000-01-01T00:00:00Z\n"
+        ),
+        "b"
+    );
+
+    for (line, says) in [
+        (format!("{STDOUT} from line x\n"), "not a line number"),
+        (format!("{STDOUT} from line --2\n"), "not a line number"),
+        (format!("{STDOUT} from line\n"), "needs a value"),
+        (
+            format!("{STDOUT} from time yesterday\n"),
+            "not an RFC 3339 time",
+        ),
+        (
+            format!("{STDOUT} from time 2026-11-27\n"),
+            "not an RFC 3339 time",
+        ),
+        (
+            format!("{STDOUT} from page 2\n"),
+            "expected `from byte`, `from line` or `from time`",
+        ),
+        (
+            "stream default/lines/+/blob from line 1\n".to_string(),
+            "binary and has no lines",
+        ),
+        (
+            "stream default/lines/+/nope from line 1\n".to_string(),
+            "not found",
+        ),
+    ] {
+        let answer = ask(&tail, &line);
+        assert!(
+            answer.starts_with("error: ") && answer.ends_with('\n') && answer.lines().count() == 1,
+            "{line:.60}: {answer:?}"
+        );
+        assert!(answer.contains(says), "{line:.60}: {answer:?}");
+    }
+    collector.stop();
 }

@@ -325,6 +325,75 @@ pub fn seek(
     }
 }
 
+/// Where a byte reader starts to deliver row `n` (a text stream's line, a datagram stream's
+/// datagram, from 0) of a stream whose first `contiguous` entries are stored: the entry
+/// holding the row's first byte and the bytes of earlier rows in it to skip. `None` while the
+/// row is not stored yet (not even in part).
+///
+/// # Errors
+/// A store failure.
+pub fn seek_row(
+    store: &Store,
+    key: &StreamKey,
+    contiguous: u64,
+    n: u64,
+) -> Result<Option<ByteCursor>, StoreError> {
+    if n >= total_rows(store, key, contiguous)? {
+        return Ok(None);
+    }
+    let i = find_row(store, key, contiguous, n)?;
+    let Some(e) = entry_at(store, key, i)? else {
+        return Ok(None);
+    };
+    let skip = match &e.content {
+        Some(Content::Text(t)) => {
+            let before = n.saturating_sub(e.sequence) as usize;
+            t.lines
+                .iter()
+                .take(before)
+                .map(|l| (l.value.len() + l.delimiter.len()) as u64)
+                .sum()
+        }
+        _ => 0,
+    };
+    Ok(Some(ByteCursor { next: i, skip }))
+}
+
+/// Where a byte reader starts to deliver what was written at or after `t_ms` (milliseconds
+/// since the Unix epoch): the first row (binary streams: the first entry) whose first piece
+/// was written then or later. Entry times are taken to be in order. `None` while nothing
+/// that recent is stored.
+///
+/// # Errors
+/// A store failure.
+pub fn seek_time(
+    store: &Store,
+    key: &StreamKey,
+    desc: &logpb::LogStreamDescriptor,
+    contiguous: u64,
+    t_ms: i64,
+) -> Result<Option<ByteCursor>, StoreError> {
+    let base = base_time_ms(desc);
+    let i = search(store, key, contiguous, |e| entry_time_ms(base, e) >= t_ms)?;
+    if i >= contiguous {
+        return Ok(None);
+    }
+    let Some(e) = entry_at(store, key, i)? else {
+        return Ok(None);
+    };
+    // The first row that starts in entry `i`: its first row may have begun earlier.
+    let continued = match &e.content {
+        Some(Content::Binary(_)) | None => return Ok(Some(ByteCursor { next: i, skip: 0 })),
+        Some(Content::Datagram(d)) => d.partial.is_some_and(|p| p.index > 0),
+        Some(Content::Text(_)) if i == 0 => false,
+        Some(Content::Text(_)) => match entry_at(store, key, i - 1)?.and_then(|p| p.content) {
+            Some(Content::Text(p)) => p.lines.last().is_some_and(|l| l.delimiter.is_empty()),
+            _ => false,
+        },
+    };
+    seek_row(store, key, contiguous, e.sequence + u64::from(continued))
+}
+
 /// Longest row kept for display; longer rows are cut (the raw bytes have them whole).
 pub const MAX_ROW_BYTES: usize = 64 * 1024;
 

@@ -123,6 +123,10 @@ pub struct StreamRecord {
     /// Every index below this is stored.
     #[prost(uint64, tag = "8")]
     pub contiguous: u64,
+    /// When the collector last stored anything of the stream (an entry or its end); records
+    /// written before this field existed have only `created`.
+    #[prost(message, optional, tag = "9")]
+    pub updated: Option<prost_types::Timestamp>,
 }
 
 impl StreamRecord {
@@ -142,8 +146,27 @@ impl StreamRecord {
             entry_count: self.entry_count,
             byte_count: self.byte_count,
             contiguous: self.contiguous,
+            abandoned: false,
         }
     }
+
+    /// When the collector last stored anything of the stream, in milliseconds since the Unix
+    /// epoch.
+    fn last_write_ms(&self) -> i64 {
+        self.updated
+            .or(self.created)
+            .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+    }
+}
+
+/// How long a prefix may receive nothing before its streams that have not ended are reported
+/// abandoned, by default (see [`Store::set_abandon_after`]).
+pub const DEFAULT_ABANDON_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Now, in milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    let t = now();
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
 }
 
 /// A stream's descriptor and state.
@@ -339,6 +362,8 @@ struct Inner {
     metrics: crate::metrics::Metrics,
     /// See [`Store::check_writable`].
     writable: Mutex<WritableCheck>,
+    /// See [`Store::set_abandon_after`], in milliseconds.
+    abandon_after_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Marks a bundle write in progress, from its arrival to its answer; see [`Store::writing`].
@@ -593,8 +618,30 @@ impl Store {
                 epoch: tokio::time::Instant::now(),
                 metrics: crate::metrics::Metrics::new(),
                 writable: Mutex::new(WritableCheck::default()),
+                abandon_after_ms: (DEFAULT_ABANDON_AFTER.as_millis() as u64).into(),
             }),
         })
+    }
+
+    /// Streams that have not ended are reported abandoned (`LogStreamState::abandoned`) once
+    /// nothing of their whole prefix has arrived for longer than `after` (default
+    /// [`DEFAULT_ABANDON_AFTER`]): a butler that was killed never ends its streams.
+    pub fn set_abandon_after(&self, after: std::time::Duration) {
+        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.inner
+            .abandon_after_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a stream in `state` whose prefix last received something at `last_ms` is
+    /// abandoned now.
+    fn abandoned(&self, state: &LogStreamState, last_ms: i64) -> bool {
+        let after = self
+            .inner
+            .abandon_after_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        !state.terminated
+            && now_ms().saturating_sub(last_ms) > i64::try_from(after).unwrap_or(i64::MAX)
     }
 
     /// The metrics of the collector serving this store: one collector per store, so every
@@ -1024,6 +1071,7 @@ impl Store {
                     dirty = true;
                 }
                 if dirty {
+                    rec.updated = Some(now());
                     while has.exists(params![id, rec.contiguous as i64])? {
                         rec.contiguous += 1;
                     }
@@ -1373,11 +1421,40 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub fn stream(&self, key: &StreamKey) -> Result<Option<StreamInfo>, StoreError> {
-        let rec = self.read(|c| Self::record(c, key))?;
-        Ok(rec.map(|r| StreamInfo {
-            state: r.state(),
-            desc: r.desc.unwrap_or_default(),
+        let Some(rec) = self.read(|c| Self::record(c, key))? else {
+            return Ok(None);
+        };
+        let mut state = rec.state();
+        // Only a stream quiet for that long itself needs its prefix's other streams read.
+        if self.abandoned(&state, rec.last_write_ms()) {
+            let last = self.read(|c| Self::prefix_last_write_ms(c, &key.project, &key.prefix))?;
+            state.abandoned = self.abandoned(&state, last.max(rec.last_write_ms()));
+        }
+        Ok(Some(StreamInfo {
+            state,
+            desc: rec.desc.unwrap_or_default(),
         }))
+    }
+
+    /// When anything of `project/prefix` was last stored, in milliseconds since the Unix
+    /// epoch (0: never).
+    fn prefix_last_write_ms(
+        conn: &Connection,
+        project: &str,
+        prefix: &str,
+    ) -> Result<i64, StoreError> {
+        let mut q =
+            conn.prepare_cached("SELECT record FROM streams WHERE project = ?1 AND prefix = ?2")?;
+        let mut rows = q.query(params![project, prefix])?;
+        let mut last = 0;
+        while let Some(row) = rows.next()? {
+            let blob = row
+                .get_ref(0)?
+                .as_blob()
+                .map_err(|e| StoreError::Db(e.to_string()))?;
+            last = last.max(decode_record(blob)?.last_write_ms());
+        }
+        Ok(last)
     }
 
     /// Contiguous entries from `from`: stops at the first missing index, after `max_count`
@@ -1485,6 +1562,7 @@ impl Store {
         project: &str,
         prefix: &str,
     ) -> Result<Vec<(StreamKey, StreamInfo)>, StoreError> {
+        let mut last_write = std::collections::HashMap::<String, i64>::new();
         let mut out = self.read(|c| {
             let mut q =
                 c.prepare_cached("SELECT prefix, name, record FROM streams WHERE project = ?1")?;
@@ -1510,6 +1588,9 @@ impl Store {
                         .as_blob()
                         .map_err(|e| StoreError::Db(e.to_string()))?,
                 )?;
+                let last = rec.last_write_ms();
+                let at = last_write.entry(key.prefix.clone()).or_insert(0);
+                *at = (*at).max(last);
                 out.push((
                     key,
                     StreamInfo {
@@ -1520,6 +1601,12 @@ impl Store {
             }
             Ok(out)
         })?;
+        // A prefix's streams all lie under `prefix` together, so each prefix's last write is
+        // known here.
+        for (key, info) in &mut out {
+            let last = last_write.get(&key.prefix).copied().unwrap_or(0);
+            info.state.abandoned = self.abandoned(&info.state, last);
+        }
         out.sort_by_key(|(k, _)| format!("{}/+/{}", k.prefix, k.name));
         Ok(out)
     }

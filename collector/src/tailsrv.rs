@@ -11,6 +11,13 @@
 //!   the stream gets there).
 //! - `stream PATH from byte -N` — the last `N` bytes stored when the request arrives, then
 //!   new bytes as above.
+//! - `stream PATH from line N` — from line `N` of a text stream (datagram `N` of a datagram
+//!   stream), counted from 0, found by binary search over the entries' first line numbers;
+//!   `from line -N`: the last `N` lines stored when the request arrives. A line not stored
+//!   yet is waited for. Binary streams have no lines.
+//! - `stream PATH from time RFC3339` — from the first line (datagram, binary entry) written at
+//!   or after that time (UTC), found by binary search over the entries' times; waited for
+//!   when nothing that recent is stored.
 //! - `list [PROJECT[/PREFIX]]` — stream paths, one per line (without an argument: the
 //!   `default` project and every project written to since the collector started).
 //!
@@ -51,10 +58,11 @@ use tracing::Instrument;
 
 use crate::auth::{Auth, Caller, Denied, Right};
 use crate::chunks::ChunkCache;
-use crate::reader::{self, ByteStart, ReadError};
-use crate::store::{Store, StreamKey};
+use crate::reader::{self, ByteCursor, ByteStart, ReadError, RowStart};
+use crate::store::{Store, StoreError, StreamInfo, StreamKey};
 use crate::tls::HANDSHAKE_TIMEOUT;
 use crate::watchers::Watchers;
+use logdog_proto::logpb::StreamType;
 
 /// Longest request line accepted, without its `\n`.
 pub const MAX_REQUEST_LINE: usize = 4096;
@@ -173,8 +181,50 @@ impl Drop for Admission {
 enum Request {
     /// `list [PROJECT[/PREFIX]]`.
     List(Option<(String, String)>),
-    /// `stream PATH [from byte [-]N]`.
-    Stream(StreamKey, ByteStart),
+    /// `stream PATH [from byte [-]N | from line [-]N | from time RFC3339]`.
+    Stream(StreamKey, Start),
+}
+
+/// Where a `stream` request starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// `from byte [-]N` (and no `from`: byte 0).
+    Byte(ByteStart),
+    /// `from line [-]N`.
+    Line(RowStart),
+    /// `from time RFC3339`, in milliseconds since the Unix epoch.
+    Time(i64),
+}
+
+/// A start resolved against the stream once: the line of `from line -N` is fixed when the
+/// request arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Byte(ByteStart),
+    /// This row (line or datagram) number.
+    Row(u64),
+    /// The first row written at or after this time (milliseconds since the Unix epoch).
+    Time(i64),
+    /// Lines of a binary stream: refused.
+    NoLines,
+}
+
+/// The byte position of `target` in the stream (`None`: not stored yet).
+fn resolve(
+    store: &Store,
+    key: &StreamKey,
+    info: &StreamInfo,
+    target: Target,
+) -> Result<Option<ByteCursor>, StoreError> {
+    let contiguous = info.state.contiguous;
+    match target {
+        Target::Byte(b) => {
+            reader::seek(store, key, reader::stream_type(&info.desc), contiguous, b).map(Some)
+        }
+        Target::Row(n) => reader::seek_row(store, key, contiguous, n),
+        Target::Time(ms) => reader::seek_time(store, key, &info.desc, contiguous, ms),
+        Target::NoLines => Ok(None),
+    }
 }
 
 /// Why a connection ended early.
@@ -532,11 +582,12 @@ impl TailServer {
         Ok(())
     }
 
-    /// Answers `stream`: bytes from `start`, then new bytes, until the stream is complete.
+    /// Answers `stream`: bytes from `start` (once the stream has reached it), then new bytes,
+    /// until the stream is complete.
     async fn follow(
         &self,
         key: StreamKey,
-        start: ByteStart,
+        start: Start,
         rd: &mut (impl AsyncRead + Unpin),
         wr: &mut (impl AsyncWrite + Unpin),
         stop: &mut watch::Receiver<bool>,
@@ -544,21 +595,68 @@ impl TailServer {
         // Subscribe before the first read, so no write between them is missed.
         let mut changes = self.watchers.subscribe(&key);
         let (store, k) = (self.store.clone(), key.clone());
-        let cursor = reader::blocking(move || {
+        let first = reader::blocking(move || {
             let Some(info) = store.stream(&k)? else {
                 return Ok(None);
             };
             let kind = reader::stream_type(&info.desc);
-            reader::seek(&store, &k, kind, info.state.contiguous, start).map(Some)
+            let contiguous = info.state.contiguous;
+            let target = match start {
+                Start::Byte(b) => Target::Byte(b),
+                Start::Line(_) if kind == StreamType::Binary => Target::NoLines,
+                Start::Line(RowStart::From(n)) => Target::Row(n),
+                // The last lines when the request arrives: a fixed line number from then on.
+                Start::Line(RowStart::Last(n)) => {
+                    Target::Row(reader::total_rows(&store, &k, contiguous)?.saturating_sub(n))
+                }
+                Start::Time(ms) => Target::Time(ms),
+            };
+            let cursor = resolve(&store, &k, &info, target)?;
+            Ok(Some((target, cursor)))
         })
         .await?;
-        let Some(mut cursor) = cursor else {
+        let Some((target, mut found)) = first else {
             return Err(ConnError::Refused(format!(
                 "stream {}/{}/+/{} not found",
                 key.project, key.prefix, key.name
             )));
         };
-        tracing::debug!(stream = %key.name, ?start, next = cursor.next, skip = cursor.skip, "following");
+        if target == Target::NoLines {
+            return Err(ConnError::Refused(format!(
+                "stream {}/{}/+/{} is binary and has no lines; use `from byte N` or `from time \
+                 RFC3339`",
+                key.project, key.prefix, key.name
+            )));
+        }
+        // A line or time the stream has not reached yet: wait for it.
+        let mut cursor = loop {
+            if let Some(c) = found {
+                break c;
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return Ok(()) },
+                () = stopped(stop) => return Err(ConnError::Stopping),
+                () = tokio::time::sleep(SAFETY_NET) => {}
+                () = client_gone(rd) => {
+                    self.stats.gone.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+            changes.mark_unchanged();
+            let (store, k) = (self.store.clone(), key.clone());
+            let again = reader::blocking(move || match store.stream(&k)? {
+                Some(info) => Ok((info.state.complete, resolve(&store, &k, &info, target)?)),
+                None => Ok((false, None)),
+            })
+            .await?;
+            match again {
+                (_, Some(c)) => found = Some(c),
+                // Complete without reaching it: nothing to send.
+                (true, None) => return Ok(()),
+                (false, None) => {}
+            }
+        };
+        tracing::debug!(stream = %key.name, ?target, next = cursor.next, skip = cursor.skip, "following");
         let _reader = crate::trim::Reader::new();
         let mut buf = Vec::new();
         loop {
@@ -693,7 +791,7 @@ fn auth_line(line: &str) -> Option<&str> {
     }
 }
 
-const USAGE: &str = "expected `stream PROJECT/PREFIX/+/NAME [from byte N | from byte -N]` or `list [PROJECT[/PREFIX]]`";
+const USAGE: &str = "expected `stream PROJECT/PREFIX/+/NAME [from byte [-]N | from line [-]N | from time RFC3339]` or `list [PROJECT[/PREFIX]]`";
 
 /// Parses a request line.
 fn parse_request(line: &str) -> Result<Request, String> {
@@ -704,8 +802,16 @@ fn parse_request(line: &str) -> Result<Request, String> {
         ["stream", path, rest @ ..] => {
             let key = reader::parse_stream_path(path)?;
             let start = match rest {
-                [] => ByteStart::From(0),
-                ["from", "byte", n] => parse_offset(n)?,
+                [] => Start::Byte(ByteStart::From(0)),
+                ["from", "byte", n] => Start::Byte(parse_offset(n)?),
+                ["from", "line", n] => Start::Line(parse_line(n)?),
+                ["from", "time", t] => Start::Time(parse_time(t)?),
+                ["from", what, ..] if !["byte", "line", "time"].contains(what) => {
+                    return Err(format!(
+                        "`from {what}`: expected `from byte`, `from line` or `from time`"
+                    ));
+                }
+                ["from", what] => return Err(format!("`from {what}` needs a value; {USAGE}")),
                 _ => return Err(USAGE.to_string()),
             };
             Ok(Request::Stream(key, start))
@@ -722,6 +828,29 @@ fn parse_offset(s: &str) -> Result<ByteStart, String> {
         Some(n) => n.parse().map(ByteStart::Last).map_err(|_| bad()),
         None => s.parse().map(ByteStart::From).map_err(|_| bad()),
     }
+}
+
+/// Parses a line number `N` or `-N` (the last N lines).
+fn parse_line(s: &str) -> Result<RowStart, String> {
+    let bad = || {
+        format!("{s:?} is not a line number (N from the first line, 0, or -N for the last N lines)")
+    };
+    match s.strip_prefix('-') {
+        Some(n) => n.parse().map(RowStart::Last).map_err(|_| bad()),
+        None => s.parse().map(RowStart::From).map_err(|_| bad()),
+    }
+}
+
+/// Parses an RFC 3339 time in UTC (`2026-11-27T01:02:03Z`, fractions of a second allowed)
+/// into milliseconds since the Unix epoch.
+fn parse_time(s: &str) -> Result<i64, String> {
+    let t = humantime::parse_rfc3339(s).map_err(|e| {
+        format!("{s:?} is not an RFC 3339 time in UTC such as 2026-11-27T01:02:03Z ({e})")
+    })?;
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{s:?} is before 1970"))?;
+    i64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too far in the future"))
 }
 
 #[cfg(test)]
@@ -744,16 +873,40 @@ mod tests {
             parse_request("stream p/x/y/+/std/out from byte 1000"),
             Ok(Request::Stream(
                 key("p", "x/y", "std/out"),
-                ByteStart::From(1000)
+                Start::Byte(ByteStart::From(1000))
             ))
         );
         assert_eq!(
             parse_request("  stream  p/x/+/a   from byte -200 "),
-            Ok(Request::Stream(key("p", "x", "a"), ByteStart::Last(200)))
+            Ok(Request::Stream(
+                key("p", "x", "a"),
+                Start::Byte(ByteStart::Last(200))
+            ))
         );
         assert_eq!(
             parse_request("stream p/x/+/a"),
-            Ok(Request::Stream(key("p", "x", "a"), ByteStart::From(0)))
+            Ok(Request::Stream(
+                key("p", "x", "a"),
+                Start::Byte(ByteStart::From(0))
+            ))
+        );
+        assert_eq!(
+            parse_request("stream p/x/+/a from line 7"),
+            Ok(Request::Stream(
+                key("p", "x", "a"),
+                Start::Line(RowStart::From(7))
+            ))
+        );
+        assert_eq!(
+            parse_request("stream p/x/+/a from line -3"),
+            Ok(Request::Stream(
+                key("p", "x", "a"),
+                Start::Line(RowStart::Last(3))
+            ))
+        );
+        assert_eq!(
+            parse_request("stream p/x/+/a from time 1970-01-01T00:00:01.5Z"),
+            Ok(Request::Stream(key("p", "x", "a"), Start::Time(1500)))
         );
         assert_eq!(parse_request("list"), Ok(Request::List(None)));
         assert_eq!(
@@ -769,6 +922,12 @@ mod tests {
             "stream p/x/+/a from byte ten",
             "stream p/x/+/a from byte --1",
             "stream p/x/+/a from byte 1 extra",
+            "stream p/x/+/a from line",
+            "stream p/x/+/a from line ten",
+            "stream p/x/+/a from line 1.5",
+            "stream p/x/+/a from time yesterday",
+            "stream p/x/+/a from time 2026-11-27",
+            "stream p/x/+/a from page 3",
             "stream p/x/+/_a",
             "list a b",
             "list Bad",

@@ -503,3 +503,64 @@ fn a_huge_bundle_is_stored_in_parts_and_a_conflict_in_a_later_part_refuses_the_r
     assert_eq!(out.refused[0].entries as usize, n - PART_ENTRIES, "{out:?}");
     assert!(out.refused[0].message.contains("differs"), "{out:?}");
 }
+
+/// Streams that have not ended are abandoned once their whole prefix has been quiet for
+/// longer than the setting; ended streams never are, and a write to any stream of the prefix
+/// makes its quiet streams open again.
+#[test]
+fn quiet_prefixes_have_their_open_streams_abandoned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    store
+        .write(
+            "proj",
+            "pre",
+            &[
+                checked("open", 0, &["a"], None),
+                checked("ended", 0, &["b"], Some(0)),
+            ],
+        )
+        .unwrap();
+    let abandoned = |name: &str| store.stream(&key(name)).unwrap().unwrap().state.abandoned;
+    let listed = |name: &str| {
+        store
+            .list("proj", "")
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(_, info)| info.state.abandoned)
+            .unwrap()
+    };
+    assert!(!abandoned("open") && !listed("open"), "a fresh write");
+    store.set_abandon_after(std::time::Duration::ZERO);
+    // Quiet for more than 0 ms: a millisecond or two.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !abandoned("open") {
+        assert!(std::time::Instant::now() < deadline, "never abandoned");
+        std::thread::yield_now();
+    }
+    assert!(listed("open"));
+    assert!(
+        !abandoned("ended") && !listed("ended"),
+        "ended streams are not"
+    );
+    // Quiet for 3 s against a setting of 2 s: abandoned, until another stream of the prefix
+    // gets a line.
+    let written = std::time::Instant::now();
+    store.set_abandon_after(std::time::Duration::from_secs(3600));
+    store
+        .write("proj", "pre", &[checked("open", 1, &["a2"], None)])
+        .unwrap();
+    while written.elapsed() < std::time::Duration::from_secs(3) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    store.set_abandon_after(std::time::Duration::from_secs(2));
+    assert!(abandoned("open") && listed("open"), "quiet for 3 s");
+    store
+        .write("proj", "pre", &[checked("other", 0, &["c"], None)])
+        .unwrap();
+    assert!(
+        !abandoned("open") && !listed("open"),
+        "its prefix got a line"
+    );
+}

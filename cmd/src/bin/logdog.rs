@@ -2,20 +2,22 @@
 //!
 //! ```text
 //! logdog --collector 127.0.0.1:7431 cat PROJECT/PREFIX/+/NAME
-//! logdog --collector 127.0.0.1:7431 tail [-n 10] [-f] PROJECT/PREFIX/+/NAME
+//! logdog --collector 127.0.0.1:7431 tail [-n 10] [-f [--wait]] [--raw] PROJECT/PREFIX/+/NAME
 //! logdog --collector 127.0.0.1:7431 ls PROJECT/PREFIX[/+/GLOB]
 //! logdog --collector 127.0.0.1:7431 query --tag k=v PROJECT[/PREFIX[/+/GLOB]]
 //! logdog --collector grpcs://collector.example:7431 --ca-cert ca.pem cat PROJECT/PREFIX/+/NAME
 //! ```
 //!
 //! The token (`--token-file FILE`, else `LOGDOG_TOKEN`) goes with every call as
-//! `authorization: Bearer TOKEN`. Exit status: 0, 1 when something failed, 2 for bad flags
-//! (an unreadable token or CA file too).
+//! `authorization: Bearer TOKEN`. Exit status: 0, 1 when something failed (an unknown stream,
+//! nothing matching `ls` or `query`, a server that is not a collector), 2 for bad flags (an
+//! unreadable token or CA file too). `tail -f` reconnects when the connection to the collector
+//! is lost (a restart) and resumes at the next entry.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
@@ -31,6 +33,15 @@ use tonic::{Code, Status};
 
 #[path = "../logging.rs"]
 mod logging;
+
+/// The collector's address, for messages.
+static COLLECTOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// How long `tail -f` keeps trying to reconnect after losing the collector.
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
+/// The longest pause between two reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
 /// The client, with the token interceptor.
 type Client = LogsClient<InterceptedService<Channel, BearerAuth>>;
@@ -69,15 +80,23 @@ enum Command {
         /// PROJECT/PREFIX/+/NAME
         path: String,
     },
-    /// Shows the last lines of a text stream; with -f, follows it until it is complete.
+    /// Shows the last lines of a text stream (datagrams: one per line); with -f, follows it
+    /// until it is complete, reconnecting if the collector restarts.
     Tail {
-        /// How many lines (or entries, for binary and datagram streams).
+        /// How many lines (datagrams of a datagram stream, entries of a binary stream).
         #[arg(short = 'n', long, default_value_t = 10)]
         lines: usize,
-        /// Keep following new lines until the stream is complete (waits for a stream that does
-        /// not exist yet).
+        /// Keep following new lines until the stream is complete.
         #[arg(short = 'f', long)]
         follow: bool,
+        /// With -f: wait for a stream that does not exist yet (without it, a missing stream is
+        /// an error).
+        #[arg(long, requires = "follow")]
+        wait: bool,
+        /// Datagrams as stored, each framed as its length (unsigned LEB128 varint) and its
+        /// bytes, as `cat` and the tail server write them, instead of one per line.
+        #[arg(long)]
+        raw: bool,
         /// PROJECT/PREFIX/+/NAME
         path: String,
     },
@@ -193,7 +212,40 @@ fn source_message(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// Whether `s` says that the server did not answer in gRPC at all: an HTTP server (such as
+/// the web viewer), or something that is not HTTP/2.
+fn not_grpc(s: &Status) -> bool {
+    let m = s.message();
+    s.code() == Code::Unimplemented
+        || [
+            "invalid compression flag",
+            "HTTP status",
+            "content-type",
+            "protocol error",
+            "frame with invalid size",
+            "invalid HTTP",
+        ]
+        .iter()
+        .any(|w| m.contains(w))
+}
+
 fn status_error(path: &str, s: Status) -> anyhow::Error {
+    if not_grpc(&s) {
+        let m = s.message();
+        let what = match m.find("with status: ") {
+            Some(i) => format!(
+                "it answered HTTP {}, not gRPC",
+                &m[i + "with status: ".len()..]
+            ),
+            None => "it does not speak gRPC".to_string(),
+        };
+        return anyhow!(
+            "the server at {} does not answer like a logdog collector ({what}): is it the web \
+             viewer's or the tail server's port? Give --collector the address the collector \
+             prints as LOGDOG_COLLECTOR=",
+            COLLECTOR.get().map_or("--collector", String::as_str),
+        );
+    }
     match s.code() {
         Code::NotFound => anyhow!("stream {path} not found"),
         Code::InvalidArgument => anyhow!("{}", s.message()),
@@ -208,15 +260,32 @@ fn status_error(path: &str, s: Status) -> anyhow::Error {
 }
 
 async fn run(cli: Cli, collector: Collector, security: ClientSecurity) -> anyhow::Result<()> {
-    let mut client = connect(&collector, &security).await?;
+    let _ = COLLECTOR.set(collector.host_port.clone());
+    let client = connect(&collector, &security).await?;
+    let mut session = Session {
+        client,
+        collector,
+        security,
+    };
+    let client = &mut session.client;
     match cli.command {
-        Command::Cat { path } => cat(&mut client, &path).await,
+        Command::Cat { path } => cat(client, &path).await,
         Command::Tail {
             lines,
             follow,
+            wait,
+            raw,
             path,
-        } => tail(&mut client, &path, lines, follow).await,
-        Command::Ls { pattern } => list(&mut client, &pattern, Vec::new()).await,
+        } => {
+            let opts = TailOptions {
+                lines,
+                follow,
+                wait,
+                raw,
+            };
+            tail(&mut session, &path, opts).await
+        }
+        Command::Ls { pattern } => list(client, &pattern, Vec::new()).await,
         Command::Query { tags, pattern } => {
             let tags = tags
                 .iter()
@@ -225,18 +294,46 @@ async fn run(cli: Cli, collector: Collector, security: ClientSecurity) -> anyhow
                     (k.to_string(), v.to_string())
                 })
                 .collect();
-            list(&mut client, &pattern, tags).await
+            list(client, &pattern, tags).await
         }
     }
+}
+
+/// A client and how to make it again (`tail -f` reconnects).
+struct Session {
+    client: Client,
+    collector: Collector,
+    security: ClientSecurity,
+}
+
+/// What `tail` was asked for.
+#[derive(Debug, Clone, Copy)]
+struct TailOptions {
+    lines: usize,
+    follow: bool,
+    wait: bool,
+    raw: bool,
 }
 
 /// Writes entries' payloads; keeps track of datagram fragments across calls.
 #[derive(Default)]
 struct Writer {
     out: Vec<u8>,
+    /// Datagrams one per line (`false`: framed as a uvarint length and the bytes).
+    lines: bool,
+    /// A datagram's first fragment was written and its last one not yet.
+    in_datagram: bool,
 }
 
 impl Writer {
+    /// A writer of datagrams one per line (`raw`: framed as stored).
+    fn new(raw: bool) -> Self {
+        Self {
+            lines: !raw,
+            ..Self::default()
+        }
+    }
+
     fn entry(&mut self, e: &logpb::LogEntry) {
         match &e.content {
             Some(Content::Text(t)) => {
@@ -246,6 +343,22 @@ impl Writer {
                 }
             }
             Some(Content::Binary(b)) => self.out.extend_from_slice(&b.data),
+            Some(Content::Datagram(d)) if self.lines => match d.partial {
+                None => {
+                    self.out.extend_from_slice(&d.data);
+                    self.out.push(b'\n');
+                }
+                // The rest of a datagram whose start was not read (`tail -n` starts at an
+                // entry): left out.
+                Some(p) if p.index > 0 && !self.in_datagram => {}
+                Some(p) => {
+                    self.out.extend_from_slice(&d.data);
+                    self.in_datagram = !p.last;
+                    if p.last {
+                        self.out.push(b'\n');
+                    }
+                }
+            },
             Some(Content::Datagram(d)) => {
                 match d.partial {
                     None => {
@@ -277,7 +390,7 @@ impl Writer {
 async fn cat(client: &mut Client, path: &str) -> anyhow::Result<()> {
     let (project, rest) = split_project(path)?;
     let mut index = 0u64;
-    let mut w = Writer::default();
+    let mut w = Writer::new(true);
     loop {
         let resp = client
             .get(pb::GetRequest {
@@ -288,9 +401,12 @@ async fn cat(client: &mut Client, path: &str) -> anyhow::Result<()> {
                 byte_count: 0,
                 log_count: 0,
             })
-            .await
-            .map_err(|s| status_error(path, s))?
-            .into_inner();
+            .await;
+        let resp = match resp {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::NotFound => return Err(not_found(client, path).await),
+            Err(s) => return Err(status_error(path, s)),
+        };
         for e in &resp.logs {
             w.entry(e);
         }
@@ -313,53 +429,233 @@ async fn cat(client: &mut Client, path: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn tail(client: &mut Client, path: &str, lines: usize, follow: bool) -> anyhow::Result<()> {
+async fn tail(session: &mut Session, path: &str, opts: TailOptions) -> anyhow::Result<()> {
     let (project, rest) = split_project(path)?;
     let mut next = 0u64;
-    let resp = client
+    let resp = session
+        .client
         .tail(pb::TailRequest {
             project: project.clone(),
             path: rest.clone(),
             state: true,
-            count: lines.max(1) as u32,
+            count: opts.lines.max(1) as u32,
         })
         .await;
+    let mut w = Writer::new(opts.raw);
     match resp {
         Ok(resp) => {
             let resp = resp.into_inner();
-            let mut w = Writer::default();
             for e in &resp.logs {
                 w.entry(e);
             }
             // Keep only the last `lines` lines of what the entries hold.
             let text = std::mem::take(&mut w.out);
-            w.out = last_lines(&text, lines).to_vec();
+            w.out = last_lines(&text, opts.lines).to_vec();
             w.flush()?;
             next = resp.logs.last().map_or(0, |e| e.stream_index + 1);
-            if !follow || resp.state.is_some_and(|s| s.complete) {
+            if !opts.follow || resp.state.is_some_and(|s| s.complete) {
                 return Ok(());
             }
         }
-        Err(s) if s.code() == Code::NotFound && follow => {} // follow a stream that does not exist yet
+        // Follow a stream that does not exist yet.
+        Err(s) if s.code() == Code::NotFound && opts.wait => {}
+        Err(s) if s.code() == Code::NotFound => {
+            return Err(not_found(&mut session.client, path).await);
+        }
         Err(s) => return Err(status_error(path, s)),
     }
-    let mut stream = client
-        .follow(pb::FollowRequest {
-            project,
-            path: rest,
-            index: next,
-        })
-        .await
-        .map_err(|s| status_error(path, s))?
-        .into_inner();
-    let mut w = Writer::default();
-    while let Some(msg) = stream.message().await.map_err(|s| status_error(path, s))? {
-        for e in &msg.logs {
-            w.entry(e);
+    follow(session, path, (project, rest), next, &mut w).await
+}
+
+/// Follows a stream from entry `next` until it is complete. A lost connection (the collector
+/// restarting) is said once on stderr and retried with backoff for up to [`RECONNECT_FOR`];
+/// the follow resumes at the entry after the last one written, so nothing is written twice
+/// or skipped.
+async fn follow(
+    session: &mut Session,
+    path: &str,
+    (project, rest): (String, String),
+    mut next: u64,
+    w: &mut Writer,
+) -> anyhow::Result<()> {
+    let mut lost: Option<Instant> = None;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let result: Result<(), Status> = async {
+            let mut stream = session
+                .client
+                .follow(pb::FollowRequest {
+                    project: project.clone(),
+                    path: rest.clone(),
+                    index: next,
+                })
+                .await?
+                .into_inner();
+            while let Some(msg) = stream.message().await? {
+                // Connected again: a later loss is told again.
+                lost = None;
+                delay = Duration::from_millis(100);
+                for e in &msg.logs {
+                    w.entry(e);
+                    next = e.stream_index + 1;
+                }
+                w.flush().map_err(|e| Status::aborted(format!("{e:#}")))?;
+            }
+            Ok(())
         }
-        w.flush()?;
+        .await;
+        let why = match result {
+            // The collector ends a follow once the stream is complete, or when it stops.
+            Ok(()) => match complete(&mut session.client, &project, &rest).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => "the collector ended the follow".to_string(),
+                Err(s) => s.message().to_string(),
+            },
+            Err(s) if s.code() == Code::Aborted => bail!("{}", s.message()),
+            Err(s) if retryable(&s) => s.message().to_string(),
+            Err(s) => return Err(status_error(path, s)),
+        };
+        let since = *lost.get_or_insert_with(|| {
+            eprintln!(
+                "logdog: lost the connection to the collector at {} ({why}); reconnecting",
+                session.collector.host_port
+            );
+            Instant::now()
+        });
+        if since.elapsed() > RECONNECT_FOR {
+            bail!(
+                "could not reconnect to the collector at {} for {}s: {why}",
+                session.collector.host_port,
+                RECONNECT_FOR.as_secs()
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+        // A new channel: the old one may be stuck on the dead connection.
+        if let Ok(c) = connect(&session.collector, &session.security).await {
+            session.client = c;
+        }
     }
-    Ok(())
+}
+
+/// Whether a follow that failed with `s` may succeed when tried again: the connection was
+/// lost, not the request refused.
+fn retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+    )
+}
+
+/// Whether the stream is complete.
+async fn complete(client: &mut Client, project: &str, rest: &str) -> Result<bool, Status> {
+    let resp = client
+        .get(pb::GetRequest {
+            project: project.to_string(),
+            path: rest.to_string(),
+            state: true,
+            index: 0,
+            byte_count: 0,
+            log_count: -1,
+        })
+        .await?
+        .into_inner();
+    Ok(resp.state.is_some_and(|s| s.complete))
+}
+
+/// Says that stream `path` does not exist: with the closest names under its prefix, and a
+/// hint when the path seems to lack its project.
+async fn not_found(client: &mut Client, path: &str) -> anyhow::Error {
+    let mut msg = format!("stream {path} not found");
+    let Ok((project, rest)) = split_project(path) else {
+        return anyhow!(msg);
+    };
+    let (prefix, name) = rest.split_once("/+/").unwrap_or((rest.as_str(), ""));
+    let names = stream_names(client, &project, prefix).await;
+    let mut close: Vec<(usize, &String)> = names.iter().map(|n| (distance(name, n), n)).collect();
+    close.sort();
+    if !close.is_empty() {
+        let shown: Vec<String> = close
+            .iter()
+            .take(3)
+            .map(|(_, n)| format!("{project}/{prefix}/+/{n}"))
+            .collect();
+        msg.push_str(&format!(
+            "; the closest names under {project}/{prefix}: {}",
+            shown.join(", ")
+        ));
+        return anyhow!(msg);
+    }
+    // Nothing under the prefix: was the project left out?
+    let default = format!("default/{}", path.trim_start_matches('/'));
+    if project != "default" && stream_exists(client, &default).await {
+        msg.push_str(&format!(
+            "; paths start with the project: did you mean {default}?"
+        ));
+    } else if stream_names(client, &project, "").await.is_empty() {
+        msg.push_str(&format!(
+            "; project {project:?} has no streams (paths are PROJECT/PREFIX/+/NAME, such as \
+             default/{})",
+            path.trim_start_matches('/')
+        ));
+    } else {
+        msg.push_str(&format!("; {project}/{prefix} has no streams"));
+    }
+    anyhow!(msg)
+}
+
+/// The names of the streams directly under `project/prefix` (all of the project's for an
+/// empty prefix; at most a page); empty when they cannot be listed.
+async fn stream_names(client: &mut Client, project: &str, prefix: &str) -> Vec<String> {
+    let resp = client
+        .query(pb::QueryRequest {
+            project: project.to_string(),
+            path: prefix.to_string(),
+            tags: Default::default(),
+            max_results: 0,
+            next: String::new(),
+        })
+        .await;
+    let Ok(resp) = resp else {
+        return Vec::new();
+    };
+    resp.into_inner()
+        .streams
+        .into_iter()
+        .filter_map(|s| {
+            let (p, n) = s.path.split_once("/+/")?;
+            (prefix.is_empty() || p == prefix).then(|| n.to_string())
+        })
+        .collect()
+}
+
+/// Whether `PROJECT/PREFIX/+/NAME` exists.
+async fn stream_exists(client: &mut Client, path: &str) -> bool {
+    let Ok((project, rest)) = split_project(path) else {
+        return false;
+    };
+    complete(client, &project, &rest).await.is_ok()
+}
+
+/// The edit distance between `a` and `b` (characters inserted, removed or changed).
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// The tail of `text` holding its last `n` lines.
@@ -410,6 +706,8 @@ async fn list(
                 "complete"
             } else if state.terminated {
                 "incomplete"
+            } else if state.abandoned {
+                "abandoned"
             } else {
                 "open"
             };
@@ -428,6 +726,15 @@ async fn list(
             break;
         }
         next = resp.next;
+    }
+    if out.is_empty() {
+        let with = if tags.is_empty() {
+            String::new()
+        } else {
+            let tags: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(" with tags {}", tags.join(","))
+        };
+        bail!("no streams match {pattern}{with}");
     }
     print!("{out}");
     Ok(())

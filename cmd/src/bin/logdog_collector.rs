@@ -95,6 +95,11 @@ struct Cli {
     /// most about --max-inflight-bytes + --max-connections × this.
     #[arg(long, value_name = "BYTES", default_value_t = logdog_collector::ingress::DEFAULT_CONNECTION_WINDOW, value_parser = clap::value_parser!(u32).range(i64::from(logdog_collector::ingress::MIN_CONNECTION_WINDOW)..=i64::from(logdog_collector::ingress::MAX_CONNECTION_WINDOW)))]
     connection_window: u32,
+    /// Report a stream that has not ended as `abandoned` (in the viewer's API and `logdog ls`)
+    /// once nothing of its whole prefix has arrived for this long: a butler that was killed
+    /// never ends its streams.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    abandon_after: std::time::Duration,
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -360,6 +365,7 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
     let security = security(&cli)?;
     let store = Store::open(&cli.data)
         .with_context(|| format!("cannot open the store in {}", cli.data.display()))?;
+    store.set_abandon_after(cli.abandon_after);
     let listener = TcpListener::bind(&cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;

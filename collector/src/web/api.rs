@@ -142,7 +142,9 @@ struct StreamJson {
     kind: &'static str,
     content_type: String,
     tags: BTreeMap<String, String>,
-    /// `open` (still being written), `complete`, or `incomplete` (ended with entries missing).
+    /// `open` (still being written), `complete`, `incomplete` (ended with entries missing), or
+    /// `abandoned` (not ended, and its prefix has received nothing for longer than the
+    /// collector's --abandon-after).
     state: &'static str,
     complete: bool,
     bytes: u64,
@@ -167,6 +169,8 @@ fn stream_json(key: &StreamKey, info: &StreamInfo) -> StreamJson {
         "complete"
     } else if s.terminated {
         "incomplete"
+    } else if s.abandoned {
+        "abandoned"
     } else {
         "open"
     };
