@@ -56,6 +56,10 @@
         const th = el('th');
         th.colSpan = 7;
         th.append(link('/p/' + encodePath(`${project}/${pfx}`), pfx || '(no prefix)'));
+        if (pfx) {
+          th.append(el('span', 'group-summary', ' '));
+          th.append(link('/c/' + encodePath(`${project}/${pfx}`), 'all streams', 'combined'));
+        }
         const open = list.filter((s) => s.state === 'open').length;
         th.append(el('span', 'group-summary',
           ` ${list.length} stream${list.length === 1 ? '' : 's'}` + (open ? `, ${open} running` : '')));
