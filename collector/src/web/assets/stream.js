@@ -110,32 +110,47 @@
     return out;
   }
 
-  /** Fetches the section markers of the whole log, a bounded page at a time. */
+  /** Fetches the section markers of the whole log, a bounded page at a time; again from
+   * where it got to when called again (a live stream grows). */
+  const markerScan = { markers: [], from: 0, lastT: 0, lastRow: 0, busy: false, timer: null };
   async function loadSections() {
-    if (kind !== 'text') return;
-    const markers = [];
-    let from = 0;
-    let lastT = 0;
-    let lastRow = 0;
-    for (let pages = 0; pages < 50; pages++) {
+    if (kind !== 'text' || markerScan.busy) return;
+    markerScan.busy = true;
+    const ms = markerScan;
+    // The last line may have been unfinished: read it again.
+    ms.markers = ms.markers.filter((m) => m.n < ms.from);
+    for (let pages = 0; pages < 16; pages++) {
       let d;
       try {
-        d = await getJSON(`/api/sections/${enc}?from=${from}`);
+        d = await getJSON(`/api/sections/${enc}?from=${ms.from}`);
       } catch (_) {
-        return;
+        break;
       }
-      markers.push(...d.markers);
-      lastT = d.last_t || lastT;
-      lastRow = Math.max(0, d.total - 1);
-      if (d.next === null || d.next === undefined) break;
-      from = d.next;
+      ms.markers.push(...d.markers.filter((m) => m.n >= ms.from));
+      ms.lastT = d.last_t || ms.lastT;
+      ms.lastRow = Math.max(0, d.total - 1);
+      if (d.next === null || d.next === undefined) {
+        ms.from = Math.max(ms.from, d.total - 1);
+        break;
+      }
+      ms.from = d.next;
     }
+    markerScan.busy = false;
     const old = new Map(sections.map((s) => [s.start, s.collapsed]));
-    sections = buildSections(markers, lastT, lastRow);
+    sections = buildSections(ms.markers, ms.lastT, ms.lastRow);
     for (const s of sections) if (old.has(s.start)) s.collapsed = old.get(s.start);
     sectionAt = new Map(sections.map((s) => [s.start, s]));
     document.body.dataset.sections = String(sections.length);
     decorate();
+  }
+
+  /** Reads the new section markers of a live stream, at most every few seconds. */
+  function sectionsLater() {
+    if (markerScan.timer) return;
+    markerScan.timer = setTimeout(() => {
+      markerScan.timer = null;
+      loadSections();
+    }, 3000);
   }
 
   /** The section head on a row: a fold button, the name's line, the duration. */
@@ -399,12 +414,14 @@
       }
       liveNext = d.next;
       showCount();
+      if (d.rows.length) sectionsLater();
     });
     live.addEventListener('state', (ev) => showStream(JSON.parse(ev.data)));
     live.addEventListener('end', () => {
       live.close();
       live = null;
       complete = true;
+      sectionsLater();
       setStatus('complete');
       maybeLoad();
     });
