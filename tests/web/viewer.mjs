@@ -213,7 +213,7 @@ async function ciRun() {
   // 10 --- Package, 12 +++ Tests.
   let h = await head(2);
   check(h.collapsed && h.expanded === 'false', `the group is not collapsed: ${JSON.stringify(h)}`);
-  check(/^\d+\.\ds$/.test(h.dur), `the group's duration is ${JSON.stringify(h.dur)}`);
+  check(/^(\d+ms|\d+\.\ds)$/.test(h.dur), `the group's duration is ${JSON.stringify(h.dur)}`);
   for (const l of [3, 4, 5, 7, 8, 9, 11]) check(!(await visible(l)), `line ${l} is shown in a collapsed section`);
   for (const l of [1, 2, 6, 10, 12, 13, 14]) check(await visible(l), `line ${l} is hidden`);
   h = await head(6);
@@ -223,7 +223,7 @@ async function ciRun() {
   check(compile === 'Compiling the code', `the GitLab header shows ${JSON.stringify(compile)}`);
   h = await head(12);
   check(!h.collapsed && h.expanded === 'true', 'the +++ section is collapsed');
-  check(/^\d+\.\ds$/.test(h.dur), `the +++ section's duration is ${JSON.stringify(h.dur)}`);
+  check(/^(\d+ms|\d+\.\ds)$/.test(h.dur), `the +++ section's duration is ${JSON.stringify(h.dur)}`);
   check((await head(10)).collapsed, 'the --- section is expanded');
   await shot('7-sections-collapsed');
   await row(2).locator('.fold').click();
@@ -255,6 +255,13 @@ async function ciRun() {
   check(count === `1 of ${needles.length} matches`, `search count says ${JSON.stringify(count)}`);
   await page.click('#search-next');
   check(await target() === needles[1], `next went to ${await target()}, want ${needles[1]}`);
+  // The line gone to is in view, below the bars.
+  const inView = await page.evaluate(() => {
+    const r = document.querySelector('#rows .row.target').getBoundingClientRect();
+    const box = document.getElementById('log').getBoundingClientRect();
+    return r.top >= box.top && r.bottom <= box.bottom;
+  });
+  check(inView, 'the line gone to is not in view');
   await page.click('#search-next');
   check(await target() === needles[2], `next went to ${await target()}, want ${needles[2]}`);
   await page.click('#search-prev');

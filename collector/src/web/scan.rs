@@ -124,7 +124,7 @@ async fn stream_info(st: &AppState, key: &StreamKey) -> Result<StreamInfo, ApiEr
 #[derive(Debug, Deserialize)]
 pub(super) struct SearchQuery {
     /// The text, or the pattern with `regex`.
-    q: String,
+    q: Option<String>,
     /// Any value but `0`/`false`: `q` is a regular expression (Rust `regex` syntax).
     regex: Option<String>,
     /// Any value but `0`/`false`: match case (plain text and patterns ignore case otherwise).
@@ -213,8 +213,12 @@ pub(super) async fn search(
     headers: HeaderMap,
 ) -> ApiResult {
     let key = api::readable_key(&st, &headers, "/api/search", &path)?;
-    let re = compile(&q.q, flag(q.regex.as_deref()), flag(q.case.as_deref()))
-        .map_err(ApiError::bad_request)?;
+    let re = compile(
+        q.q.as_deref().unwrap_or(""),
+        flag(q.regex.as_deref()),
+        flag(q.case.as_deref()),
+    )
+    .map_err(ApiError::bad_request)?;
     let max = q.max.unwrap_or(DEFAULT_MATCHES).clamp(1, MAX_MATCHES);
     let from = q.from.unwrap_or(0);
     let info = stream_info(&st, &key).await?;

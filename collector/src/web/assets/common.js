@@ -115,9 +115,10 @@ const logdog = (() => {
     return el('span', `state ${state}`, state === 'open' ? 'running' : state);
   }
 
-  /** `0.4s`, `12.3s`, `3m 05s`, `1h 02m`. */
+  /** `45ms`, `12.3s`, `3m 05s`, `1h 02m`. */
   function duration(ms) {
     if (!(ms >= 0)) return '';
+    if (ms < 1000) return `${Math.round(ms)}ms`;
     const s = ms / 1000;
     if (s < 60) return `${s.toFixed(1)}s`;
     const p = (n) => String(n).padStart(2, '0');
