@@ -197,6 +197,22 @@ async function ciRun() {
   const took = await page.textContent('#run .run-duration');
   check(took === '1m 23s', `duration shown as ${JSON.stringify(took)}`);
   await shot('6-run-header');
+  // A stream the collector reports as abandoned gets its own badge, not a running one.
+  const badges = await page.evaluate(() => {
+    const a = logdog.stateBadge('abandoned');
+    const o = logdog.stateBadge('open');
+    document.body.append(a, o);
+    const cs = (e) => getComputedStyle(e);
+    const r = {
+      text: a.textContent, bg: cs(a).backgroundColor, border: cs(a).borderTopStyle,
+      runningBg: cs(o).backgroundColor,
+    };
+    a.remove();
+    o.remove();
+    return r;
+  });
+  check(badges.text === 'abandoned' && badges.bg !== badges.runningBg && badges.border === 'dashed',
+    `the abandoned badge is ${JSON.stringify(badges)}`);
 
   // Sections: GitHub's group and GitLab's collapsed=true section start collapsed, with their
   // durations; Buildkite's `---` is collapsed, `+++` expanded.
