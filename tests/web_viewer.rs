@@ -298,6 +298,19 @@ fn web_viewer_follows_a_running_stream_in_headless_chromium() {
         eprintln!("screenshot: {}", p.display());
     }
 
+    // A search of the 100 MiB log reads at most its byte budget per request, and says where
+    // to go on from.
+    let started = Instant::now();
+    let (code, head, body) = http_get(&http, "/api/search/default/big/+/stdout?q=zz%7Cnot-there");
+    assert_eq!(code, 200, "{head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON from /api/search");
+    assert_eq!(v["capped"], "bytes", "{v}");
+    let scanned = v["scanned_bytes"].as_u64().expect("scanned_bytes");
+    assert!((32 << 20..(32 << 20) + (1 << 20)).contains(&scanned), "{v}");
+    let next = v["next"].as_u64().expect("a row to go on from");
+    assert!(next > 0 && next < lines as u64, "{v}");
+    eprintln!("one search page of the big log: {:?}", started.elapsed());
+
     // The raw link serves the exact bytes, as text that can never be a page of the site.
     let (code, head, body) = http_get(&http, "/raw/default/web/+/stdout");
     assert_eq!(code, 200, "{head}");
