@@ -204,8 +204,8 @@ fn cut(text: &str, max: usize) -> &str {
 /// Answers `{"matches": [{n, t, text, at}], "next": N|null, "capped": "matches"|"bytes"|null,
 /// "scanned_bytes": B, "total": ROWS}`: at most `max` (100, at most 1000) matches and
 /// [`SCAN_BUDGET`] bytes of rows per request; `next` is where to continue (`null`: the end
-/// of what is stored was searched). A pattern that does not compile, or compiles too big, is
-/// a 400 that says why.
+/// of what is stored was searched; a line still being written is searched once it has
+/// ended). A pattern that does not compile, or compiles too big, is a 400 that says why.
 pub(super) async fn search(
     State(st): State<AppState>,
     Path(path): Path<String>,

@@ -162,7 +162,10 @@
       btn = el('button', 'fold');
       btn.type = 'button';
       btn.addEventListener('click', () => {
-        s.collapsed = !s.collapsed;
+        // The sections are rebuilt as a live stream grows: look this one up again.
+        const cur = sectionAt.get(Number(row.dataset.n));
+        if (!cur) return;
+        cur.collapsed = !cur.collapsed;
         decorate();
         maybeLoad();
       });
