@@ -236,6 +236,17 @@ pub fn write_ci_run(dir: &Path, collector: &Collector, http: &str, prefix: &str)
         stream.write_all(&bytes).expect("writing a part");
         wait_stored(http, path, shown.len() as u64);
     }
+    // While the command runs, the record has no end line: the viewer says it is running.
+    let (status, v) = get_json(http, &format!("/api/run/{scope}"));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["run"]["start"]["command"],
+        serde_json::json!(out.command),
+        "{v}"
+    );
+    assert_eq!(v["run"]["start"]["host"], "ci-7", "{v}");
+    assert_eq!(v["run"]["end"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["run"]["state"], "open", "{v}");
     let end = serde_json::json!({
         "event": "end", "end": "2026-11-26T23:53:00.623Z", "exit_code": exit_code,
         "signal": null, "duration_secs": duration_secs, "streams": 3, "bytes_captured": 1000,
