@@ -64,6 +64,8 @@ async function liveStream() {
   check((await row.locator('.state').textContent()) === 'running', 'the list says running');
   const tagText = await page.locator('tr.stream .tag', { hasText: 'note=' }).first().textContent();
   check(tagText === 'note=<img src=x onerror=alert(3)>', `tag shown as ${JSON.stringify(tagText)}`);
+  const combined = await page.locator('tr.group a.combined[href="/c/default/web"]').count();
+  check(combined === 1, 'the prefix has no link to its interleaved view');
   await shot('1-list');
 
   // The stream, while its writer waits.

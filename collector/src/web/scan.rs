@@ -414,7 +414,9 @@ pub(super) async fn sections(
 /// `from`, and those below row `row` of the entry with `prefix_index` `from`.
 #[derive(Debug, Deserialize)]
 pub(super) struct InterleaveQuery {
+    /// A `prefix_index` (`next.from` of an earlier answer).
     from: Option<u64>,
+    /// A line of the stream of the entry `from` (`next.row` of an earlier answer).
     row: Option<u64>,
     /// At most this many rows.
     count: Option<usize>,
@@ -424,8 +426,11 @@ pub(super) struct InterleaveQuery {
 struct Merging {
     key: StreamKey,
     info: StreamInfo,
+    /// Its lines so far (a line may span entries).
     asm: RowAssembler,
+    /// The next entry to read from the store.
     next_entry: u64,
+    /// Entries read and not merged yet (at most [`READ_BUDGET`] of them, or one entry).
     buf: VecDeque<LogEntry>,
     /// Its entries are all read.
     drained: bool,

@@ -57,8 +57,9 @@
         th.colSpan = 7;
         th.append(link('/p/' + encodePath(`${project}/${pfx}`), pfx || '(no prefix)'));
         if (pfx) {
-          th.append(el('span', 'group-summary', ' '));
-          th.append(link('/c/' + encodePath(`${project}/${pfx}`), 'all streams', 'combined'));
+          const all = link('/c/' + encodePath(`${project}/${pfx}`), 'all streams, interleaved', 'combined');
+          all.title = 'The text streams of this prefix, line by line in the order they were written';
+          th.append(all);
         }
         const open = list.filter((s) => s.state === 'open').length;
         th.append(el('span', 'group-summary',
