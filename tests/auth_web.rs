@@ -375,6 +375,10 @@ fn viewer_over_tls_needs_a_token_that_may_read_the_project() {
         "/api/stream/alpha/build/+/log",
         "/api/rows/alpha/build/+/log",
         "/api/events/alpha/build/+/log",
+        "/api/search/alpha/build/+/log?q=alpha",
+        "/api/sections/alpha/build/+/log",
+        "/api/interleave/alpha/build",
+        "/api/run/alpha/build",
         "/raw/alpha/build/+/log",
     ] {
         let r = get(path, None);
@@ -429,11 +433,27 @@ fn viewer_over_tls_needs_a_token_that_may_read_the_project() {
     let events = r.text();
     assert!(events.contains("alpha line 3"), "{events}");
     assert!(events.contains("event: end"), "{events}");
+    let r = get("/api/search/alpha/build/+/log?q=LINE%203", Some(&reader));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["matches"][0]["n"], 2, "{}", r.text());
+    let r = get("/api/interleave/alpha/build", Some(&reader));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["rows"].as_array().unwrap().len(),
+        3,
+        "{}",
+        r.text()
+    );
+    assert_eq!(get("/c/alpha/build", Some(&reader)).status, 200);
     for path in [
         "/api/streams/beta",
         "/api/stream/beta/build/+/log",
         "/api/rows/beta/build/+/log",
         "/api/events/beta/build/+/log",
+        "/api/search/beta/build/+/log?q=secret",
+        "/api/sections/beta/build/+/log",
+        "/api/interleave/beta/build",
+        "/api/run/beta/build",
         "/raw/beta/build/+/log",
     ] {
         let r = get(path, Some(&reader));
@@ -445,7 +465,7 @@ fn viewer_over_tls_needs_a_token_that_may_read_the_project() {
         );
         assert!(!r.text().contains("beta secret"), "{path}");
     }
-    for page in ["/p/beta", "/s/beta/build/+/log"] {
+    for page in ["/p/beta", "/s/beta/build/+/log", "/c/beta/build"] {
         let r = get(page, Some(&reader));
         assert_eq!(r.status, 403, "{page}: {}", r.head);
         assert!(r.text().contains("may not read project"), "{}", r.text());

@@ -2,7 +2,10 @@
 //! to it, and headless Chromium driven by playwright-core (`tests/web/viewer.mjs`). The
 //! browser opens the stream list, then a stream whose writer is still running; it sees the
 //! ANSI colours as styles, new lines appear without a reload, and the stream marked complete
-//! at the end. It then pages through a 100 MiB log, which is never rendered whole.
+//! at the end. It then pages through a 100 MiB log, which is never rendered whole. Last, on
+//! a CI-like run (see `common/web_data.rs`): the run header (command, exit status,
+//! duration), collapsed and expanded sections with their durations, the search with
+//! next/previous, and the interleaved view of the prefix's streams.
 //! Screenshots are saved under `$CARGO_TARGET_DIR/test-artifacts/web` (default
 //! `target/test-artifacts/web`).
 //!
@@ -11,6 +14,8 @@
 //! fails.
 
 mod common;
+#[path = "common/web_data.rs"]
+mod web_data;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -166,6 +171,9 @@ fn web_viewer_follows_a_running_stream_in_headless_chromium() {
         Collector::start_with(&d.join("data"), "127.0.0.1:0", &["--http", "127.0.0.1:0"]);
     let http = collector.http.clone().expect("the web viewer's address");
 
+    // A CI-like run with sections, lines to search for, two streams and a run record.
+    let ci = web_data::write_ci_run(d, &collector, &http, "ci/7");
+
     // A complete 100 MiB log.
     let big = d.join("big.txt");
     let started = Instant::now();
@@ -239,6 +247,14 @@ fn web_viewer_follows_a_running_stream_in_headless_chromium() {
             "phase1": phase1, "phase2": phase2, "last": last,
         },
         "big": { "path": "default/big/+/stdout", "lines": lines },
+        "ci": {
+            "scope": ci.scope,
+            "build": ci.build,
+            "interleaved": ci.interleaved,
+            "command": ci.command,
+            "exit_code": ci.exit_code,
+            "duration_secs": ci.duration_secs,
+        },
     });
     let mut node = Command::new("node");
     node.current_dir(&env.root)
@@ -265,10 +281,35 @@ fn web_viewer_follows_a_running_stream_in_headless_chromium() {
     );
     eprintln!("browser measurements: {}", result.stdout_str().trim());
     assert!(status.success(), "writer: {status}; stderr:\n{writer_err}");
-    for name in ["1-list", "2-running", "3-live", "4-complete", "5-big"] {
+    for name in [
+        "1-list",
+        "2-running",
+        "3-live",
+        "4-complete",
+        "5-big",
+        "6-run-header",
+        "7-sections-collapsed",
+        "8-section-expanded",
+        "9-search",
+        "10-interleaved",
+    ] {
         let p = shots.join(format!("{name}.png"));
         assert!(p.exists(), "no screenshot {}", p.display());
+        eprintln!("screenshot: {}", p.display());
     }
+
+    // A search of the 100 MiB log reads at most its byte budget per request, and says where
+    // to go on from.
+    let started = Instant::now();
+    let (code, head, body) = http_get(&http, "/api/search/default/big/+/stdout?q=zz%7Cnot-there");
+    assert_eq!(code, 200, "{head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON from /api/search");
+    assert_eq!(v["capped"], "bytes", "{v}");
+    let scanned = v["scanned_bytes"].as_u64().expect("scanned_bytes");
+    assert!((32 << 20..(32 << 20) + (1 << 20)).contains(&scanned), "{v}");
+    let next = v["next"].as_u64().expect("a row to go on from");
+    assert!(next > 0 && next < lines as u64, "{v}");
+    eprintln!("one search page of the big log: {:?}", started.elapsed());
 
     // The raw link serves the exact bytes, as text that can never be a page of the site.
     let (code, head, body) = http_get(&http, "/raw/default/web/+/stdout");

@@ -587,6 +587,28 @@ pub fn find_row(
     search(store, key, contiguous, |e| e.sequence + rows_in(e) > n)
 }
 
+/// Where a reader of entries with `prefix_index` from `pi` on starts in a stream: the first
+/// entry holding any part of the row that the first such entry starts in (a line may begin
+/// in an earlier entry), or the contiguous count when there is none.
+///
+/// # Errors
+/// A store failure.
+pub fn find_prefix_index(
+    store: &Store,
+    key: &StreamKey,
+    contiguous: u64,
+    pi: u64,
+) -> Result<u64, StoreError> {
+    let first = search(store, key, contiguous, |e| e.prefix_index >= pi)?;
+    if first == 0 || first >= contiguous {
+        return Ok(first);
+    }
+    match entry_at(store, key, first)? {
+        Some(e) => find_row(store, key, contiguous, e.sequence),
+        None => Ok(first),
+    }
+}
+
 /// Byte budget of one read of entries while paging rows.
 const PAGE_BUDGET: usize = 1 << 20;
 

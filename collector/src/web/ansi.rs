@@ -5,7 +5,8 @@
 //! in both the `;` and the `:` forms. Every other escape sequence (cursor movement, erase,
 //! OSC titles and links, charset selection, …) and every other control character except tab
 //! is dropped. A carriage return starts the line over, as on a terminal, unless nothing
-//! follows it. Each line starts with the default style, so any page of a log renders the same
+//! follows it; erasing the line after it (`ESC [ K`, or `ESC [ 2 K` anywhere) empties the
+//! line. Each line starts with the default style, so any page of a log renders the same
 //! wherever it starts.
 
 /// A colour.
@@ -330,6 +331,13 @@ pub fn parse(line: &[u8]) -> Vec<Span> {
                     if b[i] == b'm' && plain {
                         apply_sgr(&mut style, &text[params..i]);
                     }
+                    // Erase in line: the whole line (`2K`), or all of it from the start of
+                    // the line after a carriage return (`K`, `0K`), as GitLab's section
+                    // lines do (`section_end:…\r ESC[0K`).
+                    let erase = &text[params..i];
+                    if b[i] == b'K' && (erase == "2" || (out.cr && matches!(erase, "" | "0"))) {
+                        out.spans.clear();
+                    }
                     i += 1;
                 }
                 // Otherwise malformed: what was read is dropped.
@@ -460,6 +468,9 @@ mod tests {
     fn carriage_returns_start_over() {
         assert_eq!(show(b"\x1b[32m10%\r20%\r100%"), [plain("100%", "f2")]);
         assert_eq!(show(b"done\r"), [plain("done", "")]);
+        assert_eq!(show(b"section_end:1:x\r\x1b[0K"), []);
+        assert_eq!(show(b"keep\x1b[K"), [plain("keep", "")]);
+        assert_eq!(show(b"gone\x1b[2Knew"), [plain("new", "")]);
         assert_eq!(show(b"\xff<b>&"), [plain("\u{fffd}<b>&", "")]);
     }
 

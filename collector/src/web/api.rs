@@ -64,11 +64,13 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, msg)
     }
 
-    fn bad_request(msg: impl Into<String>) -> Self {
+    /// A 400.
+    pub(super) fn bad_request(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, msg)
     }
 
-    fn stream_not_found(key: &StreamKey) -> Self {
+    /// A 404 naming the stream.
+    pub(super) fn stream_not_found(key: &StreamKey) -> Self {
         Self::not_found(format!(
             "stream {}/{}/+/{} not found",
             key.project, key.prefix, key.name
@@ -111,7 +113,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+/// What a handler answers.
+pub(super) type ApiResult = Result<Response, ApiError>;
 
 fn key_of(path: &str) -> Result<StreamKey, ApiError> {
     reader::parse_stream_path(path).map_err(ApiError::bad_request)
@@ -119,7 +122,7 @@ fn key_of(path: &str) -> Result<StreamKey, ApiError> {
 
 /// The stream of `path`, once the request's token may read its project; `route` names the
 /// request in the log line of a refusal.
-fn readable_key(
+pub(super) fn readable_key(
     st: &AppState,
     headers: &HeaderMap,
     route: &str,
@@ -132,7 +135,7 @@ fn readable_key(
 
 /// A stream as the pages show it.
 #[derive(Debug, Serialize)]
-struct StreamJson {
+pub(super) struct StreamJson {
     project: String,
     prefix: String,
     name: String,
@@ -145,7 +148,7 @@ struct StreamJson {
     /// `open` (still being written), `complete`, `incomplete` (ended with entries missing), or
     /// `abandoned` (not ended, and its prefix has received nothing for longer than the
     /// collector's --abandon-after).
-    state: &'static str,
+    pub(super) state: &'static str,
     complete: bool,
     bytes: u64,
     entries: u64,
@@ -163,7 +166,8 @@ fn kind_name(t: StreamType) -> &'static str {
     }
 }
 
-fn stream_json(key: &StreamKey, info: &StreamInfo) -> StreamJson {
+/// The stream `key` as the pages show it.
+pub(super) fn stream_json(key: &StreamKey, info: &StreamInfo) -> StreamJson {
     let s = &info.state;
     let state = if s.complete {
         "complete"
@@ -219,7 +223,7 @@ fn is_false(b: &bool) -> bool {
 
 /// A row as the stream page shows it.
 #[derive(Debug, Serialize)]
-struct RowJson {
+pub(super) struct RowJson {
     /// Row number, from 0.
     n: u64,
     /// Time (ms since the epoch).
@@ -239,7 +243,7 @@ struct RowJson {
     hex: bool,
 }
 
-fn row_json(kind: StreamType, row: &Row) -> RowJson {
+pub(super) fn row_json(kind: StreamType, row: &Row) -> RowJson {
     let mut cut = row.size > row.bytes.len() as u64;
     let mut hex = false;
     let spans = if kind == StreamType::Datagram && std::str::from_utf8(&row.bytes).is_err() {

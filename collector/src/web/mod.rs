@@ -15,6 +15,11 @@
 //! | `/api/stream/PATH` | JSON: one stream's descriptor and state |
 //! | `/api/rows/PATH?from=N&count=M` or `?last=M` | JSON: a page of rows |
 //! | `/api/events/PATH?from=N` | server-sent events: rows from `N` as they arrive |
+//! | `/api/search/PATH?q=TEXT[&regex=1]` | JSON: matching lines, a bounded page at a time |
+//! | `/api/sections/PATH` | JSON: the CI section markers of a text stream, a bounded page at a time |
+//! | `/c/PROJECT/PREFIX` | the text streams of a prefix interleaved, each line marked with its stream |
+//! | `/api/interleave/PROJECT/PREFIX` | JSON: a page of the prefix's lines in `prefix_index` order |
+//! | `/api/run/PROJECT/PREFIX` | JSON: the run record (`logdog/run`): command, exit status, times |
 //! | `/metrics` | the collector's metrics, Prometheus text format (no token needed) |
 //! | `/healthz`, `/readyz` | alive; ready (the store is writable: 200, or 503 and why); no token |
 //! | `/login`, `/logout` | the login form (auth on): keeps the token in a cookie |
@@ -34,12 +39,14 @@
 //! - [`ansi`]: ANSI escape sequences to styled spans.
 //! - `server`: [`serve`], the routes, the pages and static files, the security headers.
 //! - `api`: the JSON, event-stream and raw handlers.
+//! - `scan`: reads that scan: search, section markers, the interleaved view, the run record.
 //! - `login`: tokens from headers and the cookie, the login form, page access.
 //! - `assets/`: the pages, their script and style sheet.
 
 pub mod ansi;
 mod api;
 mod login;
+mod scan;
 mod server;
 
 pub use login::COOKIE;

@@ -17,7 +17,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use super::{api, login};
+use super::{api, login, scan};
 use crate::Security;
 use crate::auth::Auth;
 use crate::chunks::ChunkCache;
@@ -202,6 +202,7 @@ fn router(
         .route("/", get(index_page))
         .route("/p/{*scope}", get(list_page))
         .route("/s/{*path}", get(stream_page))
+        .route("/c/{*scope}", get(combined_page))
         .route("/login", get(login::login_form).post(login::login))
         .route("/logout", post(login::logout))
         .route("/static/{file}", get(asset))
@@ -210,6 +211,10 @@ fn router(
         .route("/api/stream/{*path}", get(api::stream))
         .route("/api/rows/{*path}", get(api::rows))
         .route("/api/events/{*path}", get(api::events))
+        .route("/api/search/{*path}", get(scan::search))
+        .route("/api/sections/{*path}", get(scan::sections))
+        .route("/api/interleave/{*scope}", get(scan::interleave))
+        .route("/api/run/{*scope}", get(scan::run))
         .route("/raw/{*path}", get(api::raw))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -304,9 +309,10 @@ pub async fn serve_metrics(
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const LIST_HTML: &str = include_str!("assets/list.html");
 const STREAM_HTML: &str = include_str!("assets/stream.html");
+const COMBINED_HTML: &str = include_str!("assets/combined.html");
 
 /// The static files under `/static/`.
-const ASSETS: [(&str, &str, &str); 4] = [
+const ASSETS: [(&str, &str, &str); 5] = [
     (
         "style.css",
         "text/css; charset=utf-8",
@@ -326,6 +332,11 @@ const ASSETS: [(&str, &str, &str); 4] = [
         "stream.js",
         "text/javascript; charset=utf-8",
         include_str!("assets/stream.js"),
+    ),
+    (
+        "combined.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/combined.js"),
     ),
 ];
 
@@ -373,6 +384,17 @@ async fn stream_page(
         .ok()
         .map(|k| k.project);
     login::guarded_page(&st, &headers, &uri, project.as_deref(), STREAM_HTML)
+}
+
+/// `/c/PROJECT/PREFIX`: a token that may read the project.
+async fn combined_page(
+    State(st): State<AppState>,
+    axum::extract::Path(scope): axum::extract::Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let project = crate::reader::parse_scope(&scope).ok().map(|(p, _)| p);
+    login::guarded_page(&st, &headers, &uri, project.as_deref(), COMBINED_HTML)
 }
 
 async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {

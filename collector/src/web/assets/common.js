@@ -115,5 +115,70 @@ const logdog = (() => {
     return el('span', `state ${state}`, state === 'open' ? 'running' : state);
   }
 
-  return { el, link, encodePath, bytes, dateTime, time, getJSON, crumbs, showError, tags, stateBadge };
+  /** `45ms`, `12.3s`, `3m 05s`, `1h 02m`. */
+  function duration(ms) {
+    if (!(ms >= 0)) return '';
+    if (ms < 1000) return `${Math.round(ms)}ms`;
+    const s = ms / 1000;
+    if (s < 60) return `${s.toFixed(1)}s`;
+    const p = (n) => String(n).padStart(2, '0');
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m}m ${p(Math.floor(s % 60))}s`;
+    return `${Math.floor(m / 60)}h ${p(m % 60)}m`;
+  }
+
+  /** A command line as a shell would take it: arguments quoted when needed. */
+  function shellLine(argv) {
+    return argv.map((a) => {
+      const s = String(a);
+      return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`;
+    }).join(' ');
+  }
+
+  /**
+   * Fills the run header (#run) from the run record of a prefix (`/api/run`): the command,
+   * its exit status and how long it ran. Stays hidden when the prefix has no run record.
+   */
+  async function runHeader(project, prefix) {
+    const box = document.getElementById('run');
+    if (!box || !prefix) return;
+    let run;
+    try {
+      ({ run } = await getJSON(`/api/run/${encodePath(project)}/${encodePath(prefix)}`));
+    } catch (_) {
+      return;
+    }
+    if (!run || !run.start) return;
+    const { start, end, state } = run;
+    const cmd = el('code', 'run-command', Array.isArray(start.command) ? shellLine(start.command) : '');
+    cmd.title = 'command';
+    let exit;
+    if (end && end.exit_code !== null && end.exit_code !== undefined) {
+      exit = el('span', `run-exit ${end.exit_code === 0 ? 'ok' : 'fail'}`, `exit ${end.exit_code}`);
+    } else if (end && end.signal) {
+      exit = el('span', 'run-exit fail', `killed by ${end.signal}`);
+    } else if (end) {
+      exit = el('span', 'run-exit fail', 'ended');
+    } else {
+      const label = state === 'open' ? 'running' : state === 'complete' ? 'no exit status' : state;
+      exit = el('span', `run-exit ${state === 'open' ? 'running' : state}`, label);
+    }
+    exit.dataset.state = end ? 'ended' : state;
+    const started = Date.parse(start.start);
+    let took = '';
+    if (end && typeof end.duration_secs === 'number') took = duration(end.duration_secs * 1000);
+    else if (end && end.end && started) took = duration(Date.parse(end.end) - started);
+    else if (state === 'open' && started) took = `${duration(Date.now() - started)} so far`;
+    const dur = el('span', 'run-duration', took);
+    dur.title = 'duration';
+    const when = el('span', 'run-started', started ? dateTime(started) : '');
+    when.title = `started${start.host ? ` on ${start.host}` : ''}`;
+    box.replaceChildren(el('span', 'run-label', 'run'), cmd, exit, dur, when);
+    box.hidden = false;
+  }
+
+  return {
+    el, link, encodePath, bytes, dateTime, time, getJSON, crumbs, showError, tags, stateBadge,
+    duration, runHeader,
+  };
 })();

@@ -56,6 +56,11 @@
         const th = el('th');
         th.colSpan = 7;
         th.append(link('/p/' + encodePath(`${project}/${pfx}`), pfx || '(no prefix)'));
+        if (pfx) {
+          const all = link('/c/' + encodePath(`${project}/${pfx}`), 'all streams, interleaved', 'combined');
+          all.title = 'The text streams of this prefix, line by line in the order they were written';
+          th.append(all);
+        }
         const open = list.filter((s) => s.state === 'open').length;
         th.append(el('span', 'group-summary',
           ` ${list.length} stream${list.length === 1 ? '' : 's'}` + (open ? `, ${open} running` : '')));
