@@ -27,14 +27,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::Parser;
 use logdog_butler::policy::MaskRegistry;
 use logdog_butler::{Butler, ButlerConfig, PolicyConfig};
 use logdog_outputs::security::{CaCert, ClientSecurity, TOKEN_ENV, Token};
 use logdog_outputs::spool::{Spool, SpoolError};
 use logdog_outputs::{FanOut, GrpcOutput, Output, OutputSpec};
 
-use cli::{Cli, Command, Global};
+use cli::{Command, Global};
 
 /// Exit status for a butler failure (LogDog's value).
 pub const EXIT_RUNTIME: u8 = 250;
@@ -57,7 +56,7 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match cli::parse(std::env::args_os()) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();

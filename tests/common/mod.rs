@@ -41,6 +41,12 @@ pub fn butler<S: AsRef<std::ffi::OsStr>>(cwd: &Path, args: &[S]) -> Command {
     for v in LOGDOG_VARS {
         cmd.env_remove(v);
     }
+    // Nor on the variables that give the butler its flags (LOGDOG_OUTPUT, LOGDOG_RUN_NO_ECHO...).
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LOGDOG_") {
+            cmd.env_remove(name);
+        }
+    }
     cmd
 }
 

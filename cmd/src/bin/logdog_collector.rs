@@ -95,8 +95,9 @@ struct Cli {
     /// most about --max-inflight-bytes + --max-connections × this.
     #[arg(long, value_name = "BYTES", default_value_t = logdog_collector::ingress::DEFAULT_CONNECTION_WINDOW, value_parser = clap::value_parser!(u32).range(i64::from(logdog_collector::ingress::MIN_CONNECTION_WINDOW)..=i64::from(logdog_collector::ingress::MAX_CONNECTION_WINDOW)))]
     connection_window: u32,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, default_value = "info")]
+    /// Log level (off, error, warn, info, debug, trace, or directives such as
+    /// `info,logdog_collector::tailsrv=debug`); RUST_LOG overrides it.
+    #[arg(long, default_value = "info", value_parser = logging::parse_level)]
     log_level: String,
     /// How log lines are written on stderr: text, or json (one object per line).
     #[arg(long, value_enum, default_value_t = logging::LogFormat::Text)]
