@@ -285,6 +285,7 @@ pub fn start_butler(g: &Global, max_streams: usize) -> Result<Started, Failure> 
     }
     let butler =
         Butler::spawn(cfg.clone(), output.clone()).map_err(|e| Failure::Usage(e.to_string()))?;
+    check_collector(g);
     Ok(Started {
         butler,
         output,
@@ -292,6 +293,42 @@ pub fn start_butler(g: &Global, max_streams: usize) -> Result<Started, Failure> 
         grpc,
         fanout,
     })
+}
+
+/// How long the check at start waits for the collector to accept a connection.
+const REACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// With a collector output: checks, beside the command (which does not wait for it), that
+/// the collector accepts connections, and if it does not says so once, with what happens to
+/// the logs. Says nothing when it does.
+fn check_collector(g: &Global) {
+    let Some(collector) = g.collector() else {
+        return;
+    };
+    let then = match &g.spool {
+        Some(dir) => format!(
+            "the logs are kept in the spool {} and sent once it can be reached (what is left \
+             at the end stays there for `resume`)",
+            dir.display()
+        ),
+        None => format!(
+            "the logs are held in memory and sent again until it can be reached; at the end \
+             the butler waits at most --flush-timeout ({}) and reports what was not delivered \
+             as LOST",
+            humantime::format_duration(g.flush_timeout)
+        ),
+    };
+    let addr = collector.host_port;
+    tokio::spawn(async move {
+        let why = match tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect(&addr))
+            .await
+        {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {}s", REACH_TIMEOUT.as_secs()),
+        };
+        say!("cannot reach the collector at {addr} ({why}); {then}");
+    });
 }
 
 /// The stream policies of the global flags: filters, rate limit, secrets to mask, head+tail
