@@ -656,6 +656,14 @@ pub fn small_file_systems_can_be_made() -> bool {
         std::env::var_os("CI").is_none(),
         "{msg} (CI is set: failing)"
     );
-    eprintln!("SKIPPED: {msg}");
+    skipped(&msg);
     false
+}
+
+/// Says that a test (or part of one) did not run, with `why`, in a way that shows in the
+/// default `cargo test` output: written to the process's stderr directly, as libtest captures
+/// what `eprintln!` writes in a passing test.
+pub fn skipped(why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {why} ***\n");
 }
