@@ -328,6 +328,24 @@ fn pipe_and_resume_list_and_take_only_the_flags_that_apply() {
 }
 
 #[test]
+fn the_collectors_token_subcommand_does_not_list_the_store() {
+    let collector = env!("CARGO_BIN_EXE_logdog_collector");
+    let help = |args: &[&str]| {
+        let r = run(
+            Command::new(collector).args(args).arg("--help"),
+            Input::Null,
+        );
+        r.assert_code(0);
+        r.stdout_str()
+    };
+    assert!(help(&["verify"]).contains("--data"));
+    for args in [&["token"][..], &["token", "new"][..]] {
+        let h = help(args);
+        assert!(!h.contains("--data"), "{args:?}:\n{h}");
+    }
+}
+
+#[test]
 fn help_shows_the_variable_of_every_flag() {
     let tmp = tempdir();
     let r = run_butler(tmp.path(), &["--help"]);

@@ -41,9 +41,11 @@ pub fn butler<S: AsRef<std::ffi::OsStr>>(cwd: &Path, args: &[S]) -> Command {
     for v in LOGDOG_VARS {
         cmd.env_remove(v);
     }
-    // Nor on the variables that give the butler its flags (LOGDOG_OUTPUT, LOGDOG_RUN_NO_ECHO...).
+    // Nor on the variables that give the butler its flags (LOGDOG_OUTPUT, LOGDOG_RUN_NO_ECHO...);
+    // the tests' own (LOGDOG_TEST_*) pass.
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("LOGDOG_") {
+        let n = name.to_string_lossy();
+        if n.starts_with("LOGDOG_") && !n.starts_with("LOGDOG_TEST_") {
             cmd.env_remove(name);
         }
     }

@@ -200,7 +200,13 @@ const ENV_PREFIX: &str = "LOGDOG_COLLECTOR_";
 /// stderr and gives the exit status (2).
 fn parse_cli() -> Result<Cli, ExitCode> {
     use clap::{CommandFactory, FromArgMatches};
-    let cmd = config::with_env(Cli::command(), ENV_PREFIX);
+    let mut cmd = config::with_env(Cli::command(), ENV_PREFIX);
+    // `token` does not use the store: a hidden copy of --data keeps the global one out of
+    // its help.
+    let data = cmd.get_arguments().find(|a| a.get_id() == "data").cloned();
+    if let Some(data) = data {
+        cmd = cmd.mut_subcommand("token", |t| t.arg(data.hide(true)));
+    }
     let args = match config::apply(&cmd, std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {
