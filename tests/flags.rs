@@ -168,6 +168,12 @@ fn a_flag_set_only_in_its_variable_takes_effect_and_the_command_line_wins() {
     let r = run(&mut cmd, Input::Null);
     r.assert_code(2);
     assert!(r.stderr_str().contains("nowhere"), "{}", r.stderr_str());
+    assert!(
+        r.stderr_str()
+            .contains("flags were also set in the environment: LOGDOG_OUTPUT"),
+        "{}",
+        r.stderr_str()
+    );
 }
 
 #[test]

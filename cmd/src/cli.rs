@@ -461,3 +461,49 @@ pub struct StreamArgs {
     #[arg(long, value_name = "SPEC")]
     pub stream: Option<StreamSpec>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_flag_variable_is_one_a_butler_exports_or_another_binary_reads() {
+        let taken = [
+            logdog_bootstrap::STREAM_SERVER_PATH,
+            logdog_bootstrap::STREAM_PROJECT,
+            logdog_bootstrap::STREAM_PREFIX,
+            logdog_bootstrap::COORDINATOR_HOST,
+            logdog_bootstrap::NAMESPACE,
+            logdog_outputs::security::TOKEN_ENV,
+            "LOGDOG_COLLECTOR",
+        ];
+        let names = env_names();
+        assert!(names.len() > 30, "{names:?}");
+        for n in &names {
+            let n = n.to_string_lossy();
+            assert!(!taken.contains(&n.as_ref()), "{n}");
+            // The collector's flags are LOGDOG_COLLECTOR_*.
+            assert!(!n.starts_with("LOGDOG_COLLECTOR_"), "{n}");
+        }
+    }
+
+    #[test]
+    fn repeatable_flags_take_one_value_per_line_from_their_variable() {
+        let cli = parse(["logdog_butler", "--tag", "a=1\nb=2", "pipe", "x"]).unwrap();
+        assert_eq!(
+            cli.global.tags,
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn a_flag_that_does_not_apply_is_refused_after_the_subcommand_too() {
+        let e = parse(["logdog_butler", "resume", "--include", "x"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--include does not apply to `resume`"),
+            "{e}"
+        );
+        assert!(parse(["logdog_butler", "resume", "--spool", "d"]).is_ok());
+    }
+}

@@ -60,7 +60,22 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+            if !e.use_stderr() {
+                return ExitCode::from(0);
+            }
+            // The message names flags; say which came from the environment.
+            let set: Vec<String> = cli::env_names()
+                .into_iter()
+                .filter(|n| std::env::var_os(n).is_some())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            if !set.is_empty() {
+                eprintln!(
+                    "note: flags were also set in the environment: {}",
+                    set.join(", ")
+                );
+            }
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     logging::init(&cli.global.log_level, "warn", cli.global.log_format);
