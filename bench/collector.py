@@ -16,7 +16,8 @@ with --tls-cert/--tls-key and --auth (a token made by `logdog_collector token ne
 butler and the follower with grpcs:// --ca-cert and LOGDOG_TOKEN.
 
 Usage: bench/collector.py [--size-mib 512] [--runs 3] [--file PATH] [--lines 1000] [--tls]
-Builds the release binaries first.
+Builds the release binaries first (into $CARGO_TARGET_DIR, default target/; --dry-run: only
+print where they are).
 """
 
 import argparse
@@ -28,10 +29,12 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cargo_paths  # noqa: E402
 from whole_process import make_text_file  # noqa: E402
+
+ROOT = cargo_paths.ROOT
+BIN = cargo_paths.bin_dir()
 
 
 class Plain:
@@ -212,9 +215,11 @@ def main():
     ap.add_argument("--lines", type=int, default=1000)
     ap.add_argument("--tls", action="store_true",
                     help="also measure (a), (b) and (c) with TLS and auth on")
+    cargo_paths.add_dry_run(ap)
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
-    work = tempfile.mkdtemp(prefix="logdog-bench-", dir=os.path.join(ROOT, "target"))
+    cargo_paths.exit_if_dry_run(args, ["logdog_butler", "logdog_collector", "logdog"])
+    cargo_paths.build(["--release", "--quiet", "--bins"])
+    work = cargo_paths.work_dir("logdog-bench-")
     try:
         data = args.file or os.path.join(work, "input.txt")
         if not args.file:

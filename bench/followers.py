@@ -29,9 +29,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-BIN = os.path.join(TARGET, "release")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cargo_paths  # noqa: E402
+
+ROOT = cargo_paths.ROOT
+BIN = cargo_paths.bin_dir()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from whole_process import make_text_file  # noqa: E402
 
@@ -163,10 +165,11 @@ def main():
     ap.add_argument("--followers", type=int, default=100)
     ap.add_argument("--sse", type=int, default=20, help="how many of the followers use the web viewer's event stream")
     ap.add_argument("--file")
+    cargo_paths.add_dry_run(ap)
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
-    os.makedirs(TARGET, exist_ok=True)
-    work = tempfile.mkdtemp(prefix="logdog-bench-", dir=TARGET)
+    cargo_paths.exit_if_dry_run(args, ["logdog_butler", "logdog_collector", "logdog"])
+    cargo_paths.build(["--release", "--quiet", "--bins"])
+    work = cargo_paths.work_dir("logdog-bench-")
     try:
         data = args.file or os.path.join(work, "input.txt")
         if not args.file:

@@ -18,11 +18,14 @@ import multiprocessing
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cargo_paths  # noqa: E402
+
+ROOT = cargo_paths.ROOT
 
 
 def make_lines(path, n):
@@ -112,12 +115,13 @@ def main():
     ap.add_argument("--lines", type=int, default=200_000)
     ap.add_argument("--debug", action="store_true", help="use the debug build")
     ap.add_argument("--no-build", action="store_true", help="use the binary as it is")
+    cargo_paths.add_dry_run(ap)
     args = ap.parse_args()
     profile = "debug" if args.debug else "release"
+    cargo_paths.exit_if_dry_run(args, ["logdog_butler"], profile)
     if not args.no_build:
-        cmd = ["cargo", "build", "--bin", "logdog_butler"] + ([] if args.debug else ["--release"])
-        subprocess.run(cmd, cwd=ROOT, check=True)
-    butler = os.path.join(TARGET, profile, "logdog_butler")
+        cargo_paths.build(["--bin", "logdog_butler"] + ([] if args.debug else ["--release"]))
+    butler = cargo_paths.binary("logdog_butler", profile)
     with tempfile.TemporaryDirectory(prefix="logdog-gelf-bench-") as work:
         data = os.path.join(work, "input.txt")
         size = make_lines(data, args.lines)

@@ -26,9 +26,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-BUTLER = os.path.join(TARGET, "release", "logdog_butler")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cargo_paths  # noqa: E402
+
+ROOT = cargo_paths.ROOT
+BUTLER = cargo_paths.binary("logdog_butler")
 SECRETS = 100
 
 
@@ -79,11 +81,12 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--output", choices=["null", "directory"], default="null")
     ap.add_argument("--no-build", action="store_true", help="use the binary as it is")
+    cargo_paths.add_dry_run(ap)
     args = ap.parse_args()
+    cargo_paths.exit_if_dry_run(args, ["logdog_butler"])
 
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "logdog_butler"],
-                       cwd=ROOT, check=True)
+        cargo_paths.build(["--release", "--quiet", "--bin", "logdog_butler"])
     rng = random.Random(13)
     secrets = make_secrets(rng)
     work = tempfile.mkdtemp(prefix="logdog-bench-mask-")

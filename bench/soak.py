@@ -34,7 +34,10 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cargo_paths  # noqa: E402
+
+ROOT = cargo_paths.ROOT
 MAGIC = b"BTLR1\x1e"
 SAMPLE_EVERY = 0.5
 FD_SLACK, THREAD_SLACK, RSS_SLACK_KIB = 16, 8, 96 * 1024
@@ -225,12 +228,12 @@ def main():
     ap.add_argument("--butler")
     ap.add_argument("--collector")
     ap.add_argument("--logdog")
+    cargo_paths.add_dry_run(ap)
     args = ap.parse_args()
+    cargo_paths.exit_if_dry_run(args, ["logdog_butler", "logdog_collector", "logdog"])
     if not (args.butler and args.collector and args.logdog):
-        subprocess.run(["cargo", "build", "--release", "--workspace", "--bins"], cwd=ROOT,
-                       check=True)
-        target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-        bin_dir = os.path.join(target, "release")
+        cargo_paths.build(["--release", "--workspace", "--bins"])
+        bin_dir = cargo_paths.bin_dir()
         args.butler = args.butler or os.path.join(bin_dir, "logdog_butler")
         args.collector = args.collector or os.path.join(bin_dir, "logdog_collector")
         args.logdog = args.logdog or os.path.join(bin_dir, "logdog")

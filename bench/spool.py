@@ -24,8 +24,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cargo_paths  # noqa: E402
+
+ROOT = cargo_paths.ROOT
+BIN = cargo_paths.bin_dir()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from whole_process import make_text_file  # noqa: E402
 from collector import start_collector, stop  # noqa: E402
@@ -45,9 +48,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=2048)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    cargo_paths.add_dry_run(ap)
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--bins"], cwd=ROOT, check=True)
-    work = tempfile.mkdtemp(prefix="logdog-spool-bench-", dir=os.path.join(ROOT, "target"))
+    cargo_paths.exit_if_dry_run(args, ["logdog_butler", "logdog_collector"])
+    cargo_paths.build(["--release", "--bins"])
+    work = cargo_paths.work_dir("logdog-spool-bench-")
     try:
         data = os.path.join(work, "input.txt")
         make_text_file(data, args.size_mib << 20)

@@ -6,7 +6,8 @@ and `null` outputs, next to the baseline `cat F | cat > /dev/null`, all in one r
 compare like with like on the same machine and page cache.
 
 Usage: bench/whole_process.py [--size-mib 512] [--runs 5] [--file PATH] [--keep]
-Builds the release binary first (cargo build --release).
+Builds the release binary first (into $CARGO_TARGET_DIR, default target/; --dry-run: only
+print where it is).
 """
 
 import argparse
@@ -20,8 +21,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUTLER = os.path.join(ROOT, "target", "release", "logdog_butler")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cargo_paths  # noqa: E402
+
+ROOT = cargo_paths.ROOT
+BUTLER = cargo_paths.binary("logdog_butler")
 
 
 def make_text_file(path, size):
@@ -65,10 +69,11 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--file", help="use this input file instead of generating one")
     ap.add_argument("--keep", action="store_true", help="keep the generated input file")
+    cargo_paths.add_dry_run(ap)
     args = ap.parse_args()
+    cargo_paths.exit_if_dry_run(args, ["logdog_butler"])
 
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "logdog_butler"],
-                   cwd=ROOT, check=True)
+    cargo_paths.build(["--release", "--quiet", "--bin", "logdog_butler"])
     work = tempfile.mkdtemp(prefix="logdog-bench-")
     data = args.file or os.path.join(work, "input.txt")
     if not args.file:

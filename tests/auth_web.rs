@@ -736,7 +736,7 @@ fn tail_server_over_tls_needs_an_auth_line() {
 /// server; skipped, loudly, when `openssl` is not installed.
 fn openssl_checks(c: &Collector, ca: &Path, reader: &str) {
     if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("SKIPPED: openssl is not installed; the s_client checks did not run");
+        common::skipped("openssl is not installed; the s_client checks did not run");
         return;
     }
     let http = c.http.clone().unwrap();

@@ -258,7 +258,7 @@ fn tags_names_and_content_types_reach_the_descriptors() {
             "--tag",
             "a=b",
             "--tag",
-            "flag",
+            "flag=",
             "run",
             "--stdout",
             "name=out,tag=a=mine,tag=x=y,content-type=text/x-custom",

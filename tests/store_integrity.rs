@@ -544,11 +544,10 @@ fn small_disk(dir: &Path, mib: u32) -> Option<Mount> {
         Ok(o) if o.status.success() => Some(Mount(dir.to_path_buf())),
         other => {
             let msg = format!(
-                "SKIPPED: cannot mount a {mib} MiB tmpfs on {} ({other:?}); the full-disk test \
-                 needs root",
+                "cannot mount a {mib} MiB tmpfs on {} ({other:?}); the full-disk test needs root",
                 dir.display()
             );
-            eprintln!("{msg}");
+            common::skipped(&msg);
             assert!(std::env::var_os("CI").is_none(), "{msg}");
             None
         }

@@ -74,13 +74,10 @@ fn browser() -> Option<Browser> {
     if std::env::var("LOGDOG_BROWSER_TESTS").as_deref() == Ok("1") {
         panic!("{msg} (LOGDOG_BROWSER_TESTS=1 requires browser tests)");
     }
-    eprintln!(
-        "\n**********************************************************************\n\
-         *** SKIPPED: the web viewer browser test did not run.\n\
-         *** {msg}\n\
-         *** Set LOGDOG_BROWSER_TESTS=1 to make this a failure.\n\
-         **********************************************************************\n"
-    );
+    common::skipped(&format!(
+        "the web viewer browser test did not run. {msg}. \
+         Set LOGDOG_BROWSER_TESTS=1 to make this a failure."
+    ));
     None
 }
 

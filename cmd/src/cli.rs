@@ -4,7 +4,10 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::ArgAction;
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use logdog_butler::policy::{FilterRule, RateLimit, RuleKind};
 use logdog_outputs::OutputSpec;
 use logdog_proto::StreamType;
@@ -12,8 +15,15 @@ use logdog_proto::StreamType;
 use crate::spec::{StreamSpec, parse_tag};
 
 /// Runs a command (or reads a file) and ships everything it logs as LogDog streams.
+///
+/// Every flag may also come from an environment variable, shown in `--help`: LOGDOG_ and the
+/// flag's name for the flags before the subcommand (LOGDOG_OUTPUT, LOGDOG_MAX_BUFFER_AGE),
+/// LOGDOG_, the subcommand and the flag's name for a subcommand's own (LOGDOG_RUN_NO_ECHO).
+/// The command line wins. A variable of a repeatable flag holds one value per line. `run`
+/// removes these variables from the environment of its command, so that a butler started
+/// under it reads only its own command line.
 #[derive(Debug, Parser)]
-#[command(name = "logdog_butler", version, about, rename_all = "kebab-case")]
+#[command(name = "logdog_butler", version, rename_all = "kebab-case")]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -39,11 +49,12 @@ pub struct Global {
         long = "output",
         value_name = "OUTPUT",
         global = true,
-        default_value = "directory:./logdog-out"
+        default_value = "directory:./logdog-out",
+        value_delimiter = '\n'
     )]
     pub outputs: Vec<OutputSpec>,
     /// A tag added to every stream, as KEY=VALUE (repeatable; a stream's own tags win).
-    #[arg(long = "tag", global = true, value_name = "KEY=VALUE", value_parser = parse_tag)]
+    #[arg(long = "tag", global = true, value_name = "KEY=VALUE", value_parser = parse_tag, value_delimiter = '\n')]
     pub tags: Vec<(String, String)>,
     /// Longest time a byte waits in a buffer before it is sent, e.g. 5s or 200ms.
     #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -70,8 +81,9 @@ pub struct Global {
     /// The command `run` starts never sees LOGDOG_TOKEN.
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// The butler's own log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "warn")]
+    /// The butler's own log level (off, error, warn, info, debug, trace, or directives such as
+    /// `info,logdog_outputs=debug`); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "warn", value_parser = crate::logging::parse_level)]
     pub log_level: String,
     /// How the butler writes its own log lines on stderr: text, or json (one object per
     /// line). The end-of-run summary stays a table (`--no-summary`; `--result-path` for JSON).
@@ -80,11 +92,11 @@ pub struct Global {
     /// Keeps only the lines of text streams that match REGEX (repeatable: a line matching any
     /// is kept). `NAME=REGEX` applies to the stream NAME only when NAME is a valid stream
     /// name; a leading `=` (`=a=b`) makes the rest a regex for every stream.
-    #[arg(long = "include", global = true, value_name = "[NAME=]REGEX", value_parser = parse_include)]
+    #[arg(long = "include", global = true, value_name = "[NAME=]REGEX", value_parser = parse_include, value_delimiter = '\n')]
     pub include: Vec<FilterRule>,
     /// Drops the lines of text streams that match REGEX (repeatable), in the same form as
     /// --include; e.g. `--exclude 'stderr=^DEBUG'`.
-    #[arg(long = "exclude", global = true, value_name = "[NAME=]REGEX", value_parser = parse_exclude)]
+    #[arg(long = "exclude", global = true, value_name = "[NAME=]REGEX", value_parser = parse_exclude, value_delimiter = '\n')]
     pub exclude: Vec<FilterRule>,
     /// Limits every text stream to RATE bytes per second (e.g. 64KiB, 1MiB/s), with bursts of
     /// SIZE (default: one second's worth). Lines over the limit are dropped and counted; a
@@ -93,10 +105,20 @@ pub struct Global {
     pub rate_limit: Option<RateLimit>,
     /// Masks the value of this environment variable (repeatable) with `***` in every text
     /// stream. The variable must be set and not empty.
-    #[arg(long = "mask-env", global = true, value_name = "NAME")]
+    #[arg(
+        long = "mask-env",
+        global = true,
+        value_name = "NAME",
+        value_delimiter = '\n'
+    )]
     pub mask_env: Vec<String>,
     /// Masks every line of this file (one secret per line; repeatable) with `***`.
-    #[arg(long = "mask-file", global = true, value_name = "FILE")]
+    #[arg(
+        long = "mask-file",
+        global = true,
+        value_name = "FILE",
+        value_delimiter = '\n'
+    )]
     pub mask_file: Vec<PathBuf>,
     /// Honours `::add-mask::VALUE` lines in text streams even without --mask-env or
     /// --mask-file (always honoured with them). Such lines are never logged.
@@ -106,6 +128,126 @@ pub struct Global {
     /// (e.g. 100MiB), with a marker line in the gap.
     #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
     pub max_stream_bytes: Option<u64>,
+}
+
+/// The flags before the subcommand that `pipe` uses: the others are not in its help, and
+/// given on its command line they are an error.
+const PIPE_FLAGS: &[&str] = &["tags", "log_level", "log_format"];
+
+/// The flags before the subcommand that `resume` uses (see [`PIPE_FLAGS`]).
+const RESUME_FLAGS: &[&str] = &[
+    "outputs",
+    "spool",
+    "flush_timeout",
+    "ca_cert",
+    "token_file",
+    "log_level",
+    "log_format",
+];
+
+/// Whether the global flag `id` applies to the subcommand `sub`.
+fn applies(sub: &str, id: &str) -> bool {
+    match sub {
+        "pipe" => PIPE_FLAGS.contains(&id),
+        "resume" => RESUME_FLAGS.contains(&id),
+        _ => true,
+    }
+}
+
+/// `arg` with the environment variable `PREFIX` + its long name (`LOGDOG_` and `max-buffer-age`
+/// give `LOGDOG_MAX_BUFFER_AGE`), unless it is positional, help or version.
+fn with_env(arg: Arg, prefix: &str) -> Arg {
+    if arg.is_positional()
+        || arg.get_env().is_some()
+        || matches!(
+            arg.get_action(),
+            ArgAction::Help | ArgAction::HelpShort | ArgAction::HelpLong | ArgAction::Version
+        )
+    {
+        return arg;
+    }
+    let Some(long) = arg.get_long() else {
+        return arg;
+    };
+    let name = format!("{prefix}{}", long.to_ascii_uppercase().replace('-', "_"));
+    arg.env(name)
+}
+
+/// The butler's command line: [`Cli`] with an environment variable for every flag, and each
+/// subcommand's help listing only the global flags that apply to it.
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command().mut_args(|a| with_env(a, "LOGDOG_"));
+    let globals: Vec<Arg> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .cloned()
+        .collect();
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for sub in subs {
+        let prefix = format!("LOGDOG_{}_", sub.to_ascii_uppercase());
+        // A global flag that does not apply is given a hidden copy in the subcommand, which
+        // keeps clap from listing the global one there.
+        let hidden: Vec<Arg> = globals
+            .iter()
+            .filter(|a| !applies(&sub, a.get_id().as_str()))
+            .map(|a| a.clone().hide(true))
+            .collect();
+        cmd = cmd.mut_subcommand(&sub, |s| s.mut_args(|a| with_env(a, &prefix)).args(hidden));
+    }
+    cmd
+}
+
+/// The environment variables that give the butler's flags (see [`command`]).
+pub fn env_names() -> Vec<std::ffi::OsString> {
+    fn collect(cmd: &clap::Command, out: &mut Vec<std::ffi::OsString>) {
+        for a in cmd.get_arguments() {
+            if let Some(name) = a.get_env()
+                && !out.iter().any(|n| n == name)
+            {
+                out.push(name.to_owned());
+            }
+        }
+        for s in cmd.get_subcommands() {
+            collect(s, out);
+        }
+    }
+    let mut out = Vec::new();
+    collect(&command(), &mut out);
+    out
+}
+
+/// Parses `args` (the program's name first), flags from the environment included. A global
+/// flag given on the command line to a subcommand it does not apply to is an error.
+///
+/// # Errors
+/// clap's error (help and version too), to print.
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut cmd = command();
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    if let Some((name, sub)) = matches.subcommand() {
+        let given: Vec<String> = cmd
+            .get_arguments()
+            .filter(|a| a.is_global_set() && !applies(name, a.get_id().as_str()))
+            .filter(|a| sub.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        if !given.is_empty() {
+            let msg = format!("{} does not apply to `{name}`", given.join(", "));
+            return Err(match cmd.find_subcommand_mut(name) {
+                Some(sub_cmd) => sub_cmd.error(ErrorKind::ArgumentConflict, msg),
+                None => cmd.error(ErrorKind::ArgumentConflict, msg),
+            });
+        }
+    }
+    Ok(cli)
 }
 
 fn parse_include(s: &str) -> Result<FilterRule, String> {
@@ -303,13 +445,9 @@ pub struct RunArgs {
     /// a client that asks) and listed at the end.
     #[arg(long, default_value_t = logdog_butler::DEFAULT_MAX_STREAMS, value_parser = parse_max_streams)]
     pub max_streams: usize,
-    /// The command and its arguments (after `--`).
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    /// The command and its arguments, after `--` (or from the first word that is not one of
+    /// the butler's flags: what follows is the command's, `--flags` included).
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
 
@@ -322,4 +460,50 @@ pub struct StreamArgs {
     /// The stream [default: name=stdin for stdin, name=file:<path> for a file].
     #[arg(long, value_name = "SPEC")]
     pub stream: Option<StreamSpec>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_flag_variable_is_one_a_butler_exports_or_another_binary_reads() {
+        let taken = [
+            logdog_bootstrap::STREAM_SERVER_PATH,
+            logdog_bootstrap::STREAM_PROJECT,
+            logdog_bootstrap::STREAM_PREFIX,
+            logdog_bootstrap::COORDINATOR_HOST,
+            logdog_bootstrap::NAMESPACE,
+            logdog_outputs::security::TOKEN_ENV,
+            "LOGDOG_COLLECTOR",
+        ];
+        let names = env_names();
+        assert!(names.len() > 30, "{names:?}");
+        for n in &names {
+            let n = n.to_string_lossy();
+            assert!(!taken.contains(&n.as_ref()), "{n}");
+            // The collector's flags are LOGDOG_COLLECTOR_*.
+            assert!(!n.starts_with("LOGDOG_COLLECTOR_"), "{n}");
+        }
+    }
+
+    #[test]
+    fn repeatable_flags_take_one_value_per_line_from_their_variable() {
+        let cli = parse(["logdog_butler", "--tag", "a=1\nb=2", "pipe", "x"]).unwrap();
+        assert_eq!(
+            cli.global.tags,
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn a_flag_that_does_not_apply_is_refused_after_the_subcommand_too() {
+        let e = parse(["logdog_butler", "resume", "--include", "x"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--include does not apply to `resume`"),
+            "{e}"
+        );
+        assert!(parse(["logdog_butler", "resume", "--spool", "d"]).is_ok());
+    }
 }

@@ -27,14 +27,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::Parser;
 use logdog_butler::policy::MaskRegistry;
 use logdog_butler::{Butler, ButlerConfig, PolicyConfig};
 use logdog_outputs::security::{CaCert, ClientSecurity, TOKEN_ENV, Token};
 use logdog_outputs::spool::{Spool, SpoolError};
 use logdog_outputs::{FanOut, GrpcOutput, Output, OutputSpec};
 
-use cli::{Cli, Command, Global};
+use cli::{Command, Global};
 
 /// Exit status for a butler failure (LogDog's value).
 pub const EXIT_RUNTIME: u8 = 250;
@@ -57,11 +56,26 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match cli::parse(std::env::args_os()) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+            if !e.use_stderr() {
+                return ExitCode::from(0);
+            }
+            // The message names flags; say which came from the environment.
+            let set: Vec<String> = cli::env_names()
+                .into_iter()
+                .filter(|n| std::env::var_os(n).is_some())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            if !set.is_empty() {
+                eprintln!(
+                    "note: flags were also set in the environment: {}",
+                    set.join(", ")
+                );
+            }
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     logging::init(&cli.global.log_level, "warn", cli.global.log_format);
@@ -286,6 +300,7 @@ pub fn start_butler(g: &Global, max_streams: usize) -> Result<Started, Failure> 
     }
     let butler =
         Butler::spawn(cfg.clone(), output.clone()).map_err(|e| Failure::Usage(e.to_string()))?;
+    check_collector(g);
     Ok(Started {
         butler,
         output,
@@ -293,6 +308,42 @@ pub fn start_butler(g: &Global, max_streams: usize) -> Result<Started, Failure> 
         grpc,
         fanout,
     })
+}
+
+/// How long the check at start waits for the collector to accept a connection.
+const REACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// With a collector output: checks, beside the command (which does not wait for it), that
+/// the collector accepts connections, and if it does not says so once, with what happens to
+/// the logs. Says nothing when it does.
+fn check_collector(g: &Global) {
+    let Some(collector) = g.collector() else {
+        return;
+    };
+    let then = match &g.spool {
+        Some(dir) => format!(
+            "the logs are kept in the spool {} and sent once it can be reached (what is left \
+             at the end stays there for `resume`)",
+            dir.display()
+        ),
+        None => format!(
+            "the logs are held in memory and sent again until it can be reached; at the end \
+             the butler waits at most --flush-timeout ({}) and reports what was not delivered \
+             as LOST",
+            humantime::format_duration(g.flush_timeout)
+        ),
+    };
+    let addr = collector.host_port;
+    tokio::spawn(async move {
+        let why = match tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect(&addr))
+            .await
+        {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {}s", REACH_TIMEOUT.as_secs()),
+        };
+        say!("cannot reach the collector at {addr} ({why}); {then}");
+    });
 }
 
 /// The stream policies of the global flags: filters, rate limit, secrets to mask, head+tail

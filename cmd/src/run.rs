@@ -202,7 +202,11 @@ async fn run_command(
 
     let program = args.command[0].to_string_lossy().into_owned();
     let mut cmd = tokio::process::Command::new(&args.command[0]);
-    // The collector's token is the butler's: the command does not get it.
+    // The collector's token is the butler's: the command does not get it. Nor does it get the
+    // variables that gave the butler its flags: a butler under this one reads only its own.
+    for name in crate::cli::env_names() {
+        cmd.env_remove(name);
+    }
     cmd.args(&args.command[1..])
         .env_remove(logdog_outputs::security::TOKEN_ENV)
         .envs(env.to_vars())

@@ -113,9 +113,13 @@ impl FromStr for StreamSpec {
     }
 }
 
-/// Parses `KEY=VALUE` (or `KEY`, for an empty value) and validates it as a tag.
+/// Parses `KEY=VALUE` (`KEY=` for an empty value) and validates it as a tag.
 pub fn parse_tag(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').unwrap_or((s, ""));
+    let Some((k, v)) = s.split_once('=') else {
+        return Err(format!(
+            "tag {s:?} has no value: expected KEY=VALUE (KEY= for an empty value)"
+        ));
+    };
     types::validate_tag(k, v).map_err(|e| e.to_string())?;
     Ok((k.to_string(), v.to_string()))
 }
@@ -169,5 +173,7 @@ mod tests {
         assert!(s.check_limits(&global).is_err());
         assert!(s.check_limits(&BTreeMap::new()).is_ok());
         assert_eq!(parse_tag("k=v=w").unwrap(), ("k".into(), "v=w".into()));
+        assert_eq!(parse_tag("k=").unwrap(), ("k".into(), String::new()));
+        assert!(parse_tag("novalue").unwrap_err().contains("KEY=VALUE"));
     }
 }

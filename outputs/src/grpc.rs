@@ -74,6 +74,43 @@ pub const DEFAULT_UPLOAD_IN_FLIGHT: usize = 4;
 const HEALTHY_BACKLOG: u64 = (DEFAULT_UPLOAD_IN_FLIGHT * DEFAULT_MAX_BUNDLE_SIZE) as u64;
 /// How often an append waiting for disk space tries again.
 const FULL_RETRY: Duration = Duration::from_secs(1);
+/// "Collector unavailable" warnings: the first, then at most one per this period (with the
+/// number left out), whatever the number of bundles retrying.
+pub const UNAVAILABLE_WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// Rate limit of a repeated warning: the first is logged, then at most one per period, which
+/// says how many were left out since the last one logged.
+#[derive(Debug)]
+struct WarnLimit {
+    every: Duration,
+    last: Option<tokio::time::Instant>,
+    suppressed: u64,
+}
+
+impl WarnLimit {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// At `now`: `Some(left out since the last one)` if the warning is to be logged, `None` if
+    /// it is left out (and counted).
+    fn check(&mut self, now: tokio::time::Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
 
 /// Sends bundles to a collector.
 #[derive(Debug)]
@@ -105,6 +142,8 @@ struct Shared {
     tallies: std::sync::Mutex<std::collections::HashMap<(u32, u64), Tally>>,
     /// Set once the collector reported its store damaged (`DATA_LOSS`): its message.
     broken: std::sync::Mutex<Option<String>>,
+    /// Rate limit of the "collector unavailable" warnings, shared by every bundle in flight.
+    unavailable_warnings: std::sync::Mutex<WarnLimit>,
 }
 
 /// Entries and payload bytes acknowledged, by (prefix, stream name).
@@ -245,6 +284,7 @@ impl GrpcOutput {
                 acked: Default::default(),
                 tallies: Default::default(),
                 broken: Default::default(),
+                unavailable_warnings: std::sync::Mutex::new(WarnLimit::new(UNAVAILABLE_WARN_EVERY)),
             }),
             tasks: Vec::new(),
         })
@@ -273,6 +313,7 @@ impl GrpcOutput {
             acked: Default::default(),
             tallies: Default::default(),
             broken: Default::default(),
+            unavailable_warnings: std::sync::Mutex::new(WarnLimit::new(UNAVAILABLE_WARN_EVERY)),
         });
         let weak = Arc::downgrade(&spool);
         let syncer = tokio::spawn(async move {
@@ -579,13 +620,20 @@ impl Shared {
                         self.set_tls_failed(&msg);
                         return Err(Status::unavailable(msg));
                     }
-                    if attempt == 0 || attempt.is_power_of_two() {
+                    let log = self
+                        .unavailable_warnings
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .check(tokio::time::Instant::now());
+                    if let Some(suppressed) = log {
                         tracing::warn!(
                             collector = %self.target,
                             attempt = attempt + 1,
                             error = %status.message(),
                             code = ?status.code(),
-                            "collector unavailable; will retry"
+                            suppressed,
+                            "collector unavailable; will retry (this warning: at most once per {}s)",
+                            UNAVAILABLE_WARN_EVERY.as_secs()
                         );
                     }
                     tokio::time::sleep(backoff(attempt)).await;
@@ -849,6 +897,19 @@ mod tests {
 
     fn bundle(data: &'static [u8], index: u64) -> Bundle {
         crate::testing::text_bundle(data, index)
+    }
+
+    #[test]
+    fn repeated_warnings_are_logged_once_per_period_with_the_count_left_out() {
+        let mut limit = WarnLimit::new(Duration::from_secs(30));
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(limit.check(t0), Some(0), "the first is logged");
+        for i in 1..=17 {
+            assert_eq!(limit.check(t0 + Duration::from_secs(i)), None);
+        }
+        assert_eq!(limit.check(t0 + Duration::from_secs(30)), Some(17));
+        assert_eq!(limit.check(t0 + Duration::from_secs(31)), None);
+        assert_eq!(limit.check(t0 + Duration::from_secs(90)), Some(1));
     }
 
     #[test]

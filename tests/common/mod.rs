@@ -41,6 +41,14 @@ pub fn butler<S: AsRef<std::ffi::OsStr>>(cwd: &Path, args: &[S]) -> Command {
     for v in LOGDOG_VARS {
         cmd.env_remove(v);
     }
+    // Nor on the variables that give the butler its flags (LOGDOG_OUTPUT, LOGDOG_RUN_NO_ECHO...);
+    // the tests' own (LOGDOG_TEST_*) pass.
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if n.starts_with("LOGDOG_") && !n.starts_with("LOGDOG_TEST_") {
+            cmd.env_remove(name);
+        }
+    }
     cmd
 }
 
@@ -650,6 +658,14 @@ pub fn small_file_systems_can_be_made() -> bool {
         std::env::var_os("CI").is_none(),
         "{msg} (CI is set: failing)"
     );
-    eprintln!("SKIPPED: {msg}");
+    skipped(&msg);
     false
+}
+
+/// Says that a test (or part of one) did not run, with `why`, in a way that shows in the
+/// default `cargo test` output: written to the process's stderr directly, as libtest captures
+/// what `eprintln!` writes in a passing test.
+pub fn skipped(why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {why} ***\n");
 }

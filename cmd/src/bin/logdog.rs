@@ -62,7 +62,7 @@ struct Cli {
     token_file: Option<PathBuf>,
     /// Log level of its own diagnostics (error, warn, info, debug, trace); RUST_LOG overrides
     /// it.
-    #[arg(long, default_value = "warn")]
+    #[arg(long, default_value = "warn", value_parser = logging::parse_level)]
     log_level: String,
     /// How diagnostics and the final error are written on stderr: text, or json (one object
     /// per line). Stream contents on stdout are never changed.

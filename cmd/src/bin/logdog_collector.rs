@@ -100,8 +100,9 @@ struct Cli {
     /// never ends its streams.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     abandon_after: std::time::Duration,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, default_value = "info")]
+    /// Log level (off, error, warn, info, debug, trace, or directives such as
+    /// `info,logdog_collector::tailsrv=debug`); RUST_LOG overrides it.
+    #[arg(long, default_value = "info", value_parser = logging::parse_level)]
     log_level: String,
     /// How log lines are written on stderr: text, or json (one object per line).
     #[arg(long, value_enum, default_value_t = logging::LogFormat::Text)]
@@ -204,7 +205,13 @@ const ENV_PREFIX: &str = "LOGDOG_COLLECTOR_";
 /// stderr and gives the exit status (2).
 fn parse_cli() -> Result<Cli, ExitCode> {
     use clap::{CommandFactory, FromArgMatches};
-    let cmd = config::with_env(Cli::command(), ENV_PREFIX);
+    let mut cmd = config::with_env(Cli::command(), ENV_PREFIX);
+    // `token` does not use the store: a hidden copy of --data keeps the global one out of
+    // its help.
+    let data = cmd.get_arguments().find(|a| a.get_id() == "data").cloned();
+    if let Some(data) = data {
+        cmd = cmd.mut_subcommand("token", |t| t.arg(data.hide(true)));
+    }
     let args = match config::apply(&cmd, std::env::args_os().collect()) {
         Ok(args) => args,
         Err(e) => {
