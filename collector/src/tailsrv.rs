@@ -72,6 +72,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// A follower writes once it has copied this many bytes of the (shared) chunk it reads, so a
 /// slow client holds about this much beyond the chunk (see [`crate::chunks`]).
+/// How long a refused connection is read (and what it sent dropped) before it is closed.
+const LINGER: Duration = Duration::from_millis(500);
+/// At most this much of a refused connection's input is read before it is closed.
+const LINGER_BYTES: u64 = 64 * 1024;
 const WRITE_BUDGET: usize = 64 * 1024;
 /// A follower re-reads the store this often even without a wake-up.
 const SAFETY_NET: Duration = Duration::from_secs(5);
@@ -496,6 +500,10 @@ impl TailServer {
             }
         }
         .await;
+        let refused = matches!(
+            result,
+            Err(ConnError::Evicted | ConnError::Refused(_) | ConnError::Read(_))
+        );
         match result {
             Ok(()) | Err(ConnError::Stopping) => {}
             Err(e @ ConnError::Evicted) => {
@@ -519,6 +527,14 @@ impl TailServer {
             }
         }
         let _ = wr.shutdown().await;
+        if refused {
+            // Closing with the client's bytes unread would send a reset, which can reach the
+            // client before the `error:` line and lose it (a gRPC client sends its whole
+            // preface at once): read and drop what it sent, for a moment, first.
+            let mut sink = tokio::io::sink();
+            let mut rest = (&mut rd).take(LINGER_BYTES);
+            let _ = tokio::time::timeout(LINGER, tokio::io::copy(&mut rest, &mut sink)).await;
+        }
     }
 
     /// Who sent `token` (the `auth` line's, if any); a refusal is counted and logged by the

@@ -212,10 +212,27 @@ fn source_message(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// Every message in the chain of `e`, joined.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        out.push_str(": ");
+        out.push_str(&next.to_string());
+        cur = next;
+    }
+    out
+}
+
 /// Whether `s` says that the server did not answer in gRPC at all: an HTTP server (such as
 /// the web viewer), or something that is not HTTP/2.
 fn not_grpc(s: &Status) -> bool {
-    let m = s.message();
+    // The status's own message may only say "transport error"; the cause is further in.
+    let mut m = s.message().to_string();
+    if let Some(src) = std::error::Error::source(s) {
+        m.push_str(": ");
+        m.push_str(&error_chain(src));
+    }
     s.code() == Code::Unimplemented
         || [
             "invalid compression flag",
