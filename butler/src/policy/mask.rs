@@ -203,6 +203,13 @@ impl Sieve {
         })
     }
 
+    /// Whether the table holds `window`'s hash (always, for a window of a pattern at one of
+    /// its first `step` offsets).
+    fn has(&self, window: u32) -> bool {
+        let h = Self::hash(window);
+        self.bits[h / 64] & (1 << (h % 64)) != 0
+    }
+
     fn hash(window: u32) -> usize {
         (window.wrapping_mul(0x9E37_79B1) >> (32 - SIEVE_BITS)) as usize
     }
@@ -215,8 +222,7 @@ impl Sieve {
         while p <= last {
             // `p + 3 <= last + 3 < data.len()`: the compiler drops the bounds checks.
             let w = u32::from_le_bytes([data[p], data[p + 1], data[p + 2], data[p + 3]]);
-            let h = Self::hash(w);
-            if self.bits[h / 64] & (1 << (h % 64)) != 0
+            if self.has(w)
                 && let Some(m) = self.occurrence_at(data, p, w, at)
             {
                 return Some(m);
@@ -404,6 +410,13 @@ impl Mask {
                 // In sorted order, the patterns starting with `rest` follow it: `rest` itself
                 // (if it is a pattern), then the longer ones.
                 let rest = &data[p..];
+                // Every pattern's first window is in the sieve's table: one lookup rules
+                // out most positions before the search among the patterns.
+                if let (Some(sieve), Some(w)) = (&self.sieve, rest.first_chunk::<GRAM>())
+                    && !sieve.has(u32::from_le_bytes(*w))
+                {
+                    return false;
+                }
                 let i = self.sorted.partition_point(|pat| pat.as_slice() < rest);
                 self.sorted[i..]
                     .iter()
@@ -497,6 +510,25 @@ impl Mask {
         }
     }
 
+    /// Processes the held tail followed by `input`, copied together.
+    fn with_held(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.extend_from_slice(&self.held);
+        buf.extend_from_slice(input);
+        self.process(&buf, false, out);
+        self.buf = buf;
+    }
+
+    /// Processes `input` after whatever is held.
+    fn push_rest(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        if self.held.is_empty() {
+            self.process(input, false, out);
+        } else {
+            self.with_held(input, out);
+        }
+    }
+
     /// Drops `input` up to the end of an overlong command line; returns the rest.
     fn skip_discarded<'a>(&mut self, input: &'a [u8]) -> &'a [u8] {
         if !self.discarding {
@@ -522,13 +554,32 @@ impl Stage for Mask {
         }
         if self.held.is_empty() {
             self.process(input, false, out);
+            return;
+        }
+        // The held tail and the start of `input` are searched together. Only a short
+        // junction is copied: once everything up to the end of the held bytes is decided,
+        // what the junction left undecided is the start of the rest of `input`, which is
+        // searched where it lies.
+        let k = 2 * self.longest + 64;
+        if input.len() <= k {
+            self.with_held(input, out);
+            return;
+        }
+        let held = self.held.len();
+        self.with_held(&input[..k], out);
+        if self.discarding {
+            let rest = self.skip_discarded(&input[k..]);
+            if !rest.is_empty() {
+                self.push_rest(rest, out);
+            }
+            return;
+        }
+        let cut = k + held - self.held.len();
+        if cut >= held {
+            self.process(&input[cut - held..], false, out);
         } else {
-            let mut buf = std::mem::take(&mut self.buf);
-            buf.clear();
-            buf.extend_from_slice(&self.held);
-            buf.extend_from_slice(input);
-            self.process(&buf, false, out);
-            self.buf = buf;
+            // An `::add-mask::` line began in the held bytes: the slow way.
+            self.with_held(&input[k..], out);
         }
     }
 
@@ -671,6 +722,14 @@ mod tests {
         let (out, _) = run(&reg, &[b"::add-mask::", &long, &long, b"\nnext\n"]);
         assert_eq!(out, b"next\n");
         assert_eq!(reg.refused(), 1);
+        // Found too long in the junction after a held tail, with the line's end further on
+        // in the same chunk.
+        let reg = Arc::new(MaskRegistry::default());
+        let first = [b"::add-mask::".as_slice(), &long[..MAX_SECRET_LEN]].concat();
+        let second = [&long[..300], b"\nnext\n".as_slice(), &long[..200]].concat();
+        let (out, _) = run(&reg, &[&first, &second, b"\n"]);
+        assert_eq!(out, [b"next\n".as_slice(), &long[..200], b"\n"].concat());
+        assert_eq!(reg.refused(), 1);
     }
 
     #[test]
@@ -775,6 +834,31 @@ mod tests {
                 let reg = Arc::new(MaskRegistry::default());
                 prop_assert_eq!(&run_grouped(&reg, &[a, b], 1).0, &whole, "cut at {}", cut);
                 let reg = Arc::new(MaskRegistry::default());
+                prop_assert_eq!(&run_sieved(&reg, &[a, b]).0, &whole, "cut at {}", cut);
+            }
+        }
+
+        /// Chunks longer than the junction searched after a held tail (twice the longest
+        /// secret and 64 bytes), so the rest of a chunk is searched where it lies.
+        #[test]
+        fn long_chunks_after_a_held_tail_give_the_same_output(
+            (secrets, text) in text_with("[a-d]{4,11}"),
+            commands in lines_with_commands(),
+            times in 4usize..12,
+        ) {
+            let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            let mut text = [text.as_slice(), b"\n"].concat().repeat(times);
+            text.extend_from_slice(&commands);
+            text.extend_from_slice(&text.clone());
+            let whole = {
+                let reg = registry(&refs);
+                run_grouped(&reg, &[&text], 1).0
+            };
+            for cut in (0..text.len()).step_by(5) {
+                let (a, b) = text.split_at(cut);
+                let reg = registry(&refs);
+                prop_assert_eq!(&run(&reg, &[a, b]).0, &whole, "cut at {}", cut);
+                let reg = registry(&refs);
                 prop_assert_eq!(&run_sieved(&reg, &[a, b]).0, &whole, "cut at {}", cut);
             }
         }

@@ -84,9 +84,47 @@ pub struct Chain {
     draining: usize,
     /// Whether [`echo`](Self::echo) is filled.
     echo_wanted: bool,
-    /// What [`out_chunk`](Self::out_chunk) cuts chunks from, and its spares.
-    chunks: bytes::BytesMut,
-    pool: crate::pool::Pool,
+    /// Buffers of chunks [`out_chunk`](Self::out_chunk) gave away, back for reuse.
+    returned: Returned,
+}
+
+/// A chunk shorter than this is copied rather than given its own buffer.
+const SMALL_CHUNK: usize = 4096;
+/// Returned buffers a chain keeps (the rest are freed).
+const SPARE_BUFFERS: usize = 4;
+
+/// Buffers of a chain's chunks, returned by the chunks' last owners.
+#[derive(Debug, Default, Clone)]
+struct Returned(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl Returned {
+    fn take(&self) -> Option<Vec<u8>> {
+        self.0.lock().ok()?.pop()
+    }
+}
+
+/// The buffer of one chunk: back to its chain's [`Returned`] when the chunk is dropped.
+struct Recycled {
+    buf: Vec<u8>,
+    back: Returned,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        if let Ok(mut spare) = self.back.0.lock()
+            && spare.len() < SPARE_BUFFERS
+        {
+            spare.push(buf);
+        }
+    }
 }
 
 impl std::fmt::Debug for Chain {
@@ -109,8 +147,7 @@ impl Chain {
             scratch: [Vec::new(), Vec::new()],
             draining: 0,
             echo_wanted: true,
-            chunks: bytes::BytesMut::new(),
-            pool: crate::pool::Pool::default(),
+            returned: Returned::default(),
         }
     }
 
@@ -126,19 +163,26 @@ impl Chain {
         &self.out
     }
 
-    /// The bytes [`out`](Self::out) returns, as a chunk for the bundler. They are copied
-    /// (from a buffer still in the cache) into buffers the chain reuses once the bundler has
-    /// let go of every chunk cut from them: a fresh allocation per chunk would have the
-    /// allocator fault its pages in again each time, which costs more than the copy.
+    /// The bytes [`out`](Self::out) returns, as a chunk for the bundler, without copying
+    /// them when they fill most of their buffer: the buffer itself goes, and comes back to
+    /// this chain for reuse once the bundler has let go of the chunk (a fresh allocation per
+    /// chunk would have the allocator fault its pages in again each time, which costs more
+    /// than a copy). A small chunk in a big buffer is copied instead, so that it never holds
+    /// the big buffer's memory.
     pub fn out_chunk(&mut self) -> bytes::Bytes {
         let n = self.out.len();
-        if self.chunks.capacity() < n {
-            // Room for a few chunks of this size, cut from one buffer.
-            let size = n.saturating_mul(4).max(4096);
-            self.chunks = self.pool.next(std::mem::take(&mut self.chunks), size);
+        if n < SMALL_CHUNK || n < self.out.capacity() / 2 {
+            return bytes::Bytes::copy_from_slice(&self.out);
         }
-        self.chunks.extend_from_slice(&self.out);
-        self.chunks.split().freeze()
+        let fresh = self
+            .returned
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(n + n / 8));
+        let full = std::mem::replace(&mut self.out, fresh);
+        bytes::Bytes::from_owner(Recycled {
+            buf: full,
+            back: self.returned.clone(),
+        })
     }
 
     /// Bytes for the echo released by the last call: the output of the mask stage.
