@@ -368,6 +368,50 @@ mod tests {
         }
     }
 
+    /// Passes its input on as it is.
+    struct Same;
+    impl Stage for Same {
+        fn push(&mut self, input: &[u8], _: Instant, out: &mut Vec<u8>) {
+            out.extend_from_slice(input);
+        }
+        fn drain(&mut self, _: usize, _: Instant, _: &mut Vec<u8>) -> std::io::Result<bool> {
+            Ok(false)
+        }
+        fn counts(&self, _: &mut PolicyCounts) {}
+    }
+
+    #[test]
+    fn big_chunks_lend_their_buffer_and_get_it_back_small_ones_are_copied() {
+        let now = Instant::now();
+        let mut c = Chain::new(vec![Box::new(Same)], 0);
+        let big = vec![7u8; 64 * 1024];
+        c.push(&big, now);
+        let first = c.out_chunk();
+        assert_eq!(first.as_ref(), big.as_slice());
+        let lent = first.as_ptr();
+        assert!(c.returned.take().is_none(), "still held by the bundler");
+        drop(first);
+        let back = c.returned.take().expect("returned once dropped");
+        assert_eq!(back.as_ptr(), lent);
+        assert!(back.is_empty() && back.capacity() >= big.len());
+        // At most SPARE_BUFFERS are kept.
+        let chunks: Vec<_> = (0..SPARE_BUFFERS + 3)
+            .map(|_| {
+                c.push(&big, now);
+                c.out_chunk()
+            })
+            .collect();
+        drop(chunks);
+        let kept = std::iter::from_fn(|| c.returned.take()).count();
+        assert_eq!(kept, SPARE_BUFFERS);
+        // A small chunk is a copy: the chain's buffer stays with it.
+        c.push(b"small", now);
+        let before = c.out().as_ptr();
+        let small = c.out_chunk();
+        assert_eq!(small.as_ref(), b"small");
+        assert_ne!(small.as_ptr(), before);
+    }
+
     #[test]
     fn draining_a_stage_pipes_its_output_through_the_later_stages() {
         let now = Instant::now();
