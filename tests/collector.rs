@@ -10,41 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Collector, Finished, Guarded, Rng, butler, drain, free_port, logdog, random_line, read, tempdir,
+    Collector, Finished, Guarded, Rng, butler, butler_script, drain, free_port, logdog,
+    random_line, read, tempdir,
 };
 use serde_json::Value;
-
-/// The `logdog_butler` binary, for children that run `logdog_butler pipe`.
-const BUTLER_VAR: &str = "LOGDOG_TEST_BUTLER";
-
-/// `logdog_butler FLAGS run --no-echo [RUN_FLAGS] -- sh -c SCRIPT sh ARGS...` in `cwd`, with
-/// stdout to `/dev/null` and stderr piped; the script finds the butler in
-/// `$LOGDOG_TEST_BUTLER`.
-fn butler_script(
-    cwd: &Path,
-    flags: &[&str],
-    run_flags: &[&str],
-    script: &str,
-    script_args: &[&Path],
-) -> Command {
-    let mut args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
-    args.extend(["run".into(), "--no-echo".into()]);
-    args.extend(run_flags.iter().map(|s| s.to_string()));
-    args.extend([
-        "--".into(),
-        "sh".into(),
-        "-c".into(),
-        script.into(),
-        "sh".into(),
-    ]);
-    args.extend(script_args.iter().map(|p| p.display().to_string()));
-    let mut cmd = butler(cwd, &args);
-    cmd.env(BUTLER_VAR, env!("CARGO_BIN_EXE_logdog_butler"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
-}
 
 /// Runs `logdog cat PATH`; fails the test unless it succeeds quietly, and returns the bytes.
 #[track_caller]

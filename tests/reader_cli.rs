@@ -12,21 +12,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Collector, Guarded, TIMEOUT, butler, free_port, logdog, tempdir};
+use common::{Collector, Guarded, TIMEOUT, free_port, logdog, tempdir};
 
-/// The `logdog_butler` binary, for children that run `logdog_butler pipe`.
-const BUTLER_VAR: &str = "LOGDOG_TEST_BUTLER";
-
-/// `logdog_butler FLAGS run --no-echo -- sh -c SCRIPT sh ARGS...` in `cwd`.
+/// `logdog_butler FLAGS run --no-echo -- sh -c SCRIPT sh ARGS...` in `cwd`, stderr to /dev/null.
 fn butler_script(cwd: &Path, flags: &[&str], script: &str, script_args: &[&Path]) -> Command {
-    let mut args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
-    args.extend(["run", "--no-echo", "--", "sh", "-c", script, "sh"].map(String::from));
-    args.extend(script_args.iter().map(|p| p.display().to_string()));
-    let mut cmd = butler(cwd, &args);
-    cmd.env(BUTLER_VAR, env!("CARGO_BIN_EXE_logdog_butler"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut cmd = common::butler_script(cwd, flags, &[], script, script_args);
+    cmd.stderr(Stdio::null());
     cmd
 }
 

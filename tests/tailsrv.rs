@@ -7,25 +7,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Collector, Guarded, Rng, TIMEOUT, butler, drain, random_line, tempdir};
-
-/// The `logdog_butler` binary, for children that run `logdog_butler pipe`.
-const BUTLER_VAR: &str = "LOGDOG_TEST_BUTLER";
+use common::{Collector, Guarded, Rng, TIMEOUT, drain, random_line, tempdir};
 
 /// `logdog_butler FLAGS run --no-echo -- sh -c SCRIPT sh ARGS...` in `cwd`.
 fn butler_script(cwd: &Path, flags: &[&str], script: &str, script_args: &[&Path]) -> Command {
-    let mut args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
-    args.extend(["run", "--no-echo", "--", "sh", "-c", script, "sh"].map(String::from));
-    args.extend(script_args.iter().map(|p| p.display().to_string()));
-    let mut cmd = butler(cwd, &args);
-    cmd.env(BUTLER_VAR, env!("CARGO_BIN_EXE_logdog_butler"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
+    common::butler_script(cwd, flags, &[], script, script_args)
 }
 
 /// Connects to the tail server and sends one request line.

@@ -669,3 +669,35 @@ pub fn skipped(why: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {why} ***\n");
 }
+
+/// The `logdog_butler` binary, for children that run `logdog_butler pipe`.
+pub const BUTLER_VAR: &str = "LOGDOG_TEST_BUTLER";
+
+/// `logdog_butler FLAGS run --no-echo [RUN_FLAGS] -- sh -c SCRIPT sh ARGS...` in `cwd`, with
+/// stdout to `/dev/null` and stderr piped; the script finds the butler in
+/// `$LOGDOG_TEST_BUTLER`.
+pub fn butler_script(
+    cwd: &Path,
+    flags: &[&str],
+    run_flags: &[&str],
+    script: &str,
+    script_args: &[&Path],
+) -> Command {
+    let mut args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+    args.extend(["run".into(), "--no-echo".into()]);
+    args.extend(run_flags.iter().map(|s| s.to_string()));
+    args.extend([
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        script.into(),
+        "sh".into(),
+    ]);
+    args.extend(script_args.iter().map(|p| p.display().to_string()));
+    let mut cmd = butler(cwd, &args);
+    cmd.env(BUTLER_VAR, env!("CARGO_BIN_EXE_logdog_butler"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
