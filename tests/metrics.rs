@@ -198,6 +198,8 @@ fn collector_metrics_count_what_a_butler_stored_and_who_follows() {
             "--prefix",
             "m",
             "run",
+            // Bytes and entries of the command's stream alone.
+            "--no-run-record",
             "--no-echo",
             "--stdout",
             "name=out",

@@ -322,7 +322,7 @@ impl AsyncRead for PtyReader {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|f| (&mut &*f.get_ref()).read(unfilled)) {
+            match guard.try_io(|f| f.get_ref().read(unfilled)) {
                 Ok(Ok(n)) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));

@@ -320,6 +320,10 @@ pub struct RunArgs {
     /// With --pty: the terminal's size [default: the butler's own terminal's, else 200x50].
     #[arg(long, value_name = "COLSxROWS", value_parser = parse_pty_size, requires = "pty")]
     pub pty_size: Option<(u16, u16)>,
+    /// Does not write the run record, the `logdog/run` stream saying what was run and how
+    /// it ended.
+    #[arg(long)]
+    pub no_run_record: bool,
     /// Exits 251 instead of 0 when the command succeeded but some of its output was lost
     /// (dropped, undelivered, refused, or not read before the grace period ended). Lines left
     /// out on purpose by --include/--exclude, --rate-limit or --max-stream-bytes do not count.

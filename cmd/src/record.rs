@@ -71,6 +71,20 @@ impl RunRecord {
         (record, source)
     }
 
+    /// A record that writes nothing (`--no-run-record`).
+    pub fn disabled() -> Self {
+        Self {
+            writer: None,
+            started: Instant::now(),
+            read: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Whether it is written (its stream is one of the butler's).
+    pub fn enabled(&self) -> bool {
+        self.writer.is_some()
+    }
+
     /// Writes the start line.
     pub async fn start(&mut self, command: &[OsString], pid: Option<u32>) {
         self.started = Instant::now();

@@ -181,7 +181,8 @@ async fn run_command(
     let mut signals = Signals::new()?;
     let started = start_butler_with(
         g,
-        args.max_streams.saturating_add(1),
+        args.max_streams
+            .saturating_add(usize::from(!args.no_run_record)),
         &[crate::record::NAME],
     )?;
     let crate::Started {
@@ -255,10 +256,18 @@ async fn run_command(
         pgid,
         outputs,
     } = spawned;
-    let (mut record, source) = crate::record::RunRecord::new();
-    if let Err(e) = butler.add_stream(source).await {
-        tracing::error!(stream = crate::record::NAME, error = %e, "cannot write the run record");
-    }
+    let mut record = if args.no_run_record {
+        crate::record::RunRecord::disabled()
+    } else {
+        let (record, source) = crate::record::RunRecord::new();
+        match butler.add_stream(source).await {
+            Ok(()) => record,
+            Err(e) => {
+                tracing::error!(stream = crate::record::NAME, error = %e, "cannot write the run record");
+                crate::record::RunRecord::disabled()
+            }
+        }
+    };
     record.start(&args.command, child.id()).await;
 
     let echo = !args.no_echo;
@@ -443,6 +452,8 @@ async fn supervise(
     let mut status: Option<ExitStatus> = None;
     let mut ended_written = false;
     let mut cut = false;
+    // The record's own stream stays open until its end line.
+    let own = usize::from(record.enabled()) as u64;
     loop {
         let deadline = group.deadline;
         let grace_over = async move {
@@ -458,7 +469,7 @@ async fn supervise(
                 let notified = live.stream_ended.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if live.streams_open.load(std::sync::atomic::Ordering::SeqCst) <= 1 {
+                if live.streams_open.load(std::sync::atomic::Ordering::SeqCst) <= own {
                     return;
                 }
                 notified.await;
@@ -499,7 +510,7 @@ async fn supervise(
                     status = Some(child_status(child.wait().await)?);
                     butler.activate().await;
                 }
-                if butler.live().streams_open.load(std::sync::atomic::Ordering::SeqCst) > 1 {
+                if butler.live().streams_open.load(std::sync::atomic::Ordering::SeqCst) > own {
                     say!(
                         "grace period over: streams still held open (by processes that left \
                          the command's process group) are no longer read"
