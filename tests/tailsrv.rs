@@ -18,7 +18,20 @@ const BUTLER_VAR: &str = "LOGDOG_TEST_BUTLER";
 /// `logdog_butler FLAGS run --no-echo -- sh -c SCRIPT sh ARGS...` in `cwd`.
 fn butler_script(cwd: &Path, flags: &[&str], script: &str, script_args: &[&Path]) -> Command {
     let mut args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
-    args.extend(["run", "--no-echo", "--", "sh", "-c", script, "sh"].map(String::from));
+    // The command's streams alone (the test lists them).
+    args.extend(
+        [
+            "run",
+            "--no-run-record",
+            "--no-echo",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ]
+        .map(String::from),
+    );
     args.extend(script_args.iter().map(|p| p.display().to_string()));
     let mut cmd = butler(cwd, &args);
     cmd.env(BUTLER_VAR, env!("CARGO_BIN_EXE_logdog_butler"))
