@@ -215,7 +215,7 @@ fn every_kind_of_stream_arrives_identical_listed_and_queryable() {
     // Nothing on stderr but the end-of-run summary, which says nothing was lost.
     let summary = r.stderr_str();
     assert!(
-        summary.contains("5 stream(s) to default/kinds/run1/+/"),
+        summary.contains("6 stream(s) to default/kinds/run1/+/"),
         "butler stderr:\n{summary}"
     );
     assert!(
@@ -245,7 +245,8 @@ fn every_kind_of_stream_arrives_identical_listed_and_queryable() {
     }
 
     let listed = listing(&addr, &["ls", "default/kinds/run1"]);
-    assert_eq!(listed.len(), expected.len(), "{listed:#?}");
+    // The five and the run record.
+    assert_eq!(listed.len(), expected.len() + 1, "{listed:#?}");
     for (name, _, kind, bytes) in &expected {
         let path = format!("default/kinds/run1/+/{name}");
         let l = listed
@@ -270,6 +271,7 @@ fn every_kind_of_stream_arrives_identical_listed_and_queryable() {
     let mut want: Vec<String> = expected
         .iter()
         .map(|(n, ..)| format!("default/kinds/run1/+/{n}"))
+        .chain(["default/kinds/run1/+/logdog/run".to_string()])
         .collect();
     want.sort();
     assert_eq!(found, want, "query --tag suite=e2e");
@@ -501,7 +503,8 @@ fn check_two_phase(dir: &Path, addr: &str, prefix: &str, want: &TwoPhase, r: &Fi
     );
 
     let listed = listing(addr, &["ls", &format!("default/{prefix}")]);
-    assert_eq!(listed.len(), 3, "{listed:#?}");
+    // The three and the run record.
+    assert_eq!(listed.len(), 4, "{listed:#?}");
     for (name, bytes) in [
         ("stdout", want.stdout.len()),
         ("stderr", want.stderr.len()),

@@ -343,6 +343,8 @@ fn collector_killed_restarted_and_frozen_during_a_long_run_loses_and_duplicates_
         let mut want: Vec<String> = streams
             .iter()
             .map(|s| format!("{PREFIX}/+/{}", s.name))
+            // And the run record.
+            .chain([format!("{PREFIX}/+/logdog/run")])
             .collect();
         want.sort();
         assert_eq!(got, want, "streams stored under {PREFIX}");

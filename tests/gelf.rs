@@ -42,6 +42,8 @@ fn butler_args(output: &str) -> Vec<String> {
         "--output",
         output,
         "run",
+        // The five messages of the command's lines only.
+        "--no-run-record",
         "--no-summary",
         "--no-echo",
         "--stdout",

@@ -198,6 +198,8 @@ fn collector_metrics_count_what_a_butler_stored_and_who_follows() {
             "--prefix",
             "m",
             "run",
+            // Bytes and entries of the command's stream alone.
+            "--no-run-record",
             "--no-echo",
             "--stdout",
             "name=out",
@@ -348,6 +350,8 @@ fn collector_metrics_on_their_own_port_without_the_viewer() {
             "--prefix",
             "own",
             "run",
+            // The command's 8 bytes alone.
+            "--no-run-record",
             "--no-echo",
             "--",
             "printf",

@@ -42,6 +42,8 @@ fn a_collector_and_a_directory_both_get_every_byte_and_are_reported_each() {
         "--output".into(),
         grpc.clone(),
         "run".into(),
+        // Byte counts of the command's streams alone.
+        "--no-run-record".into(),
         "--no-echo".into(),
         "--result-path".into(),
         result.display().to_string(),
@@ -111,6 +113,7 @@ fn a_single_output_is_reported_as_before() {
                 "--output",
                 &dir_output(&out),
                 "run",
+                "--no-run-record",
                 "--result-path",
                 result.to_str().unwrap(),
                 "--",
@@ -205,6 +208,8 @@ fn a_best_effort_output_that_cannot_deliver_never_holds_the_command_and_its_drop
         "--output".into(),
         grpc.clone(),
         "run".into(),
+        // Byte counts of the command's streams alone.
+        "--no-run-record".into(),
         "--no-echo".into(),
         "--result-path".into(),
         result.display().to_string(),

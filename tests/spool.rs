@@ -84,6 +84,8 @@ fn leave_spool(d: &Path, spool: &Path, port: u16, prefix: &str, seed: u64) -> Le
             "--max-buffer-age",
             "100ms",
             "run",
+            // The two streams alone: a killed butler leaves its run record open.
+            "--no-run-record",
             "--no-echo",
             "--",
             "sh",
@@ -537,7 +539,7 @@ fn a_spool_disk_too_small_for_the_run_gives_nothing_up_and_resume_completes_ever
         spool=$1 bin=$2 output=$3 result=$4 resume_result=$5 done=$6; shift 6
         mount -t tmpfs -o size=32m tmpfs "$spool" || exit 99
         "$bin" --output "$output" --spool "$spool" --prefix four --flush-timeout 1s \
-            run --no-echo --result-path "$result" -- sh -c '
+            run --no-run-record --no-echo --result-path "$result" -- sh -c '
                 bin=$1 done=$2; shift 2
                 i=0
                 for f in "$@"; do i=$((i+1)); "$bin" pipe "s$i" < "$f" & done
@@ -781,6 +783,8 @@ fn with_a_spool_a_full_collector_disk_leaves_the_rest_in_the_spool() {
             "--flush-timeout",
             "3s",
             "run",
+            // The command's stream alone in the spool.
+            "--no-run-record",
             "--no-echo",
             "--result-path",
             result.to_str().expect("utf-8 path"),

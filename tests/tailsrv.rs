@@ -14,7 +14,8 @@ use common::{Collector, Guarded, Rng, TIMEOUT, drain, random_line, tempdir};
 
 /// `logdog_butler FLAGS run --no-echo -- sh -c SCRIPT sh ARGS...` in `cwd`.
 fn butler_script(cwd: &Path, flags: &[&str], script: &str, script_args: &[&Path]) -> Command {
-    common::butler_script(cwd, flags, &[], script, script_args)
+    // The command's streams alone (the test lists them).
+    common::butler_script(cwd, flags, &["--no-run-record"], script, script_args)
 }
 
 /// Connects to the tail server and sends one request line.

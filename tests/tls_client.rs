@@ -484,6 +484,8 @@ fn leave_spool(d: &Path, spool: &Path, port: u16, ca: &Path, prefix: &str, seed:
             "--max-buffer-age",
             "100ms",
             "run",
+            // The two streams alone: a killed butler leaves its run record open.
+            "--no-run-record",
             "--no-echo",
             "--",
             "sh",

@@ -248,6 +248,11 @@ pub struct LiveStats {
     pub streams_open: std::sync::atomic::AtomicU64,
     /// Bytes read from every stream's source so far.
     pub bytes_captured: std::sync::atomic::AtomicU64,
+    /// Lines the policies left out (filters, rate limit, head+tail), added as each stream
+    /// ends.
+    pub lines_dropped: std::sync::atomic::AtomicU64,
+    /// Woken (every waiter) each time a stream has been read to its end.
+    pub stream_ended: tokio::sync::Notify,
 }
 
 impl Butler {
@@ -709,7 +714,13 @@ impl Actor {
                 &live.bytes_captured,
             )
             .await;
+            let p = &pumped.policy;
+            live.lines_dropped.fetch_add(
+                p.filtered_lines + p.rate_limited_lines + p.omitted_lines,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             drop(open);
+            live.stream_ended.notify_waiters();
             // Read to the end: the stream no longer keeps the butler running. Its report
             // comes once the output has settled its last bundle (or the flush timeout ran
             // out), which may be after the bundler has been told to finish.

@@ -383,6 +383,16 @@ fn parse_max_streams(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A `--pty-size` value: `COLSxROWS`, each from 1 to 65535.
+fn parse_pty_size(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{s:?} is not a terminal size (COLSxROWS, e.g. 200x50)");
+    let (cols, rows) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    match (cols.parse::<u16>(), rows.parse::<u16>()) {
+        (Ok(c), Ok(r)) if c > 0 && r > 0 => Ok((c, r)),
+        _ => Err(bad()),
+    }
+}
+
 fn parse_stream_type(s: &str) -> Result<StreamType, String> {
     match s {
         "text" => Ok(StreamType::Text),
@@ -438,9 +448,29 @@ pub struct RunArgs {
     /// Does not print the per-stream summary at the end (losses are still reported).
     #[arg(long)]
     pub no_summary: bool,
-    /// After forwarding SIGINT/SIGTERM, how long the command gets before SIGKILL.
+    /// The command runs in its own process group. The first SIGINT/SIGTERM goes to the whole
+    /// group; after this long, the group gets SIGKILL and streams still held open by other
+    /// processes stop being read (what could not be read is reported lost). A second signal
+    /// kills the group and exits at once.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace_period: Duration,
+    /// Runs the command on a pseudo-terminal: it sees a terminal (colours, progress bars) and
+    /// its stdout and stderr become one text stream, the --stdout one. Its stdin is the
+    /// terminal too with --forward-stdin, else /dev/null.
+    #[arg(long)]
+    pub pty: bool,
+    /// With --pty: the terminal's size [default: the butler's own terminal's, else 200x50].
+    #[arg(long, value_name = "COLSxROWS", value_parser = parse_pty_size, requires = "pty")]
+    pub pty_size: Option<(u16, u16)>,
+    /// Does not write the run record, the `logdog/run` stream saying what was run and how
+    /// it ended.
+    #[arg(long)]
+    pub no_run_record: bool,
+    /// Exits 251 instead of 0 when the command succeeded but some of its output was lost
+    /// (dropped, undelivered, refused, or not read before the grace period ended). Lines left
+    /// out on purpose by --include/--exclude, --rate-limit or --max-stream-bytes do not count.
+    #[arg(long)]
+    pub fail_on_loss: bool,
     /// Most streams open at once; a stream opened beyond it is refused (with the reason, for
     /// a client that asks) and listed at the end.
     #[arg(long, default_value_t = logdog_butler::DEFAULT_MAX_STREAMS, value_parser = parse_max_streams)]
@@ -505,5 +535,15 @@ mod tests {
             "{e}"
         );
         assert!(parse(["logdog_butler", "resume", "--spool", "d"]).is_ok());
+    }
+    #[test]
+    fn pty_sizes_are_cols_by_rows() {
+        assert_eq!(parse_pty_size("200x50"), Ok((200, 50)));
+        assert_eq!(parse_pty_size("80X24"), Ok((80, 24)));
+        for bad in [
+            "", "80", "0x24", "80x0", "80x", "x24", "80x24x1", "70000x24", "-1x24",
+        ] {
+            assert!(parse_pty_size(bad).is_err(), "{bad:?}");
+        }
     }
 }

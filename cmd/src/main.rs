@@ -1,7 +1,8 @@
 //! `logdog_butler`: runs a command (or reads a file) and ships what it logs as LogDog streams.
 //!
-//! Exit status: the child's for `run` (128+N when it was killed by signal N); 2 for bad flags
-//! or specs; 250 when the butler itself fails (for example, a command that does not exist).
+//! Exit status: the child's for `run` (128+N when it was killed by signal N; 251 with
+//! `--fail-on-loss` when it exited 0 but output was lost); 2 for bad flags or specs; 250 when
+//! the butler itself fails (for example, a command that does not exist).
 
 /// A notice to the user on stderr: `logdog_butler: MESSAGE`, or with `--log-format json` a
 /// JSON line like the log lines (see [`notice`]).
@@ -11,11 +12,13 @@ macro_rules! say {
     };
 }
 
+mod child;
 mod cli;
 mod fdlimit;
 mod logging;
 mod metrics;
 mod pipe;
+mod record;
 mod resume;
 mod run;
 mod serve;
@@ -39,6 +42,9 @@ use cli::{Command, Global};
 pub const EXIT_RUNTIME: u8 = 250;
 /// Exit status for bad flags.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit status of `run --fail-on-loss` when the command exited 0 but some of its output was
+/// lost.
+pub const EXIT_LOST: u8 = 251;
 
 /// A failure, by the exit status it calls for.
 #[derive(Debug)]
@@ -270,6 +276,19 @@ impl Started {
 /// Builds the output and starts a butler from the global flags, allowing `max_streams` open
 /// streams.
 pub fn start_butler(g: &Global, max_streams: usize) -> Result<Started, Failure> {
+    start_butler_with(g, max_streams, &[])
+}
+
+/// Like [`start_butler`], with streams the policies only mask (the butler's own records).
+pub fn start_butler_with(
+    g: &Global,
+    max_streams: usize,
+    masked_only: &[&str],
+) -> Result<Started, Failure> {
+    let mut policy = policy_config(g)?;
+    policy
+        .masked_only
+        .extend(masked_only.iter().map(ToString::to_string));
     let prefix = g
         .prefix
         .clone()
@@ -281,7 +300,7 @@ pub fn start_butler(g: &Global, max_streams: usize) -> Result<Started, Failure> 
         max_buffer_age: g.max_buffer_age,
         flush_timeout: g.flush_timeout,
         max_streams,
-        policy: policy_config(g)?,
+        policy,
         ..Default::default()
     };
     cfg.validate().map_err(|e| Failure::Usage(e.to_string()))?;
@@ -411,6 +430,7 @@ pub fn policy_config(g: &Global) -> Result<PolicyConfig, Failure> {
         masks,
         max_stream_bytes: g.max_stream_bytes,
         spool_dir,
+        ..Default::default()
     })
 }
 

@@ -1,8 +1,9 @@
 //! `logdog_butler run`: runs a command with its stdout and stderr captured as streams.
 
-use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -10,16 +11,13 @@ use logdog_bootstrap::Environment;
 use logdog_butler::{Report, StreamSource, Tee};
 use logdog_outputs::fanout::OutputReport;
 use logdog_streamserver::StreamServer;
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::Child;
 use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
 
 use crate::cli::{Global, RunArgs};
-use crate::{Failure, start_butler};
-
-/// Capacity asked for the command's stdout and stderr pipes.
-const PIPE_SIZE: i32 = 1024 * 1024;
+use crate::{Failure, start_butler_with};
 
 /// SIGINT and SIGTERM, as one source of signals.
 pub struct Signals {
@@ -160,6 +158,14 @@ async fn run_command(
     args: &RunArgs,
     result: Option<&ResultFile>,
 ) -> Result<u8, Failure> {
+    for spec in [&args.stdout, &args.stderr] {
+        if spec.name == crate::record::NAME {
+            return Err(Failure::Usage(format!(
+                "the stream name {:?} is taken by the run record",
+                spec.name
+            )));
+        }
+    }
     if args.stdout.name == args.stderr.name {
         return Err(Failure::Usage(format!(
             "--stdout and --stderr both name the stream {:?}",
@@ -173,7 +179,12 @@ async fn run_command(
         spec.check_limits(&global).map_err(Failure::Usage)?;
     }
     let mut signals = Signals::new()?;
-    let started = start_butler(g, args.max_streams)?;
+    let started = start_butler_with(
+        g,
+        args.max_streams
+            .saturating_add(usize::from(!args.no_run_record)),
+        &[crate::record::NAME],
+    )?;
     let crate::Started {
         butler,
         output,
@@ -209,26 +220,25 @@ async fn run_command(
     }
     cmd.args(&args.command[1..])
         .env_remove(logdog_outputs::security::TOKEN_ENV)
-        .envs(env.to_vars())
-        .stdin(if args.forward_stdin {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .envs(env.to_vars());
+    let setup = crate::child::Setup {
+        forward_stdin: args.forward_stdin,
+        pty: args.pty.then(|| {
+            args.pty_size
+                .or_else(crate::child::own_terminal_size)
+                .unwrap_or(crate::child::DEFAULT_PTY_SIZE)
+        }),
+    };
     let spawned = match &args.chdir {
         Some(d) if !d.is_dir() => Err(anyhow!("--chdir {}: not a directory", d.display())),
         Some(d) => {
             cmd.current_dir(d);
-            cmd.spawn()
+            crate::child::spawn(cmd, setup)
                 .with_context(|| format!("cannot run {program:?} in {}", d.display()))
         }
-        None => cmd
-            .spawn()
-            .with_context(|| format!("cannot run {program:?}")),
+        None => crate::child::spawn(cmd, setup).with_context(|| format!("cannot run {program:?}")),
     };
-    let mut child = match spawned {
+    let spawned = match spawned {
         Ok(c) => c,
         Err(e) => {
             butler.activate().await;
@@ -245,41 +255,41 @@ async fn run_command(
             return Err(Failure::Runtime(e));
         }
     };
+    let crate::child::Spawned {
+        mut child,
+        pgid,
+        outputs,
+    } = spawned;
+    let mut record = if args.no_run_record {
+        crate::record::RunRecord::disabled()
+    } else {
+        let (record, source) = crate::record::RunRecord::new();
+        match butler.add_stream(source).await {
+            Ok(()) => record,
+            Err(e) => {
+                tracing::error!(stream = crate::record::NAME, error = %e, "cannot write the run record");
+                crate::record::RunRecord::disabled()
+            }
+        }
+    };
+    record.start(&args.command, child.id()).await;
 
-    // Bigger pipes mean fewer wake-ups when the command writes fast (Linux only; best effort).
-    for fd in [
-        child.stdout.as_ref().map(|p| p.as_fd()),
-        child.stderr.as_ref().map(|p| p.as_fd()),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
-    }
     let echo = !args.no_echo;
-    let pipes = [
-        (
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as logdog_butler::Source),
-            &args.stdout,
-            echo.then(|| Box::new(tokio::io::stdout()) as Tee),
-        ),
-        (
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as logdog_butler::Source),
-            &args.stderr,
-            echo.then(|| Box::new(tokio::io::stderr()) as Tee),
-        ),
-    ];
-    for (reader, spec, tee) in pipes {
-        let Some(reader) = reader else { continue };
+    let mut watched = Vec::new();
+    for out in outputs {
+        let (spec, tee) = match out.which {
+            crate::child::Which::Stdout => (
+                &args.stdout,
+                echo.then(|| Box::new(tokio::io::stdout()) as Tee),
+            ),
+            crate::child::Which::Stderr => (
+                &args.stderr,
+                echo.then(|| Box::new(tokio::io::stderr()) as Tee),
+            ),
+        };
         if let Err(e) = butler
             .add_stream(StreamSource {
-                reader,
+                reader: out.reader,
                 desc: spec.descriptor(),
                 tee,
             })
@@ -288,22 +298,27 @@ async fn run_command(
             // Cannot happen with validated specs; the child still runs to completion.
             tracing::error!(stream = %spec.name, error = %e, "cannot capture stream");
         }
+        watched.push((spec.name.clone(), out.ended, out.peek));
     }
 
-    let status = wait_child(&mut child, args.grace_period, &mut signals, result).await?;
-    butler.activate().await;
-    // Streams end when every process holding the pipes (grandchildren too) has closed them.
-    let report = tokio::select! {
-        r = butler.wait() => r.map_err(|e| Failure::Runtime(e.into()))?,
-        sig = signals.recv() => {
-            let msg = format!("{sig}: exited without waiting for the streams to end");
-            say!("{msg}");
-            if let Some(r) = result {
-                r.write_unless_written(exit_code(status), status.signal(), Some(&msg));
-            }
-            return Ok(exit_code(status));
-        }
+    let mut group = Group {
+        pgid,
+        grace: args.grace_period,
+        deadline: None,
     };
+    let (status, mut report, cut) = supervise(
+        &mut child,
+        &mut group,
+        butler,
+        &mut signals,
+        &mut record,
+        result,
+    )
+    .await?;
+    if cut {
+        count_unread(&mut report, &watched);
+    }
+    drop(watched);
     if let Err(e) = started.finish_output(g).await {
         tracing::error!(error = %e, "closing the output failed");
     }
@@ -378,6 +393,18 @@ async fn run_command(
                 .unwrap_or_default()
         );
     }
+    let code = if args.fail_on_loss
+        && code == 0
+        && lost_anything(&report, &out_stats, acked.as_ref(), reports.as_deref())
+    {
+        say!(
+            "the command succeeded but some of its output was lost (--fail-on-loss): exit {}",
+            crate::EXIT_LOST
+        );
+        crate::EXIT_LOST
+    } else {
+        code
+    };
     if let Some(r) = result {
         r.set(report_fields(
             &report,
@@ -393,55 +420,188 @@ async fn run_command(
     Ok(code)
 }
 
-/// Waits for the child. The first SIGINT/SIGTERM is forwarded to it and starts the grace
-/// period, after which it is killed; a second signal kills it and exits at once.
-async fn wait_child(
-    child: &mut Child,
+/// The command's process group and the grace period it gets after a signal.
+struct Group {
+    pgid: Option<Pid>,
     grace: Duration,
+    /// When the grace period ends, once a signal has come.
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Group {
+    /// Sends `sig` to the whole group (a group already gone is not an error).
+    fn signal(&self, sig: Signal) {
+        if let Some(pgid) = self.pgid {
+            let _ = killpg(pgid, sig);
+        }
+    }
+}
+
+/// Waits for the command, then for its streams (and the record's end line), then for the
+/// butler's report. Returns the command's status, the report, and whether reading was cut
+/// short when the grace period ended.
+///
+/// The first SIGINT/SIGTERM goes to the command's whole process group and starts the grace
+/// period; when it ends the group gets SIGKILL and the butler stops reading every stream
+/// (processes that left the group may still hold them open). A second signal kills the group
+/// and exits at once.
+async fn supervise(
+    child: &mut Child,
+    group: &mut Group,
+    butler: &logdog_butler::Butler,
     signals: &mut Signals,
+    record: &mut crate::record::RunRecord,
     result: Option<&ResultFile>,
-) -> Result<ExitStatus, Failure> {
-    let pid = child
-        .id()
-        .and_then(|p| i32::try_from(p).ok())
-        .map(Pid::from_raw);
-    let mut deadline: Option<tokio::time::Instant> = None;
+) -> Result<(ExitStatus, Report, bool), Failure> {
+    let mut status: Option<ExitStatus> = None;
+    let mut ended_written = false;
+    let mut cut = false;
+    // The record's own stream stays open until its end line.
+    let own = usize::from(record.enabled()) as u64;
     loop {
-        let grace_over = async {
+        let deadline = group.deadline;
+        let grace_over = async move {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
                 None => std::future::pending().await,
             }
         };
+        let live = butler.live();
+        // Once the command has ended: the streams other than the record have ended.
+        let others_ended = async {
+            loop {
+                let notified = live.stream_ended.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if live.streams_open.load(std::sync::atomic::Ordering::SeqCst) <= own {
+                    return;
+                }
+                notified.await;
+            }
+        };
         tokio::select! {
-            status = child.wait() => return child_status(status),
+            s = child.wait(), if status.is_none() => {
+                status = Some(child_status(s)?);
+                butler.activate().await;
+            }
+            () = others_ended, if status.is_some() && !ended_written => {
+                let streams = butler.streams().await.len();
+                record.end(status, streams, live).await;
+                ended_written = true;
+            }
+            r = butler.wait(), if ended_written => {
+                let report = r.map_err(|e| Failure::Runtime(e.into()))?;
+                let status = status.ok_or_else(|| anyhow!("the command's status is unknown"))?;
+                return Ok((status, report, cut));
+            }
             sig = signals.recv() => {
-                if deadline.is_some() {
-                    say!("second {sig}: killing the command and exiting now");
-                    let _ = child.start_kill();
-                    let code = 128 + sig as i32;
-                    if let Some(r) = result {
-                        let msg = format!(
-                            "second {sig}: the command was killed and the butler exited without \
-                             waiting for its streams"
-                        );
-                        r.write_unless_written(code as u8, None, Some(&msg));
-                    }
-                    std::process::exit(code);
+                if group.deadline.is_some() || cut {
+                    second_signal(sig, group, status, result);
                 }
-                say!("{sig}: passed to the command; it gets {} before SIGKILL", humantime::format_duration(grace));
-                if let Some(pid) = pid {
-                    let _ = kill(pid, sig);
-                }
-                deadline = Some(tokio::time::Instant::now() + grace);
+                let what = if status.is_none() { "the command" } else { "the command's processes" };
+                say!(
+                    "{sig}: passed to {what} (its process group); they get {} before SIGKILL",
+                    humantime::format_duration(group.grace)
+                );
+                group.signal(sig);
+                group.deadline = Some(tokio::time::Instant::now() + group.grace);
             }
             () = grace_over => {
-                say!("grace period over: killing the command");
-                let _ = child.start_kill();
-                return child_status(child.wait().await);
+                group.deadline = None;
+                group.signal(Signal::SIGKILL);
+                if status.is_none() {
+                    say!("grace period over: the command's process group was killed");
+                    status = Some(child_status(child.wait().await)?);
+                    butler.activate().await;
+                }
+                if butler.live().streams_open.load(std::sync::atomic::Ordering::SeqCst) > own {
+                    say!(
+                        "grace period over: streams still held open (by processes that left \
+                         the command's process group) are no longer read"
+                    );
+                }
+                if !ended_written {
+                    let streams = butler.streams().await.len();
+                    record.end(status, streams, butler.live()).await;
+                    ended_written = true;
+                }
+                butler.shutdown().await;
+                cut = true;
             }
         }
     }
+}
+
+/// A second SIGINT/SIGTERM: kills the command's process group and exits at once, without
+/// waiting for the streams (the result file says so).
+fn second_signal(
+    sig: Signal,
+    group: &Group,
+    status: Option<ExitStatus>,
+    result: Option<&ResultFile>,
+) -> ! {
+    say!("second {sig}: killing the command's process group and exiting now");
+    group.signal(Signal::SIGKILL);
+    let code = status.map_or(128 + sig as i32, |s| i32::from(exit_code(s)));
+    if let Some(r) = result {
+        let msg = format!(
+            "second {sig}: the command's process group was killed and the butler exited \
+             without waiting for its streams"
+        );
+        let signal = status.and_then(|s| s.signal());
+        r.write_unless_written(code as u8, signal, Some(&msg));
+    }
+    std::process::exit(code);
+}
+
+/// Counts, as dropped, what was left unread in the command's pipes (or terminal) whose
+/// reading was stopped before their end.
+fn count_unread(
+    report: &mut Report,
+    watched: &[(String, Arc<AtomicBool>, Option<std::os::fd::OwnedFd>)],
+) {
+    for (name, ended, peek) in watched {
+        if ended.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        let Some(s) = report.streams.get_mut(name) else {
+            continue;
+        };
+        let unread = peek.as_ref().and_then(crate::child::unread_bytes);
+        s.bytes_dropped += unread.unwrap_or(0);
+        let what = match unread {
+            Some(n) => format!("{n} bytes left unread"),
+            None => "an unknown number of bytes left unread".to_string(),
+        };
+        let msg = format!(
+            "not read to its end: still held open by another process when the grace period \
+             ended ({what}; anything written later is not counted)"
+        );
+        s.error = Some(match s.error.take() {
+            Some(e) => format!("{e}; {msg}"),
+            None => msg,
+        });
+    }
+}
+
+/// Whether anything the summary calls lost was lost: bytes dropped, undelivered, refused
+/// by the collector or never spooled, streams refused, bundles another output failed. Lines
+/// the user's policies left out on purpose do not count.
+fn lost_anything(
+    report: &Report,
+    out_stats: &logdog_outputs::OutputStats,
+    acked: Option<&crate::summary::AckedByName>,
+    outputs: Option<&[OutputReport]>,
+) -> bool {
+    let t = crate::summary::totals(report, out_stats.spool.is_some(), acked);
+    t.streams_with_losses > 0
+        || t.streams_refused > 0
+        || t.bytes_lost > 0
+        || report.failed_bundles > 0
+        || outputs
+            .into_iter()
+            .flatten()
+            .any(|o| o.stats.failed_bundles > 0)
 }
 
 fn child_status(status: std::io::Result<ExitStatus>) -> Result<ExitStatus, Failure> {

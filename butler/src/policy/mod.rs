@@ -283,6 +283,9 @@ pub struct PolicyConfig {
     pub max_stream_bytes: Option<u64>,
     /// Where the head+tail cap keeps a stream's tail (in memory when `None`).
     pub spool_dir: Option<PathBuf>,
+    /// Streams that are only masked: no filter, rate limit or head+tail cap applies to them
+    /// (records the butler writes itself, which the user's policies must not cut).
+    pub masked_only: std::collections::BTreeSet<String>,
 }
 
 impl PolicyConfig {
@@ -314,6 +317,9 @@ impl PolicyConfig {
         if let Some(reg) = &self.masks {
             stages.push(Box::new(mask::Mask::new(reg.clone())));
             echo_after = 1;
+        }
+        if self.masked_only.contains(name) {
+            return Ok((!stages.is_empty()).then(|| Chain::new(stages, echo_after)));
         }
         if let Some(f) = filter::Filter::for_stream(&self.filters, name, max_line) {
             stages.push(Box::new(f));
@@ -454,5 +460,31 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_masked_only_stream_gets_the_mask_and_nothing_else() {
+        let rule = FilterRule::parse(RuleKind::Include, "^KEEP").unwrap();
+        let mut cfg = PolicyConfig {
+            filters: vec![rule],
+            ..Default::default()
+        };
+        cfg.masked_only.insert("rec".into());
+        // Filtered when not masked-only; nothing at all to do for the masked-only one.
+        assert!(cfg.chain_for("s", StreamType::Text, 100).unwrap().is_some());
+        assert!(
+            cfg.chain_for("rec", StreamType::Text, 100)
+                .unwrap()
+                .is_none()
+        );
+        let reg = Arc::new(MaskRegistry::default());
+        reg.add(b"hunter22secret").unwrap();
+        cfg.masks = Some(reg);
+        let mut c = cfg
+            .chain_for("rec", StreamType::Text, 100)
+            .unwrap()
+            .unwrap();
+        c.push(b"drop me? no: hunter22secret\n", Instant::now());
+        assert_eq!(c.out(), b"drop me? no: ***\n");
     }
 }
