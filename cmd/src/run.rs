@@ -467,24 +467,12 @@ async fn supervise(
             }
         };
         let live = butler.live();
-        // Once the command has ended: the streams other than the record have ended.
-        let others_ended = async {
-            loop {
-                let notified = live.stream_ended.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if live.streams_open.load(std::sync::atomic::Ordering::SeqCst) <= own {
-                    return;
-                }
-                notified.await;
-            }
-        };
         tokio::select! {
             s = child.wait(), if status.is_none() => {
                 status = Some(child_status(s)?);
                 butler.activate().await;
             }
-            () = others_ended, if status.is_some() && !ended_written => {
+            () = others_ended(live, own), if status.is_some() && !ended_written => {
                 let streams = butler.streams().await.len();
                 record.end(status, streams, live).await;
                 ended_written = true;
@@ -514,7 +502,10 @@ async fn supervise(
                     status = Some(child_status(child.wait().await)?);
                     butler.activate().await;
                 }
-                if butler.live().streams_open.load(std::sync::atomic::Ordering::SeqCst) > own {
+                // The killed processes' pipes close as they die: a moment for that, so that
+                // only streams held by processes outside the group are cut.
+                let _ = tokio::time::timeout(KILL_SETTLE, others_ended(live, own)).await;
+                if live.streams_open.load(std::sync::atomic::Ordering::SeqCst) > own {
                     say!(
                         "grace period over: streams still held open (by processes that left \
                          the command's process group) are no longer read"
@@ -522,13 +513,30 @@ async fn supervise(
                 }
                 if !ended_written {
                     let streams = butler.streams().await.len();
-                    record.end(status, streams, butler.live()).await;
+                    record.end(status, streams, live).await;
                     ended_written = true;
                 }
                 butler.shutdown().await;
                 cut = true;
             }
         }
+    }
+}
+
+/// After SIGKILL at the end of the grace period, how long the killed processes get to let go
+/// of the streams before the butler stops reading them.
+const KILL_SETTLE: Duration = Duration::from_millis(500);
+
+/// Resolves once at most `own` streams are still being read (the run record's, if any).
+async fn others_ended(live: &logdog_butler::LiveStats, own: u64) {
+    loop {
+        let notified = live.stream_ended.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if live.streams_open.load(std::sync::atomic::Ordering::SeqCst) <= own {
+            return;
+        }
+        notified.await;
     }
 }
 
