@@ -302,6 +302,26 @@ fn streams_of_a_killed_butler_become_abandoned_and_live_prefixes_do_not() {
         TICKING,
         &[&stop],
     ));
+    // A command that prints one line and then nothing: only the run record's heartbeat
+    // keeps its prefix alive.
+    let mut quiet = Guarded::spawn(&mut common::butler_script(
+        d,
+        &[
+            "--output",
+            &collector.output(),
+            "--prefix",
+            "quiet",
+            "--max-buffer-age",
+            "100ms",
+        ],
+        &["--heartbeat", "500ms"],
+        r#"echo started; while [ ! -e "$1" ]; do sleep 0.1; done"#,
+        &[&stop],
+    ));
+    wait_until("the quiet butler's stream to be stored", || {
+        ls_state(&addr, "default/quiet", "default/quiet/+/stdout").as_deref() == Some("open")
+    });
+    let quiet_seen = Instant::now();
     let mut dead = Guarded::spawn(&mut butler_script(
         d,
         &["--output", &collector.output(), "--prefix", "dead"],
@@ -332,8 +352,26 @@ fn streams_of_a_killed_butler_become_abandoned_and_live_prefixes_do_not() {
     if let Some(state) = ls_state(&addr, "default/live", "default/live/+/stderr") {
         assert_eq!(state, "open", "default/live/+/stderr");
     }
+    // The quiet run's line is older than --abandon-after (3s, and 1s more for slack), but
+    // its heartbeats say it is alive.
+    wait_until("4s since the quiet run's only line", || {
+        quiet_seen.elapsed() > Duration::from_secs(4)
+    });
+    assert_eq!(
+        ls_state(&addr, "default/quiet", "default/quiet/+/stdout").as_deref(),
+        Some("open")
+    );
     std::fs::write(&stop, b"").unwrap();
     assert!(live.wait().success());
+    assert!(quiet.wait().success());
+    let record = logdog(&addr, &["cat", "default/quiet/+/logdog/run"]);
+    record.assert_code(0);
+    let alive = record
+        .stdout_str()
+        .lines()
+        .filter(|l| l.contains(r#""event":"alive""#))
+        .count();
+    assert!(alive >= 4, "{}", record.stdout_str());
     assert_eq!(
         ls_state(&addr, "default/live", "default/live/+/stdout").as_deref(),
         Some("complete")

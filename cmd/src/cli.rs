@@ -383,6 +383,15 @@ fn parse_max_streams(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A heartbeat period: at least 100 ms.
+fn parse_heartbeat(v: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(v).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{v} is too short (at least 100ms)"));
+    }
+    Ok(d)
+}
+
 /// A `--pty-size` value: `COLSxROWS`, each from 1 to 65535.
 fn parse_pty_size(s: &str) -> Result<(u16, u16), String> {
     let bad = || format!("{s:?} is not a terminal size (COLSxROWS, e.g. 200x50)");
@@ -466,6 +475,11 @@ pub struct RunArgs {
     /// it ended.
     #[arg(long)]
     pub no_run_record: bool,
+    /// How often the run record says the run is still going (an `alive` line), so that a
+    /// command that prints nothing for a long time is not taken for one whose butler died
+    /// (the collector's --abandon-after).
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_heartbeat)]
+    pub heartbeat: Duration,
     /// Exits 251 instead of 0 when the command succeeded but some of its output was lost
     /// (dropped, undelivered, refused, or not read before the grace period ended). Lines left
     /// out on purpose by --include/--exclude, --rate-limit or --max-stream-bytes do not count.

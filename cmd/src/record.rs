@@ -6,7 +6,8 @@
 //! once the command and its streams have ended, before the final flush:
 //! `{"event":"end","end":"RFC3339","exit_code":0,"signal":null,"duration_secs":1.234,
 //! "streams":3,"bytes_captured":1000,"lines_dropped":0}` (`exit_code` null and `signal` the
-//! signal's name when the command was killed). Readers must allow for a missing end line (the
+//! signal's name when the command was killed). Between them, every `run --heartbeat` (a
+//! minute) while the command runs: `{"event":"alive","time":"RFC3339"}`. Readers must allow for a missing end line (the
 //! run is still going, or the butler was killed) and for fields they do not know. Secrets
 //! being masked are masked here too; no other policy applies to the stream.
 
@@ -94,6 +95,17 @@ impl RunRecord {
             "start": rfc3339(SystemTime::now()),
             "host": logdog_outputs::gelf::local_host_name(),
             "pid": pid,
+        });
+        self.write(&line).await;
+    }
+
+    /// Writes an `alive` line: `{"event":"alive","time":"RFC3339"}`. Sent every
+    /// `run --heartbeat` while the command runs, it keeps a quiet run's prefix from looking
+    /// abandoned to the collector.
+    pub async fn alive(&mut self) {
+        let line = serde_json::json!({
+            "event": "alive",
+            "time": rfc3339(SystemTime::now()),
         });
         self.write(&line).await;
     }

@@ -312,6 +312,7 @@ async fn run_command(
         butler,
         &mut signals,
         &mut record,
+        args.heartbeat,
         result,
     )
     .await?;
@@ -439,7 +440,8 @@ impl Group {
 
 /// Waits for the command, then for its streams (and the record's end line), then for the
 /// butler's report. Returns the command's status, the report, and whether reading was cut
-/// short when the grace period ended.
+/// short when the grace period ended. While the command runs, the record gets an `alive`
+/// line every `heartbeat`.
 ///
 /// The first SIGINT/SIGTERM goes to the command's whole process group and starts the grace
 /// period; when it ends the group gets SIGKILL and the butler stops reading every stream
@@ -451,8 +453,11 @@ async fn supervise(
     butler: &logdog_butler::Butler,
     signals: &mut Signals,
     record: &mut crate::record::RunRecord,
+    heartbeat: Duration,
     result: Option<&ResultFile>,
 ) -> Result<(ExitStatus, Report, bool), Failure> {
+    let mut alive = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status: Option<ExitStatus> = None;
     let mut ended_written = false;
     let mut cut = false;
@@ -471,6 +476,9 @@ async fn supervise(
             s = child.wait(), if status.is_none() => {
                 status = Some(child_status(s)?);
                 butler.activate().await;
+            }
+            _ = alive.tick(), if status.is_none() && record.enabled() => {
+                record.alive().await;
             }
             () = others_ended(live, own), if status.is_some() && !ended_written => {
                 let streams = butler.streams().await.len();
