@@ -18,6 +18,23 @@ const logdog = (() => {
     return a;
   }
 
+  /**
+   * Appends a row's text spans to `tx`: `[text]` as plain text, `[text, class, colour,
+   * background]` (ANSI styles) as a styled span.
+   */
+  function appendSpans(tx, spans) {
+    for (const s of spans) {
+      if (!s[1] && s.length < 3) {
+        tx.append(document.createTextNode(s[0]));
+        continue;
+      }
+      const sp = el('span', s[1], s[0]);
+      if (s[2]) sp.style.color = s[2];
+      if (s[3]) sp.style.backgroundColor = s[3];
+      tx.append(sp);
+    }
+  }
+
   /** Encodes each segment of a path for a URL (keeping `+` and `:`, which are fine there). */
   function encodePath(path) {
     return path
@@ -179,6 +196,6 @@ const logdog = (() => {
 
   return {
     el, link, encodePath, bytes, dateTime, time, getJSON, crumbs, showError, tags, stateBadge,
-    duration, runHeader,
+    duration, runHeader, appendSpans,
   };
 })();

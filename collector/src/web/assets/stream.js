@@ -14,7 +14,10 @@
 'use strict';
 
 (() => {
-  const { el, encodePath, bytes, dateTime, time, getJSON, crumbs, showError, tags, duration, runHeader } = logdog;
+  const {
+    el, encodePath, bytes, dateTime, time, getJSON, crumbs, showError, tags, duration, runHeader,
+    appendSpans,
+  } = logdog;
   const PAGE = 500;
   const MAX = 3000;
   const EDGE = 600;
@@ -50,16 +53,7 @@
     const ts = el('span', 'ts', time(r.t));
     ts.title = new Date(r.t).toISOString();
     const tx = el('span', r.hex ? 'tx hex' : 'tx');
-    for (const s of r.s) {
-      if (!s[1] && s.length < 3) {
-        tx.append(document.createTextNode(s[0]));
-        continue;
-      }
-      const sp = el('span', s[1], s[0]);
-      if (s[2]) sp.style.color = s[2];
-      if (s[3]) sp.style.backgroundColor = s[3];
-      tx.append(sp);
-    }
+    appendSpans(tx, r.s);
     if (r.cut) tx.append(el('span', 'cut', ` … (${bytes(r.size)})`));
     row.append(ln, ts, tx);
     return row;
