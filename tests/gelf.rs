@@ -275,6 +275,23 @@ fn bad_gelf_outputs_are_usage_errors() {
         assert_eq!(r.code(), 2, "{spec}: {}", r.stderr_str());
         assert!(r.stderr_str().contains(says), "{spec}: {}", r.stderr_str());
     }
+    // --ca-cert with no output over TLS is a mistake, not silently ignored.
+    let ca = tmp.path().join("ca.pem");
+    std::fs::write(&ca, b"not used").unwrap_or_else(|e| panic!("{}: {e}", ca.display()));
+    let ca = ca.display().to_string();
+    for spec in ["gelf+udp://127.0.0.1:1", "gelf+tcp://127.0.0.1:1"] {
+        let r = run_butler(
+            tmp.path(),
+            &["--output", spec, "--ca-cert", &ca, "run", "--", "true"],
+        );
+        assert_eq!(r.code(), 2, "{spec}: {}", r.stderr_str());
+        assert!(
+            r.stderr_str()
+                .contains("--ca-cert is for an output over TLS"),
+            "{spec}: {}",
+            r.stderr_str()
+        );
+    }
 }
 
 const NPM_INSTALL: &str = "`npm ci --prefix tests/gelf-receiver`";

@@ -332,7 +332,23 @@ impl Global {
                 collectors.join(" and ")
             ));
         }
+        if self.ca_cert.is_some() && !self.has_tls_output() {
+            return Err(format!(
+                "--ca-cert is for an output over TLS (grpcs://HOST:PORT or gelf+tls://HOST:PORT), \
+                 not {}",
+                self.outputs_label()
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether an output goes over TLS (and so takes `--ca-cert`).
+    pub fn has_tls_output(&self) -> bool {
+        self.outputs.iter().any(|o| match o {
+            OutputSpec::Grpcs(_) => true,
+            OutputSpec::Gelf(c) => c.transport == logdog_outputs::gelf::GelfTransport::Tls,
+            _ => false,
+        })
     }
 }
 
@@ -528,6 +544,40 @@ mod tests {
             assert!(!taken.contains(&n.as_ref()), "{n}");
             // The collector's flags are LOGDOG_COLLECTOR_*.
             assert!(!n.starts_with("LOGDOG_COLLECTOR_"), "{n}");
+        }
+    }
+
+    #[test]
+    fn ca_cert_needs_an_output_over_tls_and_any_one_will_do() {
+        let check = |args: &[&str]| {
+            let mut argv = vec!["logdog_butler"];
+            argv.extend_from_slice(args);
+            argv.extend(["run", "--", "true"]);
+            parse(argv)
+                .map_err(|e| e.to_string())?
+                .global
+                .check_outputs()
+        };
+        let ca = ["--ca-cert", "ca.pem"];
+        for ok in [
+            vec!["--output", "grpcs://h:1"],
+            vec!["--output", "gelf+tls://h:1"],
+            vec!["--output", "grpc://h:1", "--output", "gelf+tls://h:1"],
+        ] {
+            let args = [ok.as_slice(), &ca].concat();
+            assert_eq!(check(&args), Ok(()), "{args:?}");
+        }
+        for bad in [
+            vec!["--output", "grpc://h:1"],
+            vec!["--output", "gelf+udp://h:1"],
+            vec!["--output", "gelf+tcp://h:1", "--output", "null"],
+        ] {
+            let args = [bad.as_slice(), &ca].concat();
+            let e = check(&args).unwrap_err();
+            assert!(
+                e.contains("--ca-cert is for an output over TLS"),
+                "{args:?}: {e}"
+            );
         }
     }
 

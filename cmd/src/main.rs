@@ -151,19 +151,16 @@ pub struct Outputs {
 /// go to another machine in the clear.
 ///
 /// # Errors
-/// A usage error: `--ca-cert` without TLS, a CA or token file that cannot be read or holds
-/// nothing usable.
+/// A usage error: `--ca-cert` with no output over TLS, a CA or token file that cannot be
+/// read or holds nothing usable.
 pub fn client_security(g: &Global) -> Result<ClientSecurity, Failure> {
     let Some(collector) = g.collector() else {
         return Ok(ClientSecurity::default());
     };
+    g.check_outputs().map_err(Failure::Usage)?;
     let ca = match &g.ca_cert {
-        Some(_) if !collector.tls => {
-            return Err(Failure::Usage(format!(
-                "--ca-cert is for a collector over TLS (grpcs://HOST:PORT), not {}",
-                g.outputs_label()
-            )));
-        }
+        // The CA is for another output over TLS (`gelf+tls://`).
+        Some(_) if !collector.tls => None,
         Some(path) => Some(CaCert::load(path).map_err(Failure::Usage)?),
         None => None,
     };
