@@ -41,6 +41,9 @@ struct Script {
     calls: Arc<AtomicU32>,
     /// Stored payload bytes per stream.
     stored: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Entries stored, by stream and index: a bundle sent again stores nothing new, as with
+    /// the real collector (delivery is at least once; the collector de-duplicates).
+    seen: Arc<Mutex<std::collections::HashSet<(String, u64)>>>,
 }
 
 #[tonic::async_trait]
@@ -67,9 +70,11 @@ impl Collector for Script {
                 });
                 continue;
             }
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             let bytes: u64 = e
                 .logs
                 .iter()
+                .filter(|l| seen.insert((name.clone(), l.stream_index)))
                 .map(|l| match &l.content {
                     Some(logpb::log_entry::Content::Text(t)) => t
                         .lines
@@ -79,6 +84,7 @@ impl Collector for Script {
                     _ => 0,
                 })
                 .sum();
+            drop(seen);
             *self
                 .stored
                 .lock()
