@@ -105,11 +105,14 @@ pub fn unpack(codec: i16, data: Vec<u8>, crc: u32, raw_len: usize) -> Result<Vec
     Ok(raw)
 }
 
+/// A block's id and raw bytes.
+type Cached = (u64, Arc<Vec<u8>>);
+
 /// The last blocks decompressed, by id (block ids are never reused, so an entry is always
 /// current). Cheap to clone; clones share the cache.
 #[derive(Debug, Clone, Default)]
 pub struct BlockCache {
-    blocks: Arc<Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>>,
+    blocks: Arc<Mutex<VecDeque<Cached>>>,
 }
 
 impl BlockCache {

@@ -26,6 +26,7 @@
 //! **Durability point.** A write returns once its transaction committed (with PostgreSQL's
 //! default `synchronous_commit = on`, once its WAL record is flushed).
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -278,55 +279,56 @@ impl Postgres {
         })
     }
 
-    /// Reads, checks and decodes the entries `rows` of `key`, in order.
+    /// Reads, checks and decodes the entries `rows` of `key`, in order. Blocks are fetched
+    /// [`FETCH_BLOCKS`] at a time, so a read holds at most that many besides the cache.
     fn read_rows(
         &self,
         c: &mut Client,
         key: &StreamKey,
         rows: &[StoredEntry],
     ) -> Result<Vec<logpb::LogEntry>, StoreError> {
-        let mut wanted: Vec<i64> = rows
-            .iter()
-            .map(|r| r.block as i64)
-            .filter(|b| self.cache.get(*b as u64).is_none())
-            .collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        if !wanted.is_empty() {
-            for row in c.query(
-                "SELECT id, codec, raw_len, crc, data FROM blocks WHERE id = ANY($1)",
-                &[&wanted],
-            )? {
-                let id: i64 = row.get(0);
-                let raw = blocks::unpack(
-                    row.get(1),
-                    row.get(4),
-                    row.get::<_, i64>(3) as u32,
-                    row.get::<_, i32>(2) as usize,
-                )
-                .map_err(|e| StoreError::Damaged(format!("{} block {id}: {e}", path_of(key))))?;
-                self.cache.put(id as u64, Arc::new(raw));
-            }
-        }
+        let mut held: HashMap<u64, Arc<Vec<u8>>> = HashMap::new();
         let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            out.push(decode_entry(key, r.idx, &self.bytes_of(key, r)?)?);
+        for (i, r) in rows.iter().enumerate() {
+            let raw = match held
+                .get(&r.block)
+                .cloned()
+                .or_else(|| self.cache.get(r.block))
+            {
+                Some(raw) => raw,
+                None => {
+                    // The next blocks this read needs that are not at hand.
+                    held.clear();
+                    let mut wanted: Vec<i64> = Vec::new();
+                    for next in &rows[i..] {
+                        let id = next.block as i64;
+                        if wanted.len() >= FETCH_BLOCKS {
+                            break;
+                        }
+                        if !wanted.contains(&id) && self.cache.get(next.block).is_none() {
+                            wanted.push(id);
+                        }
+                    }
+                    for row in c.query(
+                        "SELECT id, codec, raw_len, crc, data FROM blocks WHERE id = ANY($1)",
+                        &[&wanted],
+                    )? {
+                        let id = row.get::<_, i64>(0) as u64;
+                        let raw = Arc::new(unpack_row(key, id, &row, 1)?);
+                        self.cache.put(id, raw.clone());
+                        held.insert(id, raw);
+                    }
+                    held.get(&r.block)
+                        .cloned()
+                        .ok_or_else(|| missing_block(key, r))?
+                }
+            };
+            let bytes = blocks::entry(&raw, r.off, r.len, r.crc).map_err(|e| {
+                StoreError::Damaged(format!("{} entry {}: {e}", path_of(key), r.idx))
+            })?;
+            out.push(decode_entry(key, r.idx, &bytes)?);
         }
         Ok(out)
-    }
-
-    /// An entry's bytes from its (cached) block.
-    fn bytes_of(&self, key: &StreamKey, r: &StoredEntry) -> Result<Vec<u8>, StoreError> {
-        let raw = self.cache.get(r.block).ok_or_else(|| {
-            StoreError::Damaged(format!(
-                "{} entry {}: its block {} is missing",
-                path_of(key),
-                r.idx,
-                r.block
-            ))
-        })?;
-        blocks::entry(&raw, r.off, r.len, r.crc)
-            .map_err(|e| StoreError::Damaged(format!("{} entry {}: {e}", path_of(key), r.idx)))
     }
 
     fn write_once(
@@ -561,24 +563,21 @@ impl WriteTx for Tx<'_, '_> {
     }
 
     fn stored_bytes(&mut self, key: &StreamKey, e: &StoredEntry) -> Result<Vec<u8>, StoreError> {
-        if self.store.cache.get(e.block).is_none() {
-            let r = self.tx.query_one(
-                "SELECT codec, raw_len, crc, data FROM blocks WHERE id = $1",
-                &[&(e.block as i64)],
-            );
-            let row = self.check(r)?;
-            let raw = blocks::unpack(
-                row.get(0),
-                row.get(3),
-                row.get::<_, i64>(2) as u32,
-                row.get::<_, i32>(1) as usize,
-            )
-            .map_err(|err| {
-                StoreError::Damaged(format!("{} block {}: {err}", path_of(key), e.block))
-            })?;
-            self.store.cache.put(e.block, Arc::new(raw));
-        }
-        self.store.bytes_of(key, e)
+        let raw = match self.store.cache.get(e.block) {
+            Some(raw) => raw,
+            None => {
+                let r = self.tx.query_opt(
+                    "SELECT codec, raw_len, crc, data FROM blocks WHERE id = $1",
+                    &[&(e.block as i64)],
+                );
+                let row = self.check(r)?.ok_or_else(|| missing_block(key, e))?;
+                let raw = Arc::new(unpack_row(key, e.block, &row, 0)?);
+                self.store.cache.put(e.block, raw.clone());
+                raw
+            }
+        };
+        blocks::entry(&raw, e.off, e.len, e.crc)
+            .map_err(|err| StoreError::Damaged(format!("{} entry {}: {err}", path_of(key), e.idx)))
     }
 
     fn insert(
@@ -668,6 +667,35 @@ impl Tx<'_, '_> {
         })
     }
 }
+
+/// A block's raw bytes from a row of `codec, raw_len, crc, data` starting at column `first`,
+/// checked.
+fn unpack_row(
+    key: &StreamKey,
+    id: u64,
+    row: &postgres::Row,
+    first: usize,
+) -> Result<Vec<u8>, StoreError> {
+    blocks::unpack(
+        row.get(first),
+        row.get(first + 3),
+        row.get::<_, i64>(first + 2) as u32,
+        row.get::<_, i32>(first + 1) as usize,
+    )
+    .map_err(|e| StoreError::Damaged(format!("{} block {id}: {e}", path_of(key))))
+}
+
+fn missing_block(key: &StreamKey, e: &StoredEntry) -> StoreError {
+    StoreError::Damaged(format!(
+        "{} entry {}: its block {} is missing",
+        path_of(key),
+        e.idx,
+        e.block
+    ))
+}
+
+/// Blocks fetched by one query of a read.
+const FETCH_BLOCKS: usize = 8;
 
 /// Rows of entries read per query.
 const READ_PAGE: i64 = 4096;
