@@ -159,6 +159,22 @@ pub struct Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stopped.store(true, Ordering::Relaxed);
+        // Closing a connection blocks on its own runtime, which must not happen on an async
+        // thread (where the last handle of a store is often dropped): close them on a thread
+        // of their own.
+        let idle = std::mem::take(
+            &mut self
+                .pool
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .idle,
+        );
+        if !idle.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("pg-close".into())
+                .spawn(move || drop(idle));
+        }
     }
 }
 
