@@ -1304,6 +1304,88 @@ mod tests {
     }
 
     #[test]
+    fn auto_compresses_with_zstd_off_loopback_only() {
+        let at = |host_port: &str| Collector {
+            host_port: host_port.into(),
+            tls: false,
+        };
+        for near in [
+            "localhost:1",
+            "LOCALHOST:1",
+            "127.0.0.1:1",
+            "127.9.8.7:1",
+            "[::1]:1",
+        ] {
+            assert_eq!(
+                GrpcCompression::Auto.for_collector(&at(near)),
+                None,
+                "{near}"
+            );
+            assert_eq!(
+                GrpcCompression::Gzip.for_collector(&at(near)),
+                Some(CompressionEncoding::Gzip),
+                "{near}: asked for"
+            );
+        }
+        for far in [
+            "10.0.0.1:1",
+            "collector.example:443",
+            "[2001:db8::1]:1",
+            "128.0.0.1:1",
+        ] {
+            assert_eq!(
+                GrpcCompression::Auto.for_collector(&at(far)),
+                Some(CompressionEncoding::Zstd),
+                "{far}"
+            );
+            assert_eq!(GrpcCompression::Off.for_collector(&at(far)), None, "{far}");
+        }
+        for s in ["auto", "off", "gzip", "zstd"] {
+            assert_eq!(s.parse::<GrpcCompression>().unwrap().to_string(), s);
+        }
+        let err = "lz4".parse::<GrpcCompression>().unwrap_err();
+        assert_eq!(
+            err,
+            "unknown compression \"lz4\": expected auto, off, gzip or zstd"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_collector_is_left_out_for_a_while_then_tried_again() {
+        let t = Target::new(
+            &Collector {
+                host_port: "127.0.0.1:1".into(),
+                tls: false,
+            },
+            &ClientSecurity::default(),
+            GrpcCompression::Off,
+        )
+        .unwrap();
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(t.down_until(t0), None);
+        t.mark_down(t0);
+        let until = t.down_until(t0).expect("down");
+        assert!(until - t0 >= ADDRESS_DOWN_INITIAL / 2 && until - t0 <= ADDRESS_DOWN_INITIAL);
+        // Failures while it is left out do not lengthen the period.
+        t.mark_down(t0 + Duration::from_millis(1));
+        assert_eq!(t.down_until(t0), Some(until));
+        // Back after it; a failure then doubles the period, up to the cap.
+        assert_eq!(t.down_until(until), None);
+        let mut now = until;
+        let mut period = Duration::ZERO;
+        for _ in 0..20 {
+            t.mark_down(now);
+            let u = t.down_until(now).expect("down");
+            period = u - now;
+            assert!(period <= ADDRESS_DOWN_MAX, "{period:?}");
+            now = u;
+        }
+        assert!(period >= ADDRESS_DOWN_MAX / 2, "at the cap: {period:?}");
+        t.mark_up();
+        assert_eq!(t.down_until(now), None);
+    }
+
+    #[test]
     fn encodes_the_secret_as_field_6() {
         let b = bundle(b"hello\n", 0);
         let secret = [7u8; PREFIX_SECRET_LEN];
