@@ -7,6 +7,9 @@
 //!   the union of their entries by (stream, index): every index from 0 to the terminal one
 //!   once, equal where both hold it, all bytes in order; the butler reports nothing lost and
 //!   exits 0.
+//! - A collector of the list that is down from the start is named at start, and the others
+//!   take its bundles (with and without `--spool`); with every collector down, what was not
+//!   delivered is reported and `--fail-on-loss` fails the run.
 //! - A malformed address list is a usage error (exit 2) that says what is wrong.
 //!
 //! The child synchronises with the test through marker files: it waits for the test's
@@ -18,7 +21,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Collector, Finished, Input, TIMEOUT, butler_script, run, run_butler, tempdir};
+use common::{
+    Collector, Finished, Input, TIMEOUT, butler_script, free_port, logdog, read, run, run_butler,
+    tempdir,
+};
 use logdog_proto::logdog::collector as pb;
 use logdog_proto::logdog::collector::logs_client::LogsClient;
 use logdog_proto::logpb;
@@ -287,6 +293,81 @@ fn a_collector_killed_during_the_run_loses_nothing() {
     assert!(bytes == lines(2100), "every line once, in order");
     a.stop();
     b.stop();
+}
+
+#[test]
+fn a_collector_down_from_the_start_is_named_and_the_others_take_its_bundles() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let up = Collector::start(&d.join("up"), "127.0.0.1:0");
+    // Nothing listens there.
+    let down = format!("127.0.0.1:{}", free_port());
+    for (k, spool) in [None, Some(d.join("spool"))].into_iter().enumerate() {
+        let prefix = format!("half-down/{k}");
+        let output = format!("grpc://{down},{}", up.addr);
+        let mut flags = vec![
+            "--output",
+            &output,
+            "--prefix",
+            &prefix,
+            "--max-buffer-age",
+            "20ms",
+        ];
+        let spool_dir = spool.as_ref().map(|p| p.display().to_string());
+        if let Some(s) = &spool_dir {
+            flags.extend(["--spool", s]);
+        }
+        let mut cmd = butler_script(d, &flags, &["--fail-on-loss"], BURSTS, &[]);
+        let r = run(&mut cmd, Input::Null);
+        assert_nothing_lost(&r);
+        let err = r.stderr_str();
+        assert!(
+            err.contains(&format!("cannot reach the collector at {down} ("))
+                && err.contains("its bundles go to the other collectors"),
+            "the unreachable collector is named at start:\n{err}"
+        );
+        let got = logdog(&up.addr, &["cat", &format!("default/{prefix}/+/stdout")]);
+        got.assert_code(0);
+        assert!(
+            got.stdout == lines(1000),
+            "spool {spool:?}: the stream differs"
+        );
+    }
+    up.stop();
+}
+
+#[test]
+fn with_every_collector_down_the_loss_is_reported() {
+    let tmp = tempdir();
+    let d = tmp.path();
+    let result = d.join("result.json");
+    let (a, b) = (free_port(), free_port());
+    let output = format!("grpc://127.0.0.1:{a},127.0.0.1:{b}");
+    let mut cmd = butler_script(
+        d,
+        &["--output", &output, "--flush-timeout", "2s"],
+        &["--fail-on-loss", "--result-path", result.to_str().unwrap()],
+        "echo to stdout",
+        &[],
+    );
+    let r = run(&mut cmd, Input::Null);
+    r.assert_code(251);
+    let err = r.stderr_str();
+    assert!(
+        err.contains("cannot reach any collector: ")
+            && err.contains(&format!("127.0.0.1:{a} ("))
+            && err.contains(&format!("127.0.0.1:{b} (")),
+        "both named at start:\n{err}"
+    );
+    assert!(
+        err.contains("not acknowledged") || err.contains("undelivered"),
+        "no message about undelivered bytes:\n{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&read(&result)).expect("result is JSON");
+    let undelivered = v["streams"]["stdout"]["bytes_undelivered"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(undelivered > 0, "stdout bytes_undelivered: {v:#}");
 }
 
 #[test]

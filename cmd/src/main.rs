@@ -198,23 +198,19 @@ pub fn build_output(g: &Global, upload_in_flight: usize) -> Result<Outputs, Fail
         let out: Arc<dyn Output> = if collectors.is_empty() {
             logdog_outputs::build_output(&g.resolve_output(spec)).map_err(|e| open_failed(&e))?
         } else {
-            {
-                let security = client_security(g)?;
-                let mut out = GrpcOutput::connect_all(&collectors, &security, g.grpc_compression)
-                    .map_err(|e| open_failed(&e))?;
-                if let Some(dir) = &g.spool {
-                    let spool = Spool::open(dir).map_err(|e| match e {
-                        SpoolError::Locked(_) => Failure::Runtime(anyhow::anyhow!("{e}")),
-                        other => {
-                            Failure::Runtime(anyhow::anyhow!("cannot open the spool: {other}"))
-                        }
-                    })?;
-                    out = out.with_spool(spool, upload_in_flight);
-                }
-                let out = Arc::new(out);
-                grpc = Some(out.clone());
-                out
+            let security = client_security(g)?;
+            let mut out = GrpcOutput::connect_all(&collectors, &security, g.grpc_compression)
+                .map_err(|e| open_failed(&e))?;
+            if let Some(dir) = &g.spool {
+                let spool = Spool::open(dir).map_err(|e| match e {
+                    SpoolError::Locked(_) => Failure::Runtime(anyhow::anyhow!("{e}")),
+                    other => Failure::Runtime(anyhow::anyhow!("cannot open the spool: {other}")),
+                })?;
+                out = out.with_spool(spool, upload_in_flight);
             }
+            let out = Arc::new(out);
+            grpc = Some(out.clone());
+            out
         };
         built.push((spec.to_string(), out));
     }
