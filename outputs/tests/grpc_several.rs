@@ -34,9 +34,12 @@ const LIMIT: Duration = Duration::from_secs(120);
 const BUNDLES: u64 = 8;
 
 /// A test collector: stores every entry once by index, records the encoding of each call,
-/// and answers `UNAVAILABLE` while `unavailable` is set or `DATA_LOSS` while `damaged` is.
+/// and answers `UNAVAILABLE` while `unavailable` is set or `DATA_LOSS` while `damaged` is;
+/// while `hang` is set, a call never gets an answer (`arrived` is notified of it).
 #[derive(Debug, Clone, Default)]
 struct Script {
+    hang: Arc<AtomicBool>,
+    arrived: Arc<tokio::sync::Notify>,
     unavailable: Arc<AtomicBool>,
     damaged: Arc<AtomicBool>,
     calls: Arc<AtomicU32>,
@@ -69,6 +72,10 @@ impl Collector for Script {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         self.encodings.lock().unwrap().push(enc);
+        if self.hang.load(Ordering::SeqCst) {
+            self.arrived.notify_one();
+            std::future::pending::<()>().await;
+        }
         if self.unavailable.load(Ordering::SeqCst) {
             return Err(Status::unavailable("restarting"));
         }
@@ -132,6 +139,35 @@ impl Server {
         }
         let _ = self.task.await;
     }
+}
+
+/// A TCP proxy to `upstream` whose connections can all be cut at once (as when the machine
+/// of a collector dies mid-call): returns its address and the cutter.
+async fn proxy(upstream: String) -> (String, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (cut, on_cut) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        let accept = async {
+            loop {
+                let (mut down, _) = listener.accept().await.unwrap();
+                let upstream = upstream.clone();
+                conns.spawn(async move {
+                    let mut up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                });
+            }
+        };
+        tokio::select! {
+            () = accept => {}
+            _ = on_cut => {}
+        }
+        // Every connection is dropped with its task; the listener with this one.
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    });
+    (addr, cut)
 }
 
 fn address(addr: &str) -> Address {
@@ -305,6 +341,44 @@ async fn bundles_are_spread_and_fail_over() {
         .unwrap();
         send_all(&out).await;
         assert_eq!(sb.stored(), BUNDLES as usize);
+        b.stop().await;
+    })
+    .await
+    .expect("within the limit");
+}
+
+#[tokio::test]
+async fn a_call_cut_off_mid_flight_goes_to_the_other_collector() {
+    tokio::time::timeout(LIMIT, async {
+        let (sa, sb) = (Script::default(), Script::default());
+        sa.hang.store(true, Ordering::SeqCst);
+        let a = Server::start(sa.clone(), true).await;
+        let b = Server::start(sb.clone(), true).await;
+        let (via, cut) = proxy(a.addr.clone()).await;
+        let out = Arc::new(
+            GrpcOutput::connect_all(
+                &[address(&via), address(&b.addr)],
+                &ClientSecurity::default(),
+                GrpcCompression::Off,
+            )
+            .unwrap(),
+        );
+        // The first bundle goes to the first collector, which takes the call and never
+        // answers; then its connection is cut.
+        let arrived = sa.arrived.notified();
+        let sending = tokio::spawn({
+            let out = out.clone();
+            async move { out.send(bundle(0)).await }
+        });
+        arrived.await;
+        assert_eq!(sb.stored(), 0);
+        cut.send(()).unwrap();
+        sending.await.unwrap().unwrap();
+        assert_eq!(sb.stored(), 1, "the bundle went to the other collector");
+        let acked = out.acknowledged();
+        let s = &acked[&("several".to_string(), "s".to_string())];
+        assert_eq!((s.entries, s.lost_entries), (1, 0), "{acked:?}");
+        a.stop().await;
         b.stop().await;
     })
     .await
