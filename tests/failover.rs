@@ -10,6 +10,7 @@
 //! - A collector of the list that is down from the start is named at start, and the others
 //!   take its bundles (with and without `--spool`); with every collector down, what was not
 //!   delivered is reported and `--fail-on-loss` fails the run.
+//! - `grpcs://A,B` gives every collector the same `--ca-cert` and token.
 //! - A malformed address list is a usage error (exit 2) that says what is wrong.
 //!
 //! The child synchronises with the test through marker files: it waits for the test's
@@ -368,6 +369,70 @@ fn with_every_collector_down_the_loss_is_reported() {
         .as_u64()
         .unwrap_or(0);
     assert!(undelivered > 0, "stdout bytes_undelivered: {v:#}");
+}
+
+#[test]
+fn over_tls_every_collector_gets_the_same_ca_and_token() {
+    use common::pki::{Pki, TestToken, write_auth_file};
+    let tmp = tempdir();
+    let d = tmp.path();
+    let pki = Pki::new(d, "both");
+    let auth = d.join("auth.toml");
+    let writer = TestToken::new("writer", &["*"], &["*"]);
+    let token = writer.token.clone();
+    write_auth_file(&auth, &[writer]);
+    let mut flags = pki.flags();
+    flags.extend(["--auth".to_string(), auth.display().to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let a = Collector::start_with(&d.join("a"), "127.0.0.1:0", &flags);
+    let b = Collector::start_with(&d.join("b"), "127.0.0.1:0", &flags);
+    let output = format!("grpcs://{},{}", a.addr, b.addr);
+    let ca = pki.ca.display().to_string();
+    let mut cmd = butler_script(
+        d,
+        &[
+            "--output",
+            &output,
+            "--ca-cert",
+            &ca,
+            "--prefix",
+            "tls/spread",
+            "--max-buffer-age",
+            "20ms",
+        ],
+        &["--fail-on-loss"],
+        BURSTS,
+        &[],
+    );
+    cmd.env("LOGDOG_TOKEN", &token);
+    let r = run(&mut cmd, Input::Null);
+    assert_nothing_lost(&r);
+    let err = r.stderr_str();
+    assert!(err.contains("nothing lost"), "{err}");
+    // Each collector took bundles (over TLS, with the token: it refuses anything else).
+    for c in [&a, &b] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_logdog"));
+        cmd.args([
+            "--collector",
+            &format!("grpcs://{}", c.addr),
+            "--ca-cert",
+            &ca,
+        ])
+        .args(["ls", "default/tls/spread"])
+        .env_remove("LOGDOG_COLLECTOR")
+        .env_remove("RUST_LOG")
+        .env("LOGDOG_TOKEN", &token);
+        let ls = run(&mut cmd, Input::Null);
+        ls.assert_code(0);
+        assert!(
+            ls.stdout_str().contains("stdout"),
+            "{}: {}",
+            c.addr,
+            ls.stdout_str()
+        );
+    }
+    a.stop();
+    b.stop();
 }
 
 #[test]
