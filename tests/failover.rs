@@ -2,8 +2,8 @@
 //! `logdog_collector` processes, each with its own data directory.
 //!
 //! - Bundles are spread over both while both are up.
-//! - One is SIGKILLed in the middle of a run: its bundles go to the other, and every line
-//!   arrives. Each collector holds only what it received, so the check reads both and takes
+//! - One is frozen (SIGSTOP) and then SIGKILLed in the middle of a run, with calls in flight
+//!   to it: its bundles go to the other, and every line arrives. Each collector holds only what it received, so the check reads both and takes
 //!   the union of their entries by (stream, index): every index from 0 to the terminal one
 //!   once, equal where both hold it, all bytes in order; the butler reports nothing lost and
 //!   exits 0.
@@ -218,13 +218,21 @@ fn bundles_are_spread_over_every_collector_that_is_up() {
     b.stop();
 }
 
-/// The child of the failover test (markers in `$1`): part 1, then waits for `go`; part 2,
-/// then waits for `killed`; then part 3 in ten paced bursts (several bundles after the kill).
+/// The child of the failover test (markers in `$1`): part 1 in five paced bursts, then
+/// waits for `go`; part 2
+/// in five paced bursts (several bundles), then waits for `killed`; then part 3 in ten paced
+/// bursts (several bundles after the kill).
 const SPANNING: &str = r#"
-seq -f 'line %06g' 0 999
+for k in 0 1 2 3 4; do
+  seq -f 'line %06g' $((k * 200)) $((k * 200 + 199))
+  sleep 0.1
+done
 touch "$1/first"
 while [ ! -e "$1/go" ]; do sleep 0.01; done
-seq -f 'line %06g' 1000 1099
+for k in 0 1 2 3 4; do
+  seq -f 'line %06g' $((1000 + k * 20)) $((1019 + k * 20))
+  sleep 0.1
+done
 touch "$1/second"
 while [ ! -e "$1/killed" ]; do sleep 0.01; done
 for k in 0 1 2 3 4 5 6 7 8 9; do
@@ -263,9 +271,24 @@ fn a_collector_killed_during_the_run_loses_nothing() {
     let butler = std::thread::spawn(move || run(&mut cmd, Input::Null));
 
     wait_for(&markers.join("first"));
+    // Part 1 was spread: the first collector holds some of it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    while rt.block_on(held(&a_addr, prefix)).entries.is_empty() {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "the first collector got nothing of part 1"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Frozen, the first collector takes the calls of part 2's bundles sent to it in their
+    // turn and answers none: they are in flight when it dies.
+    nix::sys::signal::kill(a.guarded.pid(), nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
     std::fs::write(markers.join("go"), b"").unwrap();
     wait_for(&markers.join("second"));
-    // Part 2 is written and being bundled: the first collector dies now.
     a.kill();
     std::fs::write(markers.join("killed"), b"").unwrap();
 
@@ -292,6 +315,10 @@ fn a_collector_killed_during_the_run_loses_nothing() {
         "all bytes (entries held: {per_collector:?})"
     );
     assert!(bytes == lines(2100), "every line once, in order");
+    assert!(
+        per_collector.iter().all(|n| *n > 0),
+        "both collectors hold part of the stream: {per_collector:?}"
+    );
     a.stop();
     b.stop();
 }
