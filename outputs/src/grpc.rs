@@ -29,8 +29,8 @@
 //! given bundles again. While every collector is down, a bundle waits and retries as with one
 //! address. A collector whose store is damaged, or whose TLS handshake fails for good, gets
 //! nothing more; only once every collector is in that state does sending stop. A bundle may
-//! then reach two collectors (the first stored it but did not answer): collectors keep one
-//! entry per stream index, so that is harmless. One address behaves as it always did.
+//! reach two collectors (the first stored it but did not answer): collectors keep one entry
+//! per stream index, so that is harmless. One address behaves as it always did.
 //!
 //! # Compression
 //! [`GrpcCompression`] (`--grpc-compression`): requests are compressed with zstd or gzip, or
