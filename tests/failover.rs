@@ -245,10 +245,32 @@ done
 fn a_collector_killed_during_the_run_loses_nothing() {
     let tmp = tempdir();
     let d = tmp.path();
-    let markers = d.join("markers");
-    std::fs::create_dir(&markers).unwrap();
     let a = Collector::start(&d.join("a"), "127.0.0.1:0");
     let b = Collector::start(&d.join("b"), "127.0.0.1:0");
+    kill_one_of_two(d, a, b, None);
+}
+
+/// Two collectors on one PostgreSQL database: one is SIGKILLed mid-run, and the other serves
+/// every byte exactly once.
+#[test]
+fn a_collector_killed_during_the_run_on_a_shared_database_loses_nothing() {
+    let Some(url) = common::pg::database("failover") else {
+        return;
+    };
+    let tmp = tempdir();
+    let d = tmp.path();
+    let flags = ["--store", url.as_str()];
+    let a = Collector::start_with(&d.join("a"), "127.0.0.1:0", &flags);
+    let b = Collector::start_with(&d.join("b"), "127.0.0.1:0", &flags);
+    kill_one_of_two(d, a, b, Some(&url));
+}
+
+/// Runs a butler over `a` and `b`, freezes and kills `a` mid-run, and checks that every line
+/// arrived once: in the union of both stores, or with `shared` (a database URL) through `b`
+/// alone, each entry stored once in the database.
+fn kill_one_of_two(d: &Path, a: Collector, b: Collector, shared: Option<&str>) {
+    let markers = d.join("markers");
+    std::fs::create_dir(&markers).unwrap();
     let (a_addr, b_addr) = (a.addr.clone(), b.addr.clone());
     let output = format!("grpc://{a_addr},{b_addr}");
     let prefix = "failover/run";
@@ -305,6 +327,16 @@ fn a_collector_killed_during_the_run_loses_nothing() {
         "a warning names the killed collector:\n{err}"
     );
 
+    if let Some(url) = shared {
+        // One database: the survivor serves all of it, each entry stored once.
+        let (bytes, _) = union(&[&b_addr], prefix);
+        assert!(bytes == lines(2100), "every line once, in order, through b");
+        let rows = common::pg::psql(url, "SELECT count(*), count(DISTINCT idx) FROM entries");
+        let counts: Vec<&str> = rows.trim().split('|').collect();
+        assert_eq!(counts[0], counts[1], "no index stored twice: {rows}");
+        b.stop();
+        return;
+    }
     // Restarted on the same data directory, it serves what it stored before it died.
     let a = Collector::start(&d.join("a"), &a_addr);
     let (bytes, per_collector) = union(&[&a.addr, &b_addr], prefix);
