@@ -249,3 +249,40 @@ fn retain_removes_old_streams_but_not_those_followed_through_any_collector() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn bad_store_urls_and_unreachable_databases_are_clear_errors() {
+    let tmp = tempdir();
+    let collector = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_logdog_collector"));
+        cmd.args(["--listen", "127.0.0.1:0", "--data"])
+            .arg(tmp.path().join("data"))
+            .args(args)
+            .env_remove("RUST_LOG");
+        common::run(&mut cmd, common::Input::Null)
+    };
+    let out = collector(&["--store", "mysql://root@db/logs"]);
+    out.assert_code(2);
+    assert!(
+        out.stderr_str().contains("expected postgres://"),
+        "{}",
+        out.stderr_str()
+    );
+    let out = collector(&["--store", "postgres://u:hunter2@127.0.0.1:1/logs"]);
+    out.assert_code(1);
+    let err = out.stderr_str();
+    assert!(
+        err.contains("cannot open the store at postgres://u:***@127.0.0.1:1/logs"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "the password is not shown: {err}");
+    let out = collector(&["--store", "postgres://u@127.0.0.1:1/logs", "verify"]);
+    out.assert_code(2);
+    assert!(
+        out.stderr_str().contains("verify scans the embedded store"),
+        "{}",
+        out.stderr_str()
+    );
+    let out = collector(&["--retain", "10ms"]);
+    out.assert_code(2);
+}
