@@ -163,7 +163,16 @@ fn bytes_of_an_uncommitted_write_are_ignored_and_overwritten() {
 #[test]
 fn a_full_segment_is_followed_by_a_new_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let line = "x".repeat(300);
+    // Text that does not compress, so that the segments fill.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let line: String = (0..300)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'!' + (x % 90) as u8)
+        })
+        .collect();
     {
         let store = Store::open_with_segment_size(dir.path(), 1024).expect("open");
         for i in 0..20u64 {
@@ -318,17 +327,17 @@ fn a_sequence_that_does_not_follow_from_the_stored_entries_is_a_conflict() {
 fn flipped_bytes_in_a_segment_are_an_error_naming_the_stream_and_index() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
+    // Two writes: two blocks.
     store
-        .write(
-            "proj",
-            "pre",
-            &[checked("a", 0, &["first line", "second line"], Some(1))],
-        )
+        .write("proj", "pre", &[checked("a", 0, &["first line"], None)])
+        .expect("write");
+    store
+        .write("proj", "pre", &[checked("a", 1, &["second line"], Some(1))])
         .expect("write");
     let seg = dir.path().join("segments/00000001.seg");
     let mut data = std::fs::read(&seg).expect("segment");
-    let second = entry(0, "first line").1.len();
-    data[second + 8] ^= 0x20;
+    let last = data.len() - 3;
+    data[last] ^= 0x20;
     std::fs::write(&seg, &data).expect("flip");
     let err = store
         .entries(&key("a"), 0, usize::MAX, usize::MAX)
