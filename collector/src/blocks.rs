@@ -121,11 +121,14 @@ pub fn unpack(codec: i16, data: Vec<u8>, crc: u32, raw_len: usize) -> Result<Vec
     Ok(raw)
 }
 
+/// Blocks' raw bytes by id, oldest first.
+type Cached = VecDeque<(u64, Arc<Vec<u8>>)>;
+
 /// The last blocks decompressed, by id (block ids are never reused, so an entry is always
 /// current). Cheap to clone; clones share the cache.
 #[derive(Debug, Clone, Default)]
 pub struct BlockCache {
-    blocks: Arc<Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>>,
+    blocks: Arc<Mutex<Cached>>,
 }
 
 impl BlockCache {
