@@ -8,7 +8,15 @@
     `logdog tail -f` follower prints them as the collector delivers them; p50 and p99 of
     (arrival - write), with the butler's default flags;
 (c) the collector's peak RSS during (a);
+(d) the store during (a): its bytes on disk per byte of log (the collector's
+    `logdog_collector_store_size_bytes` after the run, less its value before), and the ingest
+    rate against the same run with the store keeping its blocks raw
+    (`LOGDOG_COLLECTOR_STORE_CODEC=none`, a benchmark switch of the collector);
 and (a) again with `--spool DIR`, to compare the durable spool's throughput with the plain run.
+
+With --store-url postgres://USER@HOST:PORT/DB the collector stores into that PostgreSQL
+database (`--store URL`) instead of an embedded store, and (d) reports the database's growth
+(pg_database_size, as the metric reports it). Use an empty database made for the bench.
 
 With --tls, (a) and (b) are measured a second time in the same run with TLS and auth on: a CA
 and a certificate for 127.0.0.1 made with `openssl req` in the work directory, the collector
@@ -16,6 +24,7 @@ with --tls-cert/--tls-key and --auth (a token made by `logdog_collector token ne
 butler and the follower with grpcs:// --ca-cert and LOGDOG_TOKEN.
 
 Usage: bench/collector.py [--size-mib 512] [--runs 3] [--file PATH] [--lines 1000] [--tls]
+                          [--store-url URL]
 Builds the release binaries first (into $CARGO_TARGET_DIR, default target/; --dry-run: only
 print where they are).
 """
@@ -28,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cargo_paths  # noqa: E402
@@ -83,15 +93,35 @@ class Secure:
         self.env = dict(os.environ, LOGDOG_TOKEN=token.strip())
 
 
-def start_collector(data, sec=Plain):
+# Where the collector stores: None for the embedded store in its --data directory, or a
+# PostgreSQL URL (--store-url).
+STORE_URL = None
+
+
+def start_collector(data, sec=Plain, env=None):
+    """Starts a collector; returns (process, gRPC address, metrics address)."""
+    store = ["--store", STORE_URL] if STORE_URL else []
     proc = subprocess.Popen(
         [os.path.join(BIN, "logdog_collector"), "--listen", "127.0.0.1:0", "--data", data,
-         "--log-level", "warn", *sec.collector_flags],
-        stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().strip()
-    if not line.startswith("LOGDOG_COLLECTOR="):
-        sys.exit(f"collector did not start: {line!r}")
-    return proc, line.split("=", 1)[1]
+         *store, "--metrics", "127.0.0.1:0", "--log-level", "warn", *sec.collector_flags],
+        stdout=subprocess.PIPE, text=True, env=env)
+    found = {}
+    while "LOGDOG_COLLECTOR" not in found or "LOGDOG_METRICS" not in found:
+        line = proc.stdout.readline().strip()
+        if "=" not in line:
+            sys.exit(f"collector did not start: {line!r}")
+        name, value = line.split("=", 1)
+        found[name] = value
+    return proc, found["LOGDOG_COLLECTOR"], found["LOGDOG_METRICS"]
+
+
+def store_bytes(metrics):
+    """The collector's `logdog_collector_store_size_bytes`: its store's bytes on disk."""
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=60) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("logdog_collector_store_size_bytes "):
+                return float(line.split()[1])
+    sys.exit("the collector's metrics have no logdog_collector_store_size_bytes")
 
 
 def peak_rss_mib(pid):
@@ -107,10 +137,13 @@ def stop(proc):
     proc.wait(timeout=60)
 
 
-def one_run(data, work, name, extra, sec=Plain):
-    """One butler run to a fresh collector; returns (seconds, collector peak RSS MiB)."""
+def one_run(data, work, name, extra, sec=Plain, raw_store=False):
+    """One butler run to a fresh collector; returns (seconds, collector peak RSS MiB, bytes
+    the store grew by). `raw_store`: the collector keeps its blocks uncompressed."""
     store = os.path.join(work, f"store-{name}")
-    col, addr = start_collector(store, sec)
+    env = dict(os.environ, LOGDOG_COLLECTOR_STORE_CODEC="none") if raw_store else None
+    col, addr, metrics = start_collector(store, sec, env)
+    empty = store_bytes(metrics)
     t = time.perf_counter()
     subprocess.run([os.path.join(BIN, "logdog_butler"), "--output", f"{sec.scheme}://{addr}",
                     *sec.client_flags, "--prefix", name, *extra, "run", "--no-echo",
@@ -118,9 +151,10 @@ def one_run(data, work, name, extra, sec=Plain):
                    check=True, env=sec.env)
     took = time.perf_counter() - t
     rss = peak_rss_mib(col.pid)
+    grown = store_bytes(metrics) - empty
     stop(col)
     shutil.rmtree(store, ignore_errors=True)
-    return took, rss
+    return took, rss, grown
 
 
 def throughput(data, work, runs, secs):
@@ -129,6 +163,8 @@ def throughput(data, work, runs, secs):
     size = os.path.getsize(data)
     base = []
     results = {sec.label: ([], [], []) for sec in secs}
+    # (d): the plain run's store growth, and the same run storing raw blocks.
+    disk, raw, raw_disk = [], [], []
     subprocess.run(["cat", data], stdout=subprocess.DEVNULL, check=True)
     for i in range(runs):
         t = time.perf_counter()
@@ -138,12 +174,18 @@ def throughput(data, work, runs, secs):
             ours, spooled, rss = results[sec.label]
             # Each run starts without the previous one's write-back pending.
             os.sync()
-            took, r = one_run(data, work, f"bench{i}", [], sec)
+            took, r, grown = one_run(data, work, f"bench{i}", [], sec)
             ours.append(took)
             rss.append(r)
+            if sec is secs[0]:
+                disk.append(grown)
+                os.sync()
+                took, _, grown = one_run(data, work, f"raw{i}", [], sec, raw_store=True)
+                raw.append(took)
+                raw_disk.append(grown)
             spool = os.path.join(work, f"spool{i}")
             os.sync()
-            took, _ = one_run(data, work, f"spooled{i}", ["--spool", spool], sec)
+            took, _, _ = one_run(data, work, f"spooled{i}", ["--spool", spool], sec)
             spooled.append(took)
             shutil.rmtree(spool, ignore_errors=True)
     b = statistics.median(base)
@@ -158,6 +200,20 @@ def throughput(data, work, runs, secs):
         # machine weighs on both sides of one ratio.
         ratio = statistics.median(p / t for p, t in zip(plain, ours))
         report_throughput(sec.label, mib, b, o, sp, max(rss), ratio)
+    report_store(size, plain, raw, disk, raw_disk)
+
+
+def report_store(size, ours, raw, disk, raw_disk):
+    mib = size / 2**20
+    o, r = statistics.median(ours), statistics.median(raw)
+    # Paired by round, as above.
+    slower = statistics.median(t / u - 1 for t, u in zip(ours, raw))
+    where = "PostgreSQL" if STORE_URL else "embedded store"
+    print(f"(d) {where}, the run of (a) (median of the rounds)")
+    print(f"    ingest compressed vs raw: {mib / o:.0f} MiB/s vs {mib / r:.0f} MiB/s "
+          f"({100 * slower:.1f}% slower), disk {statistics.median(disk) / size:.3f} B per B "
+          f"(raw: {statistics.median(raw_disk) / size:.3f} B per B)")
+    print("    targets: <= 0.25 B on disk per B of log, ingest within 20% of raw")
 
 
 def report_throughput(label, mib, b, o, sp, rss, ratio):
@@ -182,7 +238,7 @@ for i in range(int(sys.argv[1])):
 
 def latency(work, lines, sec=Plain):
     store = os.path.join(work, "lat-store" + ("-tls" if sec.label else ""))
-    col, addr = start_collector(store, sec)
+    col, addr, _ = start_collector(store, sec)
     tail = subprocess.Popen([os.path.join(BIN, "logdog"), "--collector", f"{sec.scheme}://{addr}",
                              *sec.client_flags, "tail", "-f", "default/lat/+/stdout"],
                             stdout=subprocess.PIPE, text=True, env=sec.env)
@@ -215,8 +271,13 @@ def main():
     ap.add_argument("--lines", type=int, default=1000)
     ap.add_argument("--tls", action="store_true",
                     help="also measure (a), (b) and (c) with TLS and auth on")
+    ap.add_argument("--store-url", metavar="URL",
+                    help="store into this PostgreSQL database (postgres://USER@HOST:PORT/DB) "
+                         "instead of an embedded store")
     cargo_paths.add_dry_run(ap)
     args = ap.parse_args()
+    global STORE_URL
+    STORE_URL = args.store_url
     cargo_paths.exit_if_dry_run(args, ["logdog_butler", "logdog_collector", "logdog"])
     cargo_paths.build(["--release", "--quiet", "--bins"])
     work = cargo_paths.work_dir("logdog-bench-")

@@ -9,6 +9,10 @@
 //!
 //! Readers keep the last blocks they decompressed ([`BlockCache`]): reading a stream in order
 //! decompresses each block once.
+//!
+//! **Benchmark switch.** `LOGDOG_COLLECTOR_STORE_CODEC=none` in the collector's environment
+//! (read once) stores every new block raw, to measure what compression costs
+//! (`bench/collector.py`). Both kinds of block are always read.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -62,10 +66,22 @@ pub fn pack<'a>(entries: impl IntoIterator<Item = &'a [u8]>) -> Vec<Packed> {
     out
 }
 
+/// Whether new blocks are compressed: not when the benchmark switch
+/// `LOGDOG_COLLECTOR_STORE_CODEC=none` is set (see the module docs).
+fn compressing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("LOGDOG_COLLECTOR_STORE_CODEC").is_none_or(|v| v != "none"))
+}
+
 fn seal(raw: Vec<u8>, ranges: Vec<(usize, usize)>) -> Packed {
     let raw_len = raw.len();
-    let (codec, data) = match zstd::bulk::compress(&raw, ZSTD_LEVEL) {
-        Ok(z) if z.len() < raw.len() => (CODEC_ZSTD, z),
+    let compressed = if compressing() {
+        zstd::bulk::compress(&raw, ZSTD_LEVEL).ok()
+    } else {
+        None
+    };
+    let (codec, data) = match compressed {
+        Some(z) if z.len() < raw.len() => (CODEC_ZSTD, z),
         _ => (CODEC_NONE, raw),
     };
     Packed {
@@ -105,14 +121,14 @@ pub fn unpack(codec: i16, data: Vec<u8>, crc: u32, raw_len: usize) -> Result<Vec
     Ok(raw)
 }
 
-/// A block's id and raw bytes.
-type Cached = (u64, Arc<Vec<u8>>);
+/// Blocks' raw bytes by id, oldest first.
+type Cached = VecDeque<(u64, Arc<Vec<u8>>)>;
 
 /// The last blocks decompressed, by id (block ids are never reused, so an entry is always
 /// current). Cheap to clone; clones share the cache.
 #[derive(Debug, Clone, Default)]
 pub struct BlockCache {
-    blocks: Arc<Mutex<VecDeque<Cached>>>,
+    blocks: Arc<Mutex<Cached>>,
 }
 
 impl BlockCache {

@@ -1,7 +1,8 @@
 //! A full scan of a store for damage: `logdog_collector verify --data DIR`.
 //!
-//! Checks the SQLite index (`PRAGMA integrity_check`), every stream record, and every entry:
-//! its bytes against the checksum stored with it, that it decodes as the stream's type, that
+//! Checks the SQLite index (`PRAGMA integrity_check`), every stream record, every block of
+//! entries (its stored bytes against their checksum, and that they decompress), and every
+//! entry: its bytes against the checksum stored with it, that it decodes as the stream's type, that
 //! its `sequence` follows from the entry before it, and that the stream's counters match what
 //! is stored. It reads without taking the directory's lock, so it can run beside a live
 //! collector (it sees the committed state; entries written meanwhile may or may not be in it).
@@ -10,12 +11,14 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, params};
 
+use crate::blocks::BlockCache;
 use crate::segments::Segments;
-use crate::store::embedded::{ENTRY_COLUMNS, read_checked, stored_entry};
+use crate::store::embedded::{ENTRY_SELECT, Held, block_bytes, read_checked, stored_entry};
 use crate::store::{StoreError, StreamKey, decode_record, path_of};
 use crate::validate::next_sequence;
 
-/// Damage listed per stream; the rest of that stream's is only counted.
+/// Damage listed per stream; the rest of that stream's is only counted. A damaged block is one
+/// problem, however many entries it holds.
 pub const SHOWN_PER_STREAM: usize = 20;
 
 /// What a scan found.
@@ -94,8 +97,9 @@ fn streams(conn: &Connection, segments: &Segments, report: &mut Report) -> Resul
         conn.prepare("SELECT id, project, prefix, name, record FROM streams ORDER BY id")?;
     let mut rows = q.query([])?;
     let mut entries = conn.prepare(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 ORDER BY idx"
+        "{ENTRY_SELECT} WHERE e.stream_id = ?1 ORDER BY e.idx"
     ))?;
+    let cache = BlockCache::default();
     while let Some(row) = rows.next()? {
         let id: i64 = row.get(0)?;
         let key = StreamKey {
@@ -114,13 +118,34 @@ fn streams(conn: &Connection, segments: &Segments, report: &mut Report) -> Resul
             }
         };
         let (mut count, mut prev) = (0u64, None);
+        // The damaged block the entries being scanned are in, listed once.
+        let mut bad_block = None;
         let mut stored = entries.query(params![id])?;
         while let Some(row) = stored.next()? {
             let e = stored_entry(row)?;
             count += 1;
             report.entries += 1;
             report.bytes += e.at.len;
-            match read_checked(segments, &key, &e) {
+            if let Held::Block(b) = e.block {
+                if bad_block == Some(b.id) {
+                    prev = Some((e.idx, e.seq));
+                    continue;
+                }
+                if let Err(err) = block_bytes(segments, &cache, &key, e.idx, &b) {
+                    bad_block = Some(b.id);
+                    let what = match err {
+                        StoreError::Damaged(what) => what,
+                        other => format!("{name} entry {}: {other}", e.idx),
+                    };
+                    report.damage(
+                        &mut shown,
+                        format!("{what} (no entry of this block can be read)"),
+                    );
+                    prev = Some((e.idx, e.seq));
+                    continue;
+                }
+            }
+            match read_checked(segments, &cache, &key, &e) {
                 Ok(data) => {
                     if let Err(err) = logdog_proto::wire::log_entry(&data) {
                         report.damage(

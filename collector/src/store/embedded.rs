@@ -6,8 +6,14 @@
 //! - `collector.sqlite`, table `streams`: one row per stream (`project`, `prefix`, `name`,
 //!   unique together) with its [`StreamRecord`]: the descriptor, the terminal index, counters
 //!   and the contiguity mark.
-//! - `collector.sqlite`, table `entries`: `(stream_id, idx)` → where the entry's bytes are.
-//! - `segments/NNNNNNNN.seg`: each `logpb.LogEntry` exactly as it arrived, back to back.
+//! - `collector.sqlite`, table `entries`: `(stream_id, idx)` → its block, its offset and
+//!   length in the block's raw bytes, its CRC-32, its `sequence` and span.
+//! - `collector.sqlite`, table `blocks`: where each block is (segment, offset, length), its
+//!   codec, raw length and the CRC-32 of its stored bytes ([`crate::blocks`]).
+//! - `segments/NNNNNNNN.seg`: the blocks, back to back. A block holds new entries of one
+//!   stream from one write, each `logpb.LogEntry` exactly as it arrived, packed up to 1 MiB
+//!   and compressed with zstd (or kept raw when that is no smaller). Entries stored by layout
+//!   4 and older have no block: their row's `seg`, `off` and `len` are the entry itself.
 //! - `collector.sqlite`, table `prefixes`: `(project, prefix)` → the SHA-256 of the prefix
 //!   secret of the butler that owns it, and when it was registered.
 //! - `collector.sqlite`, table `heartbeat`: one row, rewritten by the writable check.
@@ -15,12 +21,15 @@
 //! Keeping the bytes out of SQLite writes each of them once: in SQLite they went to the WAL
 //! and then a second time into the database at each checkpoint.
 //!
-//! **Durability point.** A write appends the bundle's new entries to the active segment and
+//! **Durability point.** A write appends the blocks of the bundle's new entries to the active
+//! segment and
 //! `fdatasync`s it, then commits the index rows, which with WAL and `synchronous=FULL` means
 //! the WAL has been fsynced; it returns only then.
 //!
-//! **Integrity.** Every index row carries the CRC-32 of its entry's bytes, checked on every
-//! read and by [`crate::verify`]. At open, `PRAGMA quick_check` and the segments' lengths are
+//! **Integrity.** Every block row carries the CRC-32 of the block's stored bytes, checked
+//! before they are decompressed, and every entry row the CRC-32 of the entry's bytes, checked
+//! after; on every read and by [`crate::verify`]. Readers keep the last blocks they
+//! decompressed ([`BlockCache`], [`crate::blocks::CACHED_BLOCKS`] per store). At open, `PRAGMA quick_check` and the segments' lengths are
 //! checked.
 //!
 //! **Prefix owners.** The registration is in the same transaction as the bundle's rows,
@@ -30,7 +39,7 @@
 //! for the store's life; a second collector on the same directory is refused at start.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use logdog_proto::logpb;
 use prost::Message;
@@ -40,15 +49,32 @@ use super::{
     Backend, Claim, NewEntry, NotOwner, StoreError, StreamKey, StreamRecord, Unwritable,
     WriteOutcome, WriteTx, checksum, decode_entry, decode_record, path_of, write_tx,
 };
+use crate::blocks::{self, BlockCache, Packed};
 use crate::segments::{Appender, Location, Segments};
 use crate::validate::{CheckedEntry, Sequence};
 
-/// `PRAGMA user_version` of the current layout: entries in segment files, with a checksum,
-/// `sequence` and span per index row, and the `prefixes` table of prefix owners. Layout 2 (no
-/// checksums) and layout 3 (no `prefixes`) are upgraded in place; the rows of layout 2 are
-/// read without a checksum check, and the prefixes of older layouts are unregistered (they
-/// hold streams written without a secret, so they cannot be claimed).
-const LAYOUT_VERSION: i64 = 4;
+/// `PRAGMA user_version` of the current layout: entries in compressed blocks in segment files,
+/// with a checksum, `sequence` and span per index row, and the `prefixes` table of prefix
+/// owners. Older layouts are upgraded in place, without rewriting any entry: layout 2 (no
+/// checksums), layout 3 (no `prefixes`) and layout 4 (entries stored raw, one per row). The
+/// rows of layout 2 are read without a checksum check, the prefixes of layouts 2 and 3 are
+/// unregistered (they hold streams written without a secret, so they cannot be claimed), and
+/// the rows of layouts 2 to 4 keep pointing at their raw bytes (no block).
+const LAYOUT_VERSION: i64 = 5;
+
+/// The blocks of entries (see [`crate::blocks`]): where each is in the segments, its codec,
+/// raw length and the CRC-32 of its stored bytes. Ids are never reused (`AUTOINCREMENT`), so
+/// a cached block is never mistaken for a newer one.
+const BLOCKS_TABLE: &str = "CREATE TABLE IF NOT EXISTS blocks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id INTEGER NOT NULL,
+    seg INTEGER NOT NULL,
+    off INTEGER NOT NULL,
+    len INTEGER NOT NULL,
+    codec INTEGER NOT NULL,
+    raw_len INTEGER NOT NULL,
+    crc INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS blocks_stream ON blocks (stream_id)";
 
 /// The owners of prefixes: the SHA-256 of the secret of the butler that registered each, and
 /// when (seconds since the Unix epoch).
@@ -104,6 +130,8 @@ pub struct Embedded {
     readers: Mutex<Vec<Connection>>,
     /// The entries' bytes.
     segments: Segments,
+    /// The last blocks read, decompressed.
+    cache: BlockCache,
 }
 
 #[derive(Debug)]
@@ -133,20 +161,62 @@ fn location(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Location>
 pub struct StoredEntry {
     /// Its stream index.
     pub idx: u64,
-    /// Where its bytes are.
+    /// Where its bytes are: in its block's raw bytes (offset and length; `segment` is the
+    /// block's), or in the segment itself for an entry stored without a block.
     pub at: Location,
     /// CRC-32 of its bytes (`None` for entries stored by layout 2).
     pub crc: Option<u32>,
     /// Its sequence and span (`None` for entries stored by layout 2).
     pub seq: Option<Sequence>,
+    /// Its block.
+    pub block: Held,
 }
 
-/// Columns of `entries` that make a [`StoredEntry`], in order.
-pub(crate) const ENTRY_COLUMNS: &str = "idx, seg, off, len, crc, seq, span";
+/// What holds a stored entry's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// The segment, raw, at the entry's location (layouts 2 to 4).
+    Segment,
+    /// A block.
+    Block(BlockRef),
+    /// A block the index no longer has (damage).
+    Lost(u64),
+}
+
+/// A block of entries in a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRef {
+    /// Its id.
+    pub id: u64,
+    /// Where its stored bytes are.
+    pub at: Location,
+    /// [`blocks::CODEC_NONE`] or [`blocks::CODEC_ZSTD`].
+    pub codec: i16,
+    /// Length of its raw bytes.
+    pub raw_len: usize,
+    /// CRC-32 of its stored bytes.
+    pub crc: u32,
+}
+
+/// The query of [`StoredEntry`] rows (`e` is `entries`, `b` its block); add the conditions.
+pub(crate) const ENTRY_SELECT: &str = "SELECT e.idx, e.seg, e.off, e.len, e.crc, e.seq, e.span,
+    e.block_id, b.seg, b.off, b.len, b.codec, b.raw_len, b.crc
+    FROM entries e LEFT JOIN blocks b ON b.id = e.block_id";
 
 pub(crate) fn stored_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEntry> {
     let seq: Option<i64> = row.get(5)?;
     let span: Option<i64> = row.get(6)?;
+    let block = match (row.get::<_, Option<i64>>(7)?, row.get::<_, Option<u32>>(8)?) {
+        (None, _) => Held::Segment,
+        (Some(id), None) => Held::Lost(id as u64),
+        (Some(id), Some(_)) => Held::Block(BlockRef {
+            id: id as u64,
+            at: location(row, 8)?,
+            codec: row.get(11)?,
+            raw_len: row.get::<_, i64>(12)? as usize,
+            crc: row.get::<_, i64>(13)? as u32,
+        }),
+    };
     Ok(StoredEntry {
         idx: row.get::<_, i64>(0)? as u64,
         at: location(row, 1)?,
@@ -155,15 +225,71 @@ pub(crate) fn stored_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEn
             sequence: s as u64,
             span: n as u64,
         }),
+        block,
     })
 }
 
-/// Reads a stored entry's bytes and checks them against its checksum.
+/// The raw bytes of the block `b` that holds entry `idx` of `key`: from `cache`, or read,
+/// checked against the block's checksum and decompressed (and then cached).
+pub(crate) fn block_bytes(
+    segments: &Segments,
+    cache: &BlockCache,
+    key: &StreamKey,
+    idx: u64,
+    b: &BlockRef,
+) -> Result<Arc<Vec<u8>>, StoreError> {
+    if let Some(raw) = cache.get(b.id) {
+        return Ok(raw);
+    }
+    let damaged = |err: String| {
+        StoreError::Damaged(format!(
+            "{} entry {idx}: block {} ({} bytes at offset {} of segment {}): {err}",
+            path_of(key),
+            b.id,
+            b.at.len,
+            b.at.offset,
+            b.at.segment
+        ))
+    };
+    let data = segments.read(b.at).map_err(damaged)?;
+    let raw = Arc::new(blocks::unpack(b.codec, data, b.crc, b.raw_len).map_err(damaged)?);
+    cache.put(b.id, raw.clone());
+    Ok(raw)
+}
+
+/// Reads a stored entry's bytes (through `cache` when it is in a block) and checks them
+/// against their checksums.
 pub(crate) fn read_checked(
     segments: &Segments,
+    cache: &BlockCache,
     key: &StreamKey,
     e: &StoredEntry,
 ) -> Result<Vec<u8>, StoreError> {
+    let b = match e.block {
+        Held::Segment => return read_raw(segments, key, e),
+        Held::Lost(id) => {
+            return Err(StoreError::Damaged(format!(
+                "{} entry {}: its block {id} is missing from the index",
+                path_of(key),
+                e.idx
+            )));
+        }
+        Held::Block(b) => b,
+    };
+    let raw = block_bytes(segments, cache, key, e.idx, &b)?;
+    let (off, len) = (e.at.offset as usize, e.at.len as usize);
+    blocks::entry(&raw, off, len, e.crc.unwrap_or_default()).map_err(|err| {
+        StoreError::Damaged(format!(
+            "{} entry {}: {err} (in block {})",
+            path_of(key),
+            e.idx,
+            b.id
+        ))
+    })
+}
+
+/// Reads an entry stored without a block and checks it against its checksum.
+fn read_raw(segments: &Segments, key: &StreamKey, e: &StoredEntry) -> Result<Vec<u8>, StoreError> {
     let data = segments
         .read(e.at)
         .map_err(|err| StoreError::Damaged(format!("{} entry {}: {err}", path_of(key), e.idx)))?;
@@ -185,12 +311,13 @@ pub(crate) fn read_checked(
 }
 
 /// Reads, checks and decodes a stored entry.
-pub(crate) fn read_entry(
+fn read_entry(
     segments: &Segments,
+    cache: &BlockCache,
     key: &StreamKey,
     e: &StoredEntry,
 ) -> Result<logpb::LogEntry, StoreError> {
-    decode_entry(key, e.idx, &read_checked(segments, key, e)?)
+    decode_entry(key, e.idx, &read_checked(segments, cache, key, e)?)
 }
 
 impl Embedded {
@@ -242,7 +369,28 @@ impl Embedded {
                  PRAGMA user_version = 4;
                  COMMIT;"
             ))?;
-        } else if has_tables && version != LAYOUT_VERSION {
+            version = 4;
+        }
+        if has_tables && version == 4 {
+            // Layout 4 stored entries raw, one per row: those rows keep no block.
+            let has_blocks: bool = conn
+                .prepare("SELECT 1 FROM pragma_table_info('entries') WHERE name = 'block_id'")?
+                .exists([])?;
+            let add = if has_blocks {
+                ""
+            } else {
+                "ALTER TABLE entries ADD COLUMN block_id INTEGER;"
+            };
+            conn.execute_batch(&format!(
+                "BEGIN;
+                 {add}
+                 {BLOCKS_TABLE};
+                 PRAGMA user_version = 5;
+                 COMMIT;"
+            ))?;
+            version = 5;
+        }
+        if has_tables && version != LAYOUT_VERSION {
             return Err(StoreError::Db(format!(
                 "{} was written by another collector version (layout {version}, this one \
                  reads {LAYOUT_VERSION}); read it with that version or start on a new data \
@@ -267,6 +415,7 @@ impl Embedded {
                  crc INTEGER,
                  seq INTEGER,
                  span INTEGER,
+                 block_id INTEGER,
                  PRIMARY KEY (stream_id, idx)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS append_end (
                  one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -274,6 +423,7 @@ impl Embedded {
                  end_off INTEGER NOT NULL);",
         )?;
         conn.execute_batch(PREFIXES_TABLE)?;
+        conn.execute_batch(BLOCKS_TABLE)?;
         conn.execute_batch(HEARTBEAT_TABLE)?;
         conn.pragma_update(None, "user_version", LAYOUT_VERSION)?;
         // The end of the last committed entry: appends resume there.
@@ -296,6 +446,7 @@ impl Embedded {
             writer: FairLock::new(Writer { conn, appender }),
             readers: Mutex::new(Vec::new()),
             segments: Segments::new(&seg_dir),
+            cache: BlockCache::default(),
         })
     }
 
@@ -357,28 +508,36 @@ impl Embedded {
         claim: &Claim<'_>,
         streams: &[CheckedEntry],
     ) -> Result<Result<WriteOutcome, NotOwner>, StoreError> {
+        // Compressing is most of a write's work: it is done here, before the writer is taken,
+        // so that writes of several bundles compress at once. Each stream is packed as if all
+        // of its entries were new (the usual case); a stream with some already stored is
+        // packed again under the writer.
+        let prepacked: Vec<Prepacked<'_>> = streams
+            .iter()
+            .map(|e| Prepacked {
+                stream: e,
+                blocks: Some(blocks::pack(e.logs.iter().map(|l| l.1.as_ref()))),
+            })
+            .collect();
         let mut writer = self.writer.lock();
         let Writer { conn, appender } = &mut *writer;
         appender.rotate_if_full().map_err(segment_error)?;
-        let res = Self::write_tx(
-            conn,
+        let mut parts = Parts {
             appender,
-            &self.segments,
-            project,
-            prefix,
-            claim,
-            streams,
-        );
+            segments: &self.segments,
+            cache: &self.cache,
+            prepacked,
+        };
+        let res = Self::write_tx(conn, &mut parts, project, prefix, claim, streams);
         if !matches!(res, Ok(Ok(_))) {
-            appender.abandon();
+            parts.appender.abandon();
         }
         res
     }
 
     fn write_tx(
         conn: &mut Connection,
-        appender: &mut Appender,
-        segments: &Segments,
+        parts: &mut Parts<'_>,
         project: &str,
         prefix: &str,
         claim: &Claim<'_>,
@@ -388,8 +547,7 @@ impl Embedded {
         let out = {
             let mut w = Tx {
                 tx: &tx,
-                appender: &mut *appender,
-                segments,
+                parts: &mut *parts,
             };
             match write_tx(&mut w, project, prefix, claim, streams)? {
                 Ok(out) => out,
@@ -397,6 +555,7 @@ impl Embedded {
                 Err(refused) => return Ok(Err(refused)),
             }
         };
+        let appender = &mut *parts.appender;
         if appender.has_pending() {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO append_end (one, seg, end_off) VALUES (1, ?1, ?2)",
@@ -410,11 +569,43 @@ impl Embedded {
     }
 }
 
-/// One write transaction of the embedded store.
-struct Tx<'a> {
-    tx: &'a Transaction<'a>,
+/// What a write works with beside its transaction.
+struct Parts<'a> {
     appender: &'a mut Appender,
     segments: &'a Segments,
+    cache: &'a BlockCache,
+    /// The blocks of each stream of the write, packed before the writer was taken.
+    prepacked: Vec<Prepacked<'a>>,
+}
+
+/// A stream's entries, packed as if all were new.
+struct Prepacked<'a> {
+    stream: &'a CheckedEntry,
+    /// Taken by the insert that uses them.
+    blocks: Option<Vec<Packed>>,
+}
+
+impl Parts<'_> {
+    /// The blocks packed beforehand for exactly the entries `new` (the very same bytes).
+    fn prepacked(&mut self, new: &[NewEntry<'_>]) -> Option<Vec<Packed>> {
+        self.prepacked
+            .iter_mut()
+            .find(|p| {
+                p.stream.logs.len() == new.len()
+                    && p.stream
+                        .logs
+                        .iter()
+                        .zip(new)
+                        .all(|(l, n)| std::ptr::eq(&l.1, n.raw))
+            })
+            .and_then(|p| p.blocks.take())
+    }
+}
+
+/// One write transaction of the embedded store.
+struct Tx<'a, 'b> {
+    tx: &'a Transaction<'a>,
+    parts: &'a mut Parts<'b>,
 }
 
 impl super::Stored for StoredEntry {
@@ -426,7 +617,7 @@ impl super::Stored for StoredEntry {
     }
 }
 
-impl WriteTx for Tx<'_> {
+impl WriteTx for Tx<'_, '_> {
     type Stored = StoredEntry;
 
     fn owner(&mut self, project: &str, prefix: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -485,23 +676,23 @@ impl WriteTx for Tx<'_> {
         let at = self
             .tx
             .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 AND idx BETWEEN ?2 AND ?3"
+                "{ENTRY_SELECT} WHERE e.stream_id = ?1 AND e.idx BETWEEN ?2 AND ?3"
             ))?
             .query_map(params![id, lo, hi], stored_entry)?
             .collect::<Result<Vec<_>, _>>()?;
         let before = self
             .tx
             .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 AND idx < ?2
-                 ORDER BY idx DESC LIMIT 1"
+                "{ENTRY_SELECT} WHERE e.stream_id = ?1 AND e.idx < ?2
+                 ORDER BY e.idx DESC LIMIT 1"
             ))?
             .query_row(params![id, lo], stored_entry)
             .optional()?;
         let after = self
             .tx
             .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 AND idx > ?2
-                 ORDER BY idx LIMIT 1"
+                "{ENTRY_SELECT} WHERE e.stream_id = ?1 AND e.idx > ?2
+                 ORDER BY e.idx LIMIT 1"
             ))?
             .query_row(params![id, hi], stored_entry)
             .optional()?;
@@ -516,7 +707,7 @@ impl WriteTx for Tx<'_> {
     }
 
     fn stored_bytes(&mut self, key: &StreamKey, e: &StoredEntry) -> Result<Vec<u8>, StoreError> {
-        read_checked(self.segments, key, e)
+        read_checked(self.parts.segments, self.parts.cache, key, e)
     }
 
     fn insert(
@@ -525,22 +716,48 @@ impl WriteTx for Tx<'_> {
         id: u64,
         new: &[NewEntry<'_>],
     ) -> Result<(), StoreError> {
-        let mut insert = self.tx.prepare_cached(
-            "INSERT INTO entries (stream_id, idx, seg, off, len, crc, seq, span)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        let packed = match self.parts.prepacked(new) {
+            Some(p) => p,
+            None => blocks::pack(new.iter().map(|e| e.raw.as_ref())),
+        };
+        let mut add_block = self.tx.prepare_cached(
+            "INSERT INTO blocks (stream_id, seg, off, len, codec, raw_len, crc)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
-        for e in new {
-            insert.execute(params![
+        let mut insert = self.tx.prepare_cached(
+            "INSERT INTO entries (stream_id, idx, seg, off, len, crc, seq, span, block_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        let appender = &mut *self.parts.appender;
+        let mut rest = new;
+        for block in packed {
+            let (these, more) = rest.split_at(block.ranges.len().min(rest.len()));
+            rest = more;
+            let seg = appender.segment();
+            add_block.execute(params![
                 id as i64,
-                e.idx as i64,
-                self.appender.segment(),
-                self.appender.next_offset() as i64,
-                e.raw.len() as i64,
-                i64::from(checksum(e.raw)),
-                e.seq.map(|s| s.sequence as i64),
-                e.seq.map(|s| s.span as i64)
+                seg,
+                appender.next_offset() as i64,
+                block.data.len() as i64,
+                block.codec,
+                block.raw_len as i64,
+                i64::from(block.crc)
             ])?;
-            self.appender.push(e.raw.clone());
+            let block_id = self.tx.last_insert_rowid();
+            for (e, &(off, len)) in these.iter().zip(&block.ranges) {
+                insert.execute(params![
+                    id as i64,
+                    e.idx as i64,
+                    seg,
+                    off as i64,
+                    len as i64,
+                    i64::from(checksum(e.raw)),
+                    e.seq.map(|s| s.sequence as i64),
+                    e.seq.map(|s| s.span as i64),
+                    block_id
+                ])?;
+            }
+            appender.push(bytes::Bytes::from(block.data));
         }
         Ok(())
     }
@@ -675,7 +892,13 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
 
 /// Segments shorter than the entries the index places in them, one message each.
 fn short_segments(conn: &Connection, seg_dir: &Path) -> Result<Vec<String>, StoreError> {
-    let mut q = conn.prepare("SELECT seg, MAX(off + len) FROM entries GROUP BY seg")?;
+    // Blocks, and the entries stored without one.
+    let mut q = conn.prepare(
+        "SELECT seg, MAX(e) FROM (
+             SELECT seg, off + len AS e FROM blocks
+             UNION ALL SELECT seg, off + len FROM entries WHERE block_id IS NULL)
+         GROUP BY seg",
+    )?;
     let ends = q
         .query_map([], |r| {
             Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
@@ -774,8 +997,7 @@ impl Backend for Embedded {
                 return Ok(Vec::new());
             };
             let mut q = c.prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries
-                 WHERE stream_id = ?1 AND idx >= ?2 ORDER BY idx"
+                "{ENTRY_SELECT} WHERE e.stream_id = ?1 AND e.idx >= ?2 ORDER BY e.idx"
             ))?;
             let mut rows = q.query(params![rec.id as i64, from as i64])?;
             let mut out = Vec::new();
@@ -790,7 +1012,7 @@ impl Backend for Embedded {
                     break;
                 }
                 bytes += stored.at.len as usize;
-                out.push(read_entry(&self.segments, key, &stored)?);
+                out.push(read_entry(&self.segments, &self.cache, key, &stored)?);
                 expect += 1;
             }
             Ok(out)
@@ -803,13 +1025,13 @@ impl Backend for Embedded {
                 return Ok(Vec::new());
             };
             let mut q = c.prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 ORDER BY idx DESC LIMIT ?2"
+                "{ENTRY_SELECT} WHERE e.stream_id = ?1 ORDER BY e.idx DESC LIMIT ?2"
             ))?;
             let mut rows = q.query(params![rec.id as i64, n as i64])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 let stored = stored_entry(row)?;
-                out.push(read_entry(&self.segments, key, &stored)?);
+                out.push(read_entry(&self.segments, &self.cache, key, &stored)?);
             }
             out.reverse();
             Ok(out)
@@ -904,14 +1126,20 @@ impl Embedded {
                 continue;
             }
             let id = rec.id as i64;
-            let mut q =
-                tx.prepare_cached("SELECT seg, off, len FROM entries WHERE stream_id = ?1")?;
+            // Its blocks (each once), and its entries stored without a block.
+            let mut q = tx.prepare_cached(
+                "SELECT seg, off, len FROM blocks WHERE stream_id = ?1
+                 UNION ALL
+                 SELECT seg, off, len FROM entries WHERE stream_id = ?1 AND block_id IS NULL",
+            )?;
             for loc in q.query_map(params![id], |r| location(r, 0))? {
                 let loc = loc?;
                 touched_segments.insert(loc.segment);
                 freed.push(loc);
             }
             tx.prepare_cached("DELETE FROM entries WHERE stream_id = ?1")?
+                .execute(params![id])?;
+            tx.prepare_cached("DELETE FROM blocks WHERE stream_id = ?1")?
                 .execute(params![id])?;
             tx.prepare_cached("DELETE FROM streams WHERE id = ?1")?
                 .execute(params![id])?;
