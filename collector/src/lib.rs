@@ -29,6 +29,7 @@
 //! - [`verify`]: a full scan of a store for damage (`logdog_collector verify`).
 
 pub mod auth;
+pub mod blocks;
 pub mod chunks;
 pub mod health;
 pub mod ingress;

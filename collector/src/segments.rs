@@ -273,3 +273,45 @@ impl Segments {
         Ok(buf)
     }
 }
+
+impl Segments {
+    /// Gives the space of removed entries back to the file system: a segment that holds no
+    /// entry any more (`dead`, never the active one) is deleted; in the others the ranges in
+    /// `freed` are punched out (`fallocate(PUNCH_HOLE)`: the file keeps its length and its
+    /// offsets, so nothing else moves). Best effort: a file system without hole punching keeps
+    /// the bytes, and the failure is logged.
+    pub fn release(&self, freed: &[Location], dead: &[u32]) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        for id in dead {
+            open.remove(id);
+            let path = segment_path(&self.dir, *id);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(segment = %path.display(), error = %e, "cannot remove a segment");
+            }
+        }
+        drop(open);
+        for loc in freed.iter().filter(|l| !dead.contains(&l.segment)) {
+            let path = segment_path(&self.dir, loc.segment);
+            let punched = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| io(&path, e))
+                .and_then(|f| punch_hole(&f, loc.offset, loc.len).map_err(|e| io(&path, e)));
+            if let Err(e) = punched {
+                tracing::warn!(error = %e, "cannot give removed entries' space back");
+            }
+        }
+    }
+}
+
+/// Deallocates `len` bytes at `offset` of `file`, keeping its size.
+fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use rustix::fs::{FallocateFlags, fallocate};
+    fallocate(
+        file,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        offset,
+        len,
+    )
+    .map_err(std::io::Error::from)
+}

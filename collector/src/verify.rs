@@ -11,9 +11,8 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, params};
 
 use crate::segments::Segments;
-use crate::store::{
-    ENTRY_COLUMNS, StoreError, StreamKey, decode_record, path_of, read_checked, stored_entry,
-};
+use crate::store::embedded::{ENTRY_COLUMNS, read_checked, stored_entry};
+use crate::store::{StoreError, StreamKey, decode_record, path_of};
 use crate::validate::next_sequence;
 
 /// Damage listed per stream; the rest of that stream's is only counted.

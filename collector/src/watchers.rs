@@ -80,6 +80,29 @@ impl Watchers {
         }
     }
 
+    /// Tells the followers of `keys` that those streams changed; an empty list: anything may
+    /// have changed (every follower looks again). For changes made elsewhere (another
+    /// collector sharing the store).
+    pub fn notify_changed(&self, keys: &[StreamKey]) {
+        if !keys.is_empty() {
+            return self.notify(keys);
+        }
+        let all: Vec<StreamKey> = {
+            let map = self.inner.streams.lock().unwrap_or_else(|e| e.into_inner());
+            map.keys().cloned().collect()
+        };
+        self.notify(&all);
+    }
+
+    /// The streams that have followers now.
+    pub fn followed(&self) -> Vec<StreamKey> {
+        let map = self.inner.streams.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter(|(_, tx)| tx.receiver_count() > 0)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Projects known to this hub (see [`Watchers::knowing`]) or written to since, sorted.
     pub fn projects(&self) -> Vec<String> {
         self.inner

@@ -64,6 +64,17 @@ struct Cli {
     /// Directory of the embedded store (created if missing). One collector per directory.
     #[arg(long, default_value = "./collector-data", global = true)]
     data: PathBuf,
+    /// Keep the data in this PostgreSQL database instead of the embedded store in --data:
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DB. The database must exist; the schema is
+    /// created or migrated at start. Any number of collectors may share one database, each
+    /// serving every stream.
+    #[arg(long, value_name = "URL", value_parser = parse_store_url)]
+    store: Option<String>,
+    /// Remove streams whose last write (an entry or its end) is older than this, with their
+    /// entries and the space they took (checked every tenth of it, at most every minute).
+    /// Streams being followed are kept. Off unless given.
+    #[arg(long, value_name = "DURATION", value_parser = parse_retain)]
+    retain: Option<std::time::Duration>,
     /// Bytes of gRPC request messages that calls in progress may hold at once; past it a call
     /// waits (unread) for room until its read deadline, then gets RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = logdog_collector::ingress::DEFAULT_MAX_INFLIGHT_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
@@ -141,6 +152,13 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     match &cli.command {
+        Some(Command::Verify) if cli.store.is_some() => {
+            eprintln!(
+                "logdog_collector: verify scans the embedded store (--data); on PostgreSQL use \
+                 the database's own checks (amcheck)"
+            );
+            return ExitCode::from(2);
+        }
         Some(Command::Verify) => return verify(&cli.data),
         Some(Command::Token(TokenCommand::New { name, write, read })) => {
             return token_new(name, write, read);
@@ -370,8 +388,7 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let security = security(&cli)?;
-    let store = Store::open(&cli.data)
-        .with_context(|| format!("cannot open the store in {}", cli.data.display()))?;
+    let store = open_store(&cli).await?;
     store.set_abandon_after(cli.abandon_after);
     let listener = TcpListener::bind(&cli.listen)
         .await
@@ -403,7 +420,10 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
     if let Some((_, a)) = &metrics {
         println!("LOGDOG_METRICS={a}");
     }
-    tracing::info!(%addr, data = %cli.data.display(), "collector listening");
+    match &cli.store {
+        Some(url) => tracing::info!(%addr, store = %redact(url), "collector listening"),
+        None => tracing::info!(%addr, data = %cli.data.display(), "collector listening"),
+    }
 
     // One stop signal for every server: SIGTERM or SIGINT.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -423,10 +443,21 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
     };
 
     // The viewer's and the tail server's project lists start from what the store holds.
-    let watchers = Watchers::knowing(store.projects().unwrap_or_else(|e| {
+    let st = store.clone();
+    let projects = tokio::task::spawn_blocking(move || st.projects())
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r.map_err(anyhow::Error::from));
+    let watchers = Watchers::knowing(projects.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot list the stored projects");
         Vec::new()
     }));
+    // Writes through other collectors sharing the store wake this one's followers too.
+    let w = watchers.clone();
+    store.follow_changes(move |keys| w.notify_changed(&keys));
+    if let Some(age) = cli.retain {
+        tokio::spawn(retention(store.clone(), watchers.clone(), age, stopped()));
+    }
     let readers = readers.unwrap_or_else(tokio::runtime::Handle::current);
     let web = http.map(|(listener, a)| {
         tracing::info!(addr = %a, tls = security.tls.is_some(), "web viewer listening");
@@ -513,6 +544,91 @@ fn serve_metrics(
         let listener = TcpListener::from_std(listener)?;
         web::serve_metrics(listener, store, stop).await
     })
+}
+
+/// Opens the store: PostgreSQL with --store, else the embedded store in --data.
+async fn open_store(cli: &Cli) -> anyhow::Result<Store> {
+    match &cli.store {
+        Some(url) => {
+            let u = url.clone();
+            tokio::task::spawn_blocking(move || Store::open_postgres(&u))
+                .await?
+                .with_context(|| format!("cannot open the store at {}", redact(url)))
+        }
+        None => Store::open(&cli.data)
+            .with_context(|| format!("cannot open the store in {}", cli.data.display())),
+    }
+}
+
+/// A store URL as it may be shown: without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `--store`: a PostgreSQL URL.
+fn parse_store_url(s: &str) -> Result<String, String> {
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Ok(s.to_string())
+    } else {
+        Err(
+            "expected postgres://USER@HOST:PORT/DB (the embedded store is the default, in --data)"
+                .to_string(),
+        )
+    }
+}
+
+/// `--retain`: a duration of at least a second.
+fn parse_retain(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err("at least 1s".to_string());
+    }
+    Ok(d)
+}
+
+/// Retention: every tenth of `age` (at least 1 s, at most 1 min), removes the streams last
+/// written longer than `age` ago, except the followed ones, until `stop`.
+async fn retention(
+    store: Store,
+    watchers: Watchers,
+    age: std::time::Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let every = (age / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    // Followed streams are published for other collectors for a few rounds.
+    let lease = every * 3;
+    tokio::pin!(stop);
+    loop {
+        let followed = watchers.followed();
+        let st = store.clone();
+        let done =
+            tokio::task::spawn_blocking(move || st.remove_older(age, &followed, lease)).await;
+        match done {
+            Ok(Ok(removed)) if !removed.is_empty() => {
+                tracing::info!(streams = removed.len(), older_than = ?age, "retention removed old streams");
+                watchers.notify(&removed);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention failed; trying again later"),
+            Err(e) => tracing::warn!(error = %e, "retention failed; trying again later"),
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// How long a stop waits for calls and connections in progress.

@@ -227,7 +227,7 @@ fn router(
 /// `/metrics`: the collector's metrics in the Prometheus text format. Open even with auth on:
 /// the page holds figures only, no log content or names (see [`crate::metrics`]).
 async fn metrics(State(st): State<AppState>) -> Response {
-    metrics_page(&st.store)
+    metrics_page(&st.store).await
 }
 
 /// `/healthz`: 200 while the process serves. Open even with auth on, like `/readyz`.
@@ -266,9 +266,13 @@ fn health_answer(status: axum::http::StatusCode, body: String) -> Response {
 }
 
 /// The metrics page of the collector serving `store`.
-pub(crate) fn metrics_page(store: &Store) -> Response {
-    let store = store.clone();
-    let page = store.metrics().render(store.disk_bytes());
+pub(crate) async fn metrics_page(store: &Store) -> Response {
+    // The store's size may take a database query: off the async threads.
+    let st = store.clone();
+    let bytes = tokio::task::spawn_blocking(move || st.disk_bytes())
+        .await
+        .unwrap_or(0);
+    let page = store.metrics().render(bytes);
     (
         [
             (header::CONTENT_TYPE, logdog_proto::prom::CONTENT_TYPE),
@@ -292,7 +296,7 @@ pub async fn serve_metrics(
     let app = Router::new()
         .route(
             "/metrics",
-            get(|State(store): State<Store>| async move { metrics_page(&store) }),
+            get(|State(store): State<Store>| async move { metrics_page(&store).await }),
         )
         .route("/healthz", get(healthz))
         .route(

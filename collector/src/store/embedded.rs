@@ -1,0 +1,940 @@
+//! The embedded store: an index in SQLite (bundled, through `rusqlite`, WAL mode,
+//! `synchronous=FULL`) and the entries themselves in append-only segment files
+//! ([`crate::segments`]). `docs/store-choice.md` has the measurements behind the choice.
+//!
+//! Layout of the data directory:
+//! - `collector.sqlite`, table `streams`: one row per stream (`project`, `prefix`, `name`,
+//!   unique together) with its [`StreamRecord`]: the descriptor, the terminal index, counters
+//!   and the contiguity mark.
+//! - `collector.sqlite`, table `entries`: `(stream_id, idx)` → where the entry's bytes are.
+//! - `segments/NNNNNNNN.seg`: each `logpb.LogEntry` exactly as it arrived, back to back.
+//! - `collector.sqlite`, table `prefixes`: `(project, prefix)` → the SHA-256 of the prefix
+//!   secret of the butler that owns it, and when it was registered.
+//! - `collector.sqlite`, table `heartbeat`: one row, rewritten by the writable check.
+//!
+//! Keeping the bytes out of SQLite writes each of them once: in SQLite they went to the WAL
+//! and then a second time into the database at each checkpoint.
+//!
+//! **Durability point.** A write appends the bundle's new entries to the active segment and
+//! `fdatasync`s it, then commits the index rows, which with WAL and `synchronous=FULL` means
+//! the WAL has been fsynced; it returns only then.
+//!
+//! **Integrity.** Every index row carries the CRC-32 of its entry's bytes, checked on every
+//! read and by [`crate::verify`]. At open, `PRAGMA quick_check` and the segments' lengths are
+//! checked.
+//!
+//! **Prefix owners.** The registration is in the same transaction as the bundle's rows,
+//! behind the one writer.
+//!
+//! **One collector per directory.** [`Embedded::open`] holds an exclusive lock on `DIR/lock`
+//! for the store's life; a second collector on the same directory is refused at start.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use logdog_proto::logpb;
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::{
+    Backend, Claim, NewEntry, NotOwner, StoreError, StreamKey, StreamRecord, Unwritable,
+    WriteOutcome, WriteTx, checksum, decode_entry, decode_record, path_of, write_tx,
+};
+use crate::segments::{Appender, Location, Segments};
+use crate::validate::{CheckedEntry, Sequence};
+
+/// `PRAGMA user_version` of the current layout: entries in segment files, with a checksum,
+/// `sequence` and span per index row, and the `prefixes` table of prefix owners. Layout 2 (no
+/// checksums) and layout 3 (no `prefixes`) are upgraded in place; the rows of layout 2 are
+/// read without a checksum check, and the prefixes of older layouts are unregistered (they
+/// hold streams written without a secret, so they cannot be claimed).
+const LAYOUT_VERSION: i64 = 4;
+
+/// The owners of prefixes: the SHA-256 of the secret of the butler that registered each, and
+/// when (seconds since the Unix epoch).
+const PREFIXES_TABLE: &str = "CREATE TABLE IF NOT EXISTS prefixes (
+    project TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    secret_sha256 BLOB NOT NULL,
+    registered INTEGER NOT NULL,
+    PRIMARY KEY (project, prefix)) WITHOUT ROWID";
+
+/// Read connections kept open between reads.
+const MAX_IDLE_READERS: usize = 4;
+
+const HEARTBEAT_TABLE: &str = "CREATE TABLE IF NOT EXISTS heartbeat (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    at INTEGER NOT NULL)";
+
+/// The small file [`Store::check_writable`] writes and removes in the data directory.
+const PROBE_FILE: &str = "writable-check";
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+                StoreError::Damaged(format!("collector.sqlite: {e}"))
+            }
+            Some(ErrorCode::DiskFull) => StoreError::DiskFull(e.to_string()),
+            _ => StoreError::Db(e.to_string()),
+        }
+    }
+}
+
+/// A failure writing a segment: a full disk is told apart.
+fn segment_error(e: crate::segments::WriteError) -> StoreError {
+    if e.disk_full {
+        StoreError::DiskFull(e.message)
+    } else {
+        StoreError::Db(e.message)
+    }
+}
+
+/// The embedded store's storage (see the module docs).
+#[derive(Debug)]
+pub struct Embedded {
+    /// Held for the store's life: one collector per directory.
+    _lock: std::fs::File,
+    path: std::path::PathBuf,
+    /// The one writer (SQLite has one writer at a time anyway) and the active segment, taken
+    /// in arrival order (see [`FairLock`]).
+    writer: FairLock<Writer>,
+    /// Idle read connections; WAL lets readers run beside the writer.
+    readers: Mutex<Vec<Connection>>,
+    /// The entries' bytes.
+    segments: Segments,
+}
+
+#[derive(Debug)]
+struct Writer {
+    conn: Connection,
+    appender: Appender,
+}
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn location(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Location> {
+    Ok(Location {
+        segment: row.get(first)?,
+        offset: row.get::<_, i64>(first + 1)? as u64,
+        len: row.get::<_, i64>(first + 2)? as u64,
+    })
+}
+
+/// Where a stored entry is and what it must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// Its stream index.
+    pub idx: u64,
+    /// Where its bytes are.
+    pub at: Location,
+    /// CRC-32 of its bytes (`None` for entries stored by layout 2).
+    pub crc: Option<u32>,
+    /// Its sequence and span (`None` for entries stored by layout 2).
+    pub seq: Option<Sequence>,
+}
+
+/// Columns of `entries` that make a [`StoredEntry`], in order.
+pub(crate) const ENTRY_COLUMNS: &str = "idx, seg, off, len, crc, seq, span";
+
+pub(crate) fn stored_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEntry> {
+    let seq: Option<i64> = row.get(5)?;
+    let span: Option<i64> = row.get(6)?;
+    Ok(StoredEntry {
+        idx: row.get::<_, i64>(0)? as u64,
+        at: location(row, 1)?,
+        crc: row.get::<_, Option<i64>>(4)?.map(|c| c as u32),
+        seq: seq.zip(span).map(|(s, n)| Sequence {
+            sequence: s as u64,
+            span: n as u64,
+        }),
+    })
+}
+
+/// Reads a stored entry's bytes and checks them against its checksum.
+pub(crate) fn read_checked(
+    segments: &Segments,
+    key: &StreamKey,
+    e: &StoredEntry,
+) -> Result<Vec<u8>, StoreError> {
+    let data = segments
+        .read(e.at)
+        .map_err(|err| StoreError::Damaged(format!("{} entry {}: {err}", path_of(key), e.idx)))?;
+    if let Some(want) = e.crc {
+        let got = checksum(&data);
+        if got != want {
+            return Err(StoreError::Damaged(format!(
+                "{} entry {}: checksum mismatch ({} bytes at offset {} of segment {}: \
+                 crc32 {got:08x}, stored {want:08x})",
+                path_of(key),
+                e.idx,
+                e.at.len,
+                e.at.offset,
+                e.at.segment
+            )));
+        }
+    }
+    Ok(data)
+}
+
+/// Reads, checks and decodes a stored entry.
+pub(crate) fn read_entry(
+    segments: &Segments,
+    key: &StreamKey,
+    e: &StoredEntry,
+) -> Result<logpb::LogEntry, StoreError> {
+    decode_entry(key, e.idx, &read_checked(segments, key, e)?)
+}
+
+impl Embedded {
+    /// Opens (or creates) the store in `dir`, starting a new segment file once the active one
+    /// passes `segment_size` bytes. After a crash, SQLite recovers to the last committed
+    /// transaction.
+    ///
+    /// # Errors
+    /// The directory or database cannot be opened, or is damaged.
+    pub fn open(dir: &Path, segment_size: u64) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
+        let lock = lock_dir(dir)?;
+        let path = dir.join("collector.sqlite");
+        let conn = open_conn(&path)?;
+        let damaged = |what: String| {
+            StoreError::Damaged(format!(
+                "{what}; run `logdog_collector verify --data {}` for a full list",
+                dir.display()
+            ))
+        };
+        let check: String = conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+            .map_err(|e| damaged(format!("{}: {e}", path.display())))?;
+        if check != "ok" {
+            return Err(damaged(format!("{}: {check}", path.display())));
+        }
+        let mut version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let has_tables: bool = conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE name = 'entries'")?
+            .exists([])?;
+        if has_tables && version == 2 {
+            // Layout 2 had no checksums or sequences: its rows keep NULLs there.
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE entries ADD COLUMN crc INTEGER;
+                 ALTER TABLE entries ADD COLUMN seq INTEGER;
+                 ALTER TABLE entries ADD COLUMN span INTEGER;
+                 PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+            version = 3;
+        }
+        if has_tables && version == 3 {
+            // Layout 3 had no prefix owners: its prefixes stay unregistered.
+            conn.execute_batch(&format!(
+                "BEGIN;
+                 {PREFIXES_TABLE};
+                 PRAGMA user_version = 4;
+                 COMMIT;"
+            ))?;
+        } else if has_tables && version != LAYOUT_VERSION {
+            return Err(StoreError::Db(format!(
+                "{} was written by another collector version (layout {version}, this one \
+                 reads {LAYOUT_VERSION}); read it with that version or start on a new data \
+                 directory",
+                path.display()
+            )));
+        }
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS streams (
+                 id INTEGER PRIMARY KEY,
+                 project TEXT NOT NULL,
+                 prefix TEXT NOT NULL,
+                 name TEXT NOT NULL,
+                 record BLOB NOT NULL,
+                 UNIQUE (project, prefix, name));
+             CREATE TABLE IF NOT EXISTS entries (
+                 stream_id INTEGER NOT NULL,
+                 idx INTEGER NOT NULL,
+                 seg INTEGER NOT NULL,
+                 off INTEGER NOT NULL,
+                 len INTEGER NOT NULL,
+                 crc INTEGER,
+                 seq INTEGER,
+                 span INTEGER,
+                 PRIMARY KEY (stream_id, idx)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS append_end (
+                 one INTEGER PRIMARY KEY CHECK (one = 1),
+                 seg INTEGER NOT NULL,
+                 end_off INTEGER NOT NULL);",
+        )?;
+        conn.execute_batch(PREFIXES_TABLE)?;
+        conn.execute_batch(HEARTBEAT_TABLE)?;
+        conn.pragma_update(None, "user_version", LAYOUT_VERSION)?;
+        // The end of the last committed entry: appends resume there.
+        let newest: Option<(u32, u64)> = conn
+            .query_row(
+                "SELECT seg, end_off FROM append_end WHERE one = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?;
+        let seg_dir = dir.join("segments");
+        let appender = Appender::open(&seg_dir, newest, segment_size).map_err(StoreError::Db)?;
+        let short = short_segments(&conn, &seg_dir)?;
+        if !short.is_empty() {
+            return Err(damaged(short.join("; ")));
+        }
+        Ok(Self {
+            _lock: lock,
+            path,
+            writer: FairLock::new(Writer { conn, appender }),
+            readers: Mutex::new(Vec::new()),
+            segments: Segments::new(&seg_dir),
+        })
+    }
+
+    fn probe(&self) -> Result<(), Unwritable> {
+        use std::io::Write;
+        let db = &self.path;
+        let dir = db.parent().unwrap_or(Path::new("."));
+        let probe = dir.join(PROBE_FILE);
+        std::fs::File::create(&probe)
+            .and_then(|mut f| f.write_all(&[0; 512]))
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| {
+                Unwritable(format!(
+                    "the data directory {} cannot take a file: {e}",
+                    dir.display()
+                ))
+            })?;
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        let writer = self.writer.lock();
+        writer
+            .conn
+            .prepare_cached(
+                "INSERT INTO heartbeat (one, at) VALUES (1, ?1) \
+                 ON CONFLICT (one) DO UPDATE SET at = excluded.at",
+            )
+            .and_then(|mut st| st.execute(params![secs]))
+            .map_err(|e| Unwritable(format!("{} refuses a write: {e}", db.display())))?;
+        Ok(())
+    }
+
+    /// Runs `f` on an idle read connection (opening one if none is idle).
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => open_conn(&self.path)?,
+        };
+        let out = f(&conn);
+        let mut idle = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        // A burst of readers opens as many connections as run at once; only a few are kept
+        // (each holds descriptors for the database, its WAL and its shared memory).
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+
+    /// Stores `streams` in one transaction, behind the one writer.
+    fn write_locked(
+        &self,
+        project: &str,
+        prefix: &str,
+        claim: &Claim<'_>,
+        streams: &[CheckedEntry],
+    ) -> Result<Result<WriteOutcome, NotOwner>, StoreError> {
+        let mut writer = self.writer.lock();
+        let Writer { conn, appender } = &mut *writer;
+        appender.rotate_if_full().map_err(segment_error)?;
+        let res = Self::write_tx(
+            conn,
+            appender,
+            &self.segments,
+            project,
+            prefix,
+            claim,
+            streams,
+        );
+        if !matches!(res, Ok(Ok(_))) {
+            appender.abandon();
+        }
+        res
+    }
+
+    fn write_tx(
+        conn: &mut Connection,
+        appender: &mut Appender,
+        segments: &Segments,
+        project: &str,
+        prefix: &str,
+        claim: &Claim<'_>,
+        streams: &[CheckedEntry],
+    ) -> Result<Result<WriteOutcome, NotOwner>, StoreError> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = {
+            let mut w = Tx {
+                tx: &tx,
+                appender: &mut *appender,
+                segments,
+            };
+            match write_tx(&mut w, project, prefix, claim, streams)? {
+                Ok(out) => out,
+                // Dropping `tx` rolls it back: nothing of the bundle is stored.
+                Err(refused) => return Ok(Err(refused)),
+            }
+        };
+        if appender.has_pending() {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO append_end (one, seg, end_off) VALUES (1, ?1, ?2)",
+            )?
+            .execute(params![appender.segment(), appender.next_offset() as i64])?;
+        }
+        // The bytes are durable before the rows that point at them commit.
+        appender.flush().map_err(segment_error)?;
+        tx.commit()?;
+        Ok(Ok(out))
+    }
+}
+
+/// One write transaction of the embedded store.
+struct Tx<'a> {
+    tx: &'a Transaction<'a>,
+    appender: &'a mut Appender,
+    segments: &'a Segments,
+}
+
+impl super::Stored for StoredEntry {
+    fn idx(&self) -> u64 {
+        self.idx
+    }
+    fn seq(&self) -> Option<Sequence> {
+        self.seq
+    }
+}
+
+impl WriteTx for Tx<'_> {
+    type Stored = StoredEntry;
+
+    fn owner(&mut self, project: &str, prefix: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT secret_sha256 FROM prefixes WHERE project = ?1 AND prefix = ?2",
+            )?
+            .query_row(params![project, prefix], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn prefix_written(&mut self, project: &str, prefix: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT 1 FROM streams WHERE project = ?1 AND prefix = ?2 LIMIT 1")?
+            .exists(params![project, prefix])?)
+    }
+
+    fn register(
+        &mut self,
+        project: &str,
+        prefix: &str,
+        hash: &[u8; 32],
+        at_secs: i64,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO prefixes (project, prefix, secret_sha256, registered)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![project, prefix, hash.as_slice(), at_secs])?;
+        Ok(())
+    }
+
+    fn find(&mut self, key: &StreamKey) -> Result<Option<StreamRecord>, StoreError> {
+        record(self.tx, key)
+    }
+
+    fn create(&mut self, key: &StreamKey) -> Result<u64, StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO streams (project, prefix, name, record) VALUES (?1, ?2, ?3, x'')",
+            )?
+            .execute(params![key.project, key.prefix, key.name])?;
+        Ok(self.tx.last_insert_rowid() as u64)
+    }
+
+    fn nearby(
+        &mut self,
+        id: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Result<super::Nearby<StoredEntry>, StoreError> {
+        let (id, lo, hi) = (id as i64, lo as i64, hi as i64);
+        let at = self
+            .tx
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 AND idx BETWEEN ?2 AND ?3"
+            ))?
+            .query_map(params![id, lo, hi], stored_entry)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let before = self
+            .tx
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 AND idx < ?2
+                 ORDER BY idx DESC LIMIT 1"
+            ))?
+            .query_row(params![id, lo], stored_entry)
+            .optional()?;
+        let after = self
+            .tx
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 AND idx > ?2
+                 ORDER BY idx LIMIT 1"
+            ))?
+            .query_row(params![id, hi], stored_entry)
+            .optional()?;
+        Ok(super::Nearby { at, before, after })
+    }
+
+    fn past(&mut self, id: u64, t: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT 1 FROM entries WHERE stream_id = ?1 AND idx > ?2 LIMIT 1")?
+            .exists(params![id as i64, t])?)
+    }
+
+    fn stored_bytes(&mut self, key: &StreamKey, e: &StoredEntry) -> Result<Vec<u8>, StoreError> {
+        read_checked(self.segments, key, e)
+    }
+
+    fn insert(
+        &mut self,
+        _key: &StreamKey,
+        id: u64,
+        new: &[NewEntry<'_>],
+    ) -> Result<(), StoreError> {
+        let mut insert = self.tx.prepare_cached(
+            "INSERT INTO entries (stream_id, idx, seg, off, len, crc, seq, span)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for e in new {
+            insert.execute(params![
+                id as i64,
+                e.idx as i64,
+                self.appender.segment(),
+                self.appender.next_offset() as i64,
+                e.raw.len() as i64,
+                i64::from(checksum(e.raw)),
+                e.seq.map(|s| s.sequence as i64),
+                e.seq.map(|s| s.span as i64)
+            ])?;
+            self.appender.push(e.raw.clone());
+        }
+        Ok(())
+    }
+
+    fn contiguous(&mut self, id: u64, from: u64) -> Result<u64, StoreError> {
+        let mut has = self
+            .tx
+            .prepare_cached("SELECT 1 FROM entries WHERE stream_id = ?1 AND idx = ?2")?;
+        let mut at = from;
+        while has.exists(params![id as i64, at as i64])? {
+            at += 1;
+        }
+        Ok(at)
+    }
+
+    fn update(&mut self, _key: &StreamKey, rec: &StreamRecord) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE streams SET record = ?2 WHERE id = ?1")?
+            .execute(params![rec.id as i64, rec.encode_to_vec()])?;
+        Ok(())
+    }
+}
+
+/// A mutex handed out in arrival order: a writer that takes it again right after releasing it
+/// queues behind those already waiting, so a long run of parts cannot starve other writers (a
+/// plain mutex lets the releasing thread win again and again).
+#[derive(Debug)]
+struct FairLock<T> {
+    state: Mutex<Tickets>,
+    turn: std::sync::Condvar,
+    value: Mutex<T>,
+}
+
+#[derive(Debug, Default)]
+struct Tickets {
+    next: u64,
+    serving: u64,
+}
+
+/// Holds a [`FairLock`]; the next ticket is served when dropped.
+struct FairGuard<'a, T> {
+    lock: &'a FairLock<T>,
+    value: std::sync::MutexGuard<'a, T>,
+}
+
+impl<T> FairLock<T> {
+    fn new(value: T) -> Self {
+        Self {
+            state: Mutex::new(Tickets::default()),
+            turn: std::sync::Condvar::new(),
+            value: Mutex::new(value),
+        }
+    }
+
+    fn lock(&self) -> FairGuard<'_, T> {
+        let mut t = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = t.next;
+        t.next += 1;
+        while t.serving != mine {
+            t = self.turn.wait(t).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(t);
+        FairGuard {
+            lock: self,
+            value: self.value.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for FairGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> std::ops::DerefMut for FairGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.value
+    }
+}
+
+impl<T> Drop for FairGuard<'_, T> {
+    fn drop(&mut self) {
+        let mut t = self.lock.state.lock().unwrap_or_else(|e| e.into_inner());
+        t.serving += 1;
+        drop(t);
+        self.lock.turn.notify_all();
+    }
+}
+
+/// Takes the data directory's lock, or names who holds it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Db(format!("{}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {
+            // Who holds it, for the message another collector prints.
+            let _ = file
+                .set_len(0)
+                .and_then(|()| file.seek(std::io::SeekFrom::Start(0)))
+                .and_then(|_| writeln!(file, "{}", std::process::id()));
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {holder})")
+            };
+            Err(StoreError::InUse(format!(
+                "{} is in use by another collector{who}: two collectors on one data \
+                 directory would corrupt it",
+                dir.display()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::Db(format!("{}: {e}", path.display())))
+        }
+    }
+}
+
+/// Segments shorter than the entries the index places in them, one message each.
+fn short_segments(conn: &Connection, seg_dir: &Path) -> Result<Vec<String>, StoreError> {
+    let mut q = conn.prepare("SELECT seg, MAX(off + len) FROM entries GROUP BY seg")?;
+    let ends = q
+        .query_map([], |r| {
+            Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    for (seg, end) in ends {
+        let path = crate::segments::segment_path(seg_dir, seg);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() >= end => {}
+            Ok(m) => out.push(format!(
+                "{} holds {} bytes but the index has entries up to byte {end}",
+                path.display(),
+                m.len()
+            )),
+            Err(e) => out.push(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok(out)
+}
+
+fn record(conn: &Connection, key: &StreamKey) -> Result<Option<StreamRecord>, StoreError> {
+    let blob: Option<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT record FROM streams WHERE project = ?1 AND prefix = ?2 AND name = ?3",
+        )?
+        .query_row(params![key.project, key.prefix, key.name], |r| r.get(0))
+        .optional()?;
+    blob.map(|b| decode_record(&b)).transpose()
+}
+
+/// Decodes the record in column `col` of a row.
+fn record_at(row: &rusqlite::Row<'_>, col: usize) -> Result<StreamRecord, StoreError> {
+    decode_record(
+        row.get_ref(col)?
+            .as_blob()
+            .map_err(|e| StoreError::Db(e.to_string()))?,
+    )
+}
+
+impl Backend for Embedded {
+    fn write_part(
+        &self,
+        project: &str,
+        prefix: &str,
+        claim: &Claim<'_>,
+        streams: &[CheckedEntry],
+    ) -> Result<Result<WriteOutcome, NotOwner>, StoreError> {
+        self.write_locked(project, prefix, claim, streams)
+    }
+
+    fn record(&self, key: &StreamKey) -> Result<Option<StreamRecord>, StoreError> {
+        self.read(|c| record(c, key))
+    }
+
+    fn records(&self, project: &str) -> Result<Vec<(StreamKey, StreamRecord)>, StoreError> {
+        self.read(|c| {
+            let mut q =
+                c.prepare_cached("SELECT prefix, name, record FROM streams WHERE project = ?1")?;
+            let mut rows = q.query(params![project])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let key = StreamKey {
+                    project: project.to_string(),
+                    prefix: row.get(0)?,
+                    name: row.get(1)?,
+                };
+                out.push((key, record_at(row, 2)?));
+            }
+            Ok(out)
+        })
+    }
+
+    fn prefix_records(&self, project: &str, prefix: &str) -> Result<Vec<StreamRecord>, StoreError> {
+        self.read(|c| {
+            let mut q =
+                c.prepare_cached("SELECT record FROM streams WHERE project = ?1 AND prefix = ?2")?;
+            let mut rows = q.query(params![project, prefix])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(record_at(row, 0)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn entries(
+        &self,
+        key: &StreamKey,
+        from: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<logpb::LogEntry>, StoreError> {
+        self.read(|c| {
+            let Some(rec) = record(c, key)? else {
+                return Ok(Vec::new());
+            };
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries
+                 WHERE stream_id = ?1 AND idx >= ?2 ORDER BY idx"
+            ))?;
+            let mut rows = q.query(params![rec.id as i64, from as i64])?;
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            let mut expect = from;
+            while let Some(row) = rows.next()? {
+                let stored = stored_entry(row)?;
+                if stored.idx != expect
+                    || out.len() >= max_count
+                    || (bytes >= max_bytes && !out.is_empty())
+                {
+                    break;
+                }
+                bytes += stored.at.len as usize;
+                out.push(read_entry(&self.segments, key, &stored)?);
+                expect += 1;
+            }
+            Ok(out)
+        })
+    }
+
+    fn last_entries(&self, key: &StreamKey, n: usize) -> Result<Vec<logpb::LogEntry>, StoreError> {
+        self.read(|c| {
+            let Some(rec) = record(c, key)? else {
+                return Ok(Vec::new());
+            };
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE stream_id = ?1 ORDER BY idx DESC LIMIT ?2"
+            ))?;
+            let mut rows = q.query(params![rec.id as i64, n as i64])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let stored = stored_entry(row)?;
+                out.push(read_entry(&self.segments, key, &stored)?);
+            }
+            out.reverse();
+            Ok(out)
+        })
+    }
+
+    fn prefix_registered(&self, project: &str, prefix: &str) -> Result<bool, StoreError> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT 1 FROM prefixes WHERE project = ?1 AND prefix = ?2")?
+                    .exists(params![project, prefix])?,
+            )
+        })
+    }
+
+    fn projects(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut q =
+                c.prepare_cached("SELECT DISTINCT project FROM streams ORDER BY project")?;
+            let rows = q.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn probe_writable(&self) -> Result<(), Unwritable> {
+        self.probe()
+    }
+
+    /// The database, its journal and the segments.
+    fn disk_bytes(&self) -> u64 {
+        fn files(dir: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(std::fs::Metadata::is_file)
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    // Blocks allocated: space given back by retention no longer counts.
+                    m.len().min(m.blocks() * 512)
+                })
+                .sum()
+        }
+        let Some(dir) = self.path.parent() else {
+            return 0;
+        };
+        files(dir) + files(&dir.join("segments"))
+    }
+
+    fn remove(&self, streams: &[StreamKey], cutoff_ms: i64) -> Result<Vec<StreamKey>, StoreError> {
+        self.remove_streams(streams, cutoff_ms)
+    }
+
+    fn follow_changes(&self, _changed: Box<dyn Fn(Vec<StreamKey>) + Send + Sync>) {
+        // One collector owns the directory: it sees its own writes.
+    }
+
+    fn keep(
+        &self,
+        _mine: &[StreamKey],
+        _ttl: std::time::Duration,
+    ) -> Result<Vec<StreamKey>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+impl Embedded {
+    /// Removes `streams` last written at or before `cutoff_ms` (rows in one transaction behind
+    /// the writer), then gives their bytes' space back (see [`Segments::release`]).
+    fn remove_streams(
+        &self,
+        streams: &[StreamKey],
+        cutoff_ms: i64,
+    ) -> Result<Vec<StreamKey>, StoreError> {
+        let mut writer = self.writer.lock();
+        let active = writer.appender.segment();
+        let tx = writer
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut removed = Vec::new();
+        let mut freed = Vec::new();
+        let mut touched_segments = std::collections::BTreeSet::new();
+        for key in streams {
+            let Some(rec) = record(&tx, key)? else {
+                continue;
+            };
+            // Written since it was picked: kept.
+            if rec.last_write_ms() > cutoff_ms {
+                continue;
+            }
+            let id = rec.id as i64;
+            let mut q =
+                tx.prepare_cached("SELECT seg, off, len FROM entries WHERE stream_id = ?1")?;
+            for loc in q.query_map(params![id], |r| location(r, 0))? {
+                let loc = loc?;
+                touched_segments.insert(loc.segment);
+                freed.push(loc);
+            }
+            tx.prepare_cached("DELETE FROM entries WHERE stream_id = ?1")?
+                .execute(params![id])?;
+            tx.prepare_cached("DELETE FROM streams WHERE id = ?1")?
+                .execute(params![id])?;
+            // A prefix with no streams left loses its owner too.
+            tx.prepare_cached(
+                "DELETE FROM prefixes WHERE project = ?1 AND prefix = ?2
+                 AND NOT EXISTS (SELECT 1 FROM streams WHERE project = ?1 AND prefix = ?2)",
+            )?
+            .execute(params![key.project, key.prefix])?;
+            removed.push(key.clone());
+        }
+        // One scan of the index tells which segments still hold entries.
+        let used = tx
+            .prepare_cached("SELECT DISTINCT seg FROM entries")?
+            .query_map([], |r| r.get::<_, u32>(0))?
+            .collect::<Result<std::collections::BTreeSet<u32>, _>>()?;
+        let dead: Vec<u32> = touched_segments
+            .into_iter()
+            .filter(|seg| !used.contains(seg) && *seg != active)
+            .collect();
+        tx.commit()?;
+        drop(writer);
+        self.segments.release(&freed, &dead);
+        Ok(removed)
+    }
+}
