@@ -272,6 +272,7 @@ fn pipe_and_resume_list_and_take_only_the_flags_that_apply() {
         "--include",
         "--spool",
         "--mask-env",
+        "--grpc-compression",
     ] {
         assert!(!pipe.contains(&f.to_string()), "pipe lists {f}: {pipe:?}");
         assert!(
@@ -301,6 +302,7 @@ fn pipe_and_resume_list_and_take_only_the_flags_that_apply() {
         "--flush-timeout",
         "--token-file",
         "--result-path",
+        "--grpc-compression",
     ] {
         assert!(
             resume.contains(&f.to_string()),

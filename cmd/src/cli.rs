@@ -43,8 +43,10 @@ pub struct Global {
     /// Where bundles go: `log` (stderr), `null`, `directory:PATH`, `grpc://HOST:PORT` (a
     /// collector), `grpcs://HOST:PORT` (a collector over TLS), or a GELF receiver (Graylog):
     /// `gelf+udp://HOST:PORT[?compress=gzip|zlib|none&chunk-size=N]`, `gelf+tcp://HOST:PORT`
-    /// or `gelf+tls://HOST:PORT`. Repeat it to send every bundle to several outputs (at most
-    /// one collector).
+    /// or `gelf+tls://HOST:PORT`. Several collectors: `grpc://HOST:PORT,HOST:PORT` (bundles
+    /// are spread over them; one that fails is left out for a while and its bundles go to
+    /// the others). Repeat the flag to send every bundle to several outputs (at most one
+    /// collector output).
     #[arg(
         long = "output",
         value_name = "OUTPUT",
@@ -69,9 +71,20 @@ pub struct Global {
     #[arg(long, global = true, value_name = "DIR")]
     pub spool: Option<PathBuf>,
     /// With `grpcs://` or `gelf+tls://`: trust this CA certificate (PEM) for the receiver
-    /// instead of the system's roots.
+    /// (every collector of a list) instead of the system's roots.
     #[arg(long, global = true, value_name = "PEM")]
     pub ca_cert: Option<PathBuf>,
+    /// With a collector: compress the bundles sent to it with zstd or gzip, or not at all
+    /// (off). `auto` is zstd to a collector on another machine and off to one on this machine
+    /// (localhost, 127.0.0.0/8, ::1). A collector that does not accept compressed bundles is
+    /// sent them uncompressed.
+    #[arg(
+        long,
+        global = true,
+        value_name = "auto|off|gzip|zstd",
+        default_value = "auto"
+    )]
+    pub grpc_compression: logdog_outputs::grpc::GrpcCompression,
     /// With a GELF output: the `host` field of every message [default: this machine's host
     /// name].
     #[arg(long, global = true, value_name = "NAME")]
@@ -140,6 +153,7 @@ const RESUME_FLAGS: &[&str] = &[
     "spool",
     "flush_timeout",
     "ca_cert",
+    "grpc_compression",
     "token_file",
     "log_level",
     "log_format",
@@ -296,9 +310,16 @@ impl Global {
         self.outputs.iter().find(|o| o.collector().is_some())
     }
 
-    /// The collector to send to, if any.
+    /// The collector to send to (the first of a list), if any.
     pub fn collector(&self) -> Option<logdog_outputs::security::Collector> {
         self.collector_output().and_then(OutputSpec::collector)
+    }
+
+    /// Every collector to send to (`grpc://A,B`), in the order given.
+    pub fn collectors(&self) -> Vec<logdog_outputs::security::Collector> {
+        self.collector_output()
+            .map(OutputSpec::collectors)
+            .unwrap_or_default()
     }
 
     /// The outputs as given, for messages: `grpc://h:7431 and directory:out`.

@@ -167,8 +167,10 @@ pub fn client_security(g: &Global) -> Result<ClientSecurity, Failure> {
     let token = Token::from_file_or_env(g.token_file.as_deref(), std::env::var_os(TOKEN_ENV))
         .map_err(Failure::Usage)?;
     let security = ClientSecurity { ca, token };
-    if let Some(w) = security.cleartext_warning(&collector) {
-        say!("warning: {w}");
+    for c in g.collectors() {
+        if let Some(w) = security.cleartext_warning(&c) {
+            say!("warning: {w}");
+        }
     }
     Ok(security)
 }
@@ -192,26 +194,23 @@ pub fn build_output(g: &Global, upload_in_flight: usize) -> Result<Outputs, Fail
         let open_failed = |e: &dyn std::fmt::Display| {
             Failure::Runtime(anyhow::anyhow!("cannot open output {spec}: {e}"))
         };
-        let out: Arc<dyn Output> = match spec.collector() {
-            Some(collector) => {
-                let security = client_security(g)?;
-                let mut out =
-                    GrpcOutput::connect(&collector, &security).map_err(|e| open_failed(&e))?;
-                if let Some(dir) = &g.spool {
-                    let spool = Spool::open(dir).map_err(|e| match e {
-                        SpoolError::Locked(_) => Failure::Runtime(anyhow::anyhow!("{e}")),
-                        other => {
-                            Failure::Runtime(anyhow::anyhow!("cannot open the spool: {other}"))
-                        }
-                    })?;
-                    out = out.with_spool(spool, upload_in_flight);
-                }
-                let out = Arc::new(out);
-                grpc = Some(out.clone());
-                out
+        let collectors = spec.collectors();
+        let out: Arc<dyn Output> = if collectors.is_empty() {
+            logdog_outputs::build_output(&g.resolve_output(spec)).map_err(|e| open_failed(&e))?
+        } else {
+            let security = client_security(g)?;
+            let mut out = GrpcOutput::connect_all(&collectors, &security, g.grpc_compression)
+                .map_err(|e| open_failed(&e))?;
+            if let Some(dir) = &g.spool {
+                let spool = Spool::open(dir).map_err(|e| match e {
+                    SpoolError::Locked(_) => Failure::Runtime(anyhow::anyhow!("{e}")),
+                    other => Failure::Runtime(anyhow::anyhow!("cannot open the spool: {other}")),
+                })?;
+                out = out.with_spool(spool, upload_in_flight);
             }
-            None => logdog_outputs::build_output(&g.resolve_output(spec))
-                .map_err(|e| open_failed(&e))?,
+            let out = Arc::new(out);
+            grpc = Some(out.clone());
+            out
         };
         built.push((spec.to_string(), out));
     }
@@ -331,34 +330,66 @@ const REACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// With a collector output: checks, beside the command (which does not wait for it), that
 /// the collector accepts connections, and if it does not says so once, with what happens to
-/// the logs. Says nothing when it does.
+/// the logs. Says nothing when it does. With several collectors, each is checked: one that
+/// cannot be reached is named, with the others taking its bundles.
 fn check_collector(g: &Global) {
-    let Some(collector) = g.collector() else {
+    let collectors = g.collectors();
+    if collectors.is_empty() {
         return;
-    };
+    }
+    let one = if collectors.len() == 1 { "it" } else { "one" };
     let then = match &g.spool {
         Some(dir) => format!(
-            "the logs are kept in the spool {} and sent once it can be reached (what is left \
-             at the end stays there for `resume`)",
+            "the logs are kept in the spool {} and sent once {one} can be reached (what is \
+             left at the end stays there for `resume`)",
             dir.display()
         ),
         None => format!(
-            "the logs are held in memory and sent again until it can be reached; at the end \
-             the butler waits at most --flush-timeout ({}) and reports what was not delivered \
-             as LOST",
+            "the logs are held in memory and sent again until {one} can be reached; at the \
+             end the butler waits at most --flush-timeout ({}) and reports what was not \
+             delivered as LOST",
             humantime::format_duration(g.flush_timeout)
         ),
     };
-    let addr = collector.host_port;
+    let addrs: Vec<String> = collectors.into_iter().map(|c| c.host_port).collect();
     tokio::spawn(async move {
-        let why = match tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect(&addr))
-            .await
-        {
-            Ok(Ok(_)) => return,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {}s", REACH_TIMEOUT.as_secs()),
-        };
-        say!("cannot reach the collector at {addr} ({why}); {then}");
+        // Every address at once.
+        let checks: Vec<_> = addrs
+            .iter()
+            .cloned()
+            .map(|addr| {
+                tokio::spawn(async move {
+                    match tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect(&addr))
+                        .await
+                    {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => Some(format!("no answer within {}s", REACH_TIMEOUT.as_secs())),
+                    }
+                })
+            })
+            .collect();
+        let mut down = Vec::new();
+        for (addr, check) in addrs.iter().zip(checks) {
+            if let Ok(Some(why)) = check.await {
+                down.push(format!("{addr} ({why})"));
+            }
+        }
+        if down.is_empty() {
+            return;
+        }
+        if addrs.len() == 1 {
+            say!("cannot reach the collector at {}; {then}", down.concat());
+        } else if down.len() < addrs.len() {
+            for d in &down {
+                say!(
+                    "cannot reach the collector at {d}; its bundles go to the other \
+                     collectors, and it is tried again from time to time"
+                );
+            }
+        } else {
+            say!("cannot reach any collector: {}; {then}", down.join(", "));
+        }
     });
 }
 

@@ -11,6 +11,7 @@ use logdog_proto::logdog::collector::logs_server::{Logs, LogsServer};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::Stream;
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{self, Auth, Denied, Right};
@@ -77,13 +78,23 @@ pub fn services_secured(
         watchers: watchers.clone(),
         auth: auth.clone(),
     })
-    .max_decoding_message_size(MAX_BUNDLE_SIZE * 2);
+    .max_decoding_message_size(MAX_BUNDLE_SIZE * 2)
+    // Butlers may compress their bundles (`--grpc-compression`); answers are compressed
+    // only for a client that asks for it.
+    .accept_compressed(CompressionEncoding::Zstd)
+    .accept_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Zstd)
+    .send_compressed(CompressionEncoding::Gzip);
     let logs = LogsServer::new(LogsService {
         store,
         watchers,
         auth,
     })
-    .max_encoding_message_size(64 * 1024 * 1024);
+    .max_encoding_message_size(64 * 1024 * 1024)
+    .accept_compressed(CompressionEncoding::Zstd)
+    .accept_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Zstd)
+    .send_compressed(CompressionEncoding::Gzip);
     (collector, logs)
 }
 

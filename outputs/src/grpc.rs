@@ -20,6 +20,25 @@
 //! it is sent and discarded once acknowledged, so a bundle survives the butler's own crash;
 //! the uploader it starts sends what an earlier butler left in the spool first.
 //!
+//! # Several collectors
+//! With several addresses (`--output grpc://A:7431,B:7431`, [`GrpcOutput::connect_all`]),
+//! bundles are spread over the collectors that are up, in turn. A send that fails with a
+//! retriable error (unavailable, connection refused or reset, deadline) is sent again at once
+//! to another collector, and the one that failed is marked down for a while (a backoff per
+//! address, from [`ADDRESS_DOWN_INITIAL`] doubling up to [`ADDRESS_DOWN_MAX`]) before it is
+//! given bundles again. While every collector is down, a bundle waits and retries as with one
+//! address. A collector whose store is damaged, or whose TLS handshake fails for good, gets
+//! nothing more; only once every collector is in that state does sending stop. A bundle may
+//! reach two collectors (the first stored it but did not answer): collectors keep one entry
+//! per stream index, so that is harmless. One address behaves as it always did.
+//!
+//! # Compression
+//! [`GrpcCompression`] (`--grpc-compression`): requests are compressed with zstd or gzip, or
+//! not at all; `auto` compresses with zstd to a collector on another machine and not to one
+//! on this machine (loopback). A collector that does not accept the encoding (it answers
+//! `UNIMPLEMENTED`) is sent uncompressed bundles from then on: the refusal is logged once and
+//! the bundle sent again at once.
+//!
 //! # Security
 //! [`GrpcOutput::connect`] reaches a `grpcs://` collector over TLS, sends the bearer token (if
 //! any) with every call, and makes a fresh random prefix secret that goes into every bundle
@@ -45,6 +64,7 @@ use logdog_proto::types::PREFIX_SECRET_LEN;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint};
 use tokio::task::JoinSet;
+use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -75,8 +95,68 @@ const HEALTHY_BACKLOG: u64 = (DEFAULT_UPLOAD_IN_FLIGHT * DEFAULT_MAX_BUNDLE_SIZE
 /// How often an append waiting for disk space tries again.
 const FULL_RETRY: Duration = Duration::from_secs(1);
 /// "Collector unavailable" warnings: the first, then at most one per this period (with the
-/// number left out), whatever the number of bundles retrying.
+/// number left out) and address, whatever the number of bundles retrying.
 pub const UNAVAILABLE_WARN_EVERY: Duration = Duration::from_secs(30);
+/// With several collectors: how long one that failed is first left out (then twice as long
+/// after each failure in a row, with jitter).
+pub const ADDRESS_DOWN_INITIAL: Duration = Duration::from_millis(500);
+/// With several collectors: the longest time one that keeps failing is left out before a
+/// bundle tries it again.
+pub const ADDRESS_DOWN_MAX: Duration = Duration::from_secs(30);
+
+/// How requests to the collector are compressed (`--grpc-compression`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GrpcCompression {
+    /// zstd to a collector on another machine, none to one on this machine (`localhost`,
+    /// 127.0.0.0/8, `::1`).
+    #[default]
+    Auto,
+    /// None.
+    Off,
+    /// gzip.
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+impl GrpcCompression {
+    /// The encoding of requests to `collector`, `None` for none.
+    pub fn for_collector(self, collector: &Collector) -> Option<CompressionEncoding> {
+        match self {
+            Self::Auto if collector.is_loopback() => None,
+            Self::Auto | Self::Zstd => Some(CompressionEncoding::Zstd),
+            Self::Off => None,
+            Self::Gzip => Some(CompressionEncoding::Gzip),
+        }
+    }
+}
+
+impl std::str::FromStr for GrpcCompression {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "off" => Ok(Self::Off),
+            "gzip" => Ok(Self::Gzip),
+            "zstd" => Ok(Self::Zstd),
+            _ => Err(format!(
+                "unknown compression {s:?}: expected auto, off, gzip or zstd"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for GrpcCompression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Off => "off",
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+        })
+    }
+}
 
 /// Rate limit of a repeated warning: the first is logged, then at most one per period, which
 /// says how many were left out since the last one logged.
@@ -120,17 +200,170 @@ pub struct GrpcOutput {
     tasks: Vec<tokio::task::AbortHandle>,
 }
 
+/// A client of one collector.
+type Client = CollectorClient<InterceptedService<Channel, BearerAuth>>;
+
+/// One collector address and what is known of it.
+#[derive(Debug)]
+struct Target {
+    client: Client,
+    /// The collector, with its scheme.
+    collector: Collector,
+    /// The encoding asked for (`--grpc-compression`).
+    wanted: Option<CompressionEncoding>,
+    /// The encoding of requests: `wanted`, until the collector refuses it.
+    encoding: std::sync::Mutex<Option<CompressionEncoding>>,
+    /// Set once a TLS handshake with the collector failed for good: the message.
+    tls_failed: std::sync::Mutex<Option<String>>,
+    /// Set once the collector reported its store damaged (`DATA_LOSS`): its message.
+    broken: std::sync::Mutex<Option<String>>,
+    /// Failures in a row, and until when it is left out.
+    down: std::sync::Mutex<Down>,
+    /// Rate limit of its "collector unavailable" warnings, shared by every bundle in flight.
+    unavailable_warnings: std::sync::Mutex<WarnLimit>,
+}
+
+/// Failures in a row of one collector, and until when it is left out.
+#[derive(Debug, Default)]
+struct Down {
+    fails: u32,
+    until: Option<tokio::time::Instant>,
+}
+
+/// The collector a bundle goes to next.
+enum Pick {
+    /// One that is up (the next in turn).
+    Up(usize),
+    /// Every usable one is down: the one back soonest.
+    Down(usize),
+    /// None can be used any more.
+    Unusable,
+}
+
+impl Target {
+    fn new(
+        collector: &Collector,
+        security: &ClientSecurity,
+        compression: GrpcCompression,
+    ) -> Result<Self, OutputError> {
+        let endpoint = collector
+            .endpoint(security.ca.as_ref())
+            .map_err(OutputError::Other)?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let auth = BearerAuth::new(security.token.as_ref()).map_err(OutputError::Other)?;
+        let client = CollectorClient::with_interceptor(endpoint.connect_lazy(), auth)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024);
+        let wanted = compression.for_collector(collector);
+        Ok(Self {
+            client,
+            collector: collector.clone(),
+            wanted,
+            encoding: std::sync::Mutex::new(wanted),
+            tls_failed: Default::default(),
+            broken: Default::default(),
+            down: Default::default(),
+            unavailable_warnings: std::sync::Mutex::new(WarnLimit::new(UNAVAILABLE_WARN_EVERY)),
+        })
+    }
+
+    /// The same collector and connection, with nothing known of it yet.
+    fn fresh(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            collector: self.collector.clone(),
+            wanted: self.wanted,
+            encoding: std::sync::Mutex::new(self.wanted),
+            tls_failed: Default::default(),
+            broken: Default::default(),
+            down: Default::default(),
+            unavailable_warnings: std::sync::Mutex::new(WarnLimit::new(UNAVAILABLE_WARN_EVERY)),
+        }
+    }
+
+    fn encoding(&self) -> Option<CompressionEncoding> {
+        *self.encoding.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The collector refused requests compressed with `enc`: sends them uncompressed from
+    /// now on (said once).
+    fn refuse_encoding(&self, enc: CompressionEncoding, status: &Status) {
+        let mut e = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
+        if *e == Some(enc) {
+            *e = None;
+            tracing::warn!(
+                collector = %self.collector,
+                encoding = %enc,
+                error = %status.message(),
+                "the collector does not accept compressed bundles (an older collector?); \
+                 sending to it uncompressed"
+            );
+        }
+    }
+
+    fn tls_failure(&self) -> Option<String> {
+        self.tls_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether it may still be sent bundles (no damaged store, no TLS failure).
+    fn usable(&self) -> bool {
+        self.failure().is_none() && self.tls_failure().is_none()
+    }
+
+    /// Until when it is left out, if it is.
+    fn down_until(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let d = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        d.until.filter(|u| *u > now)
+    }
+
+    /// A call failed: leaves it out for a while, longer after each failure in a row (calls
+    /// that fail while it is already left out do not lengthen it).
+    fn mark_down(&self, now: tokio::time::Instant) {
+        let mut d = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        if d.until.is_some_and(|u| u > now) {
+            return;
+        }
+        let wait = jittered(
+            ADDRESS_DOWN_INITIAL
+                .saturating_mul(1 << d.fails.min(16))
+                .min(ADDRESS_DOWN_MAX),
+        );
+        d.fails = d.fails.saturating_add(1);
+        d.until = Some(now + wait);
+    }
+
+    /// A call succeeded: it is up.
+    fn mark_up(&self) {
+        let mut d = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        if d.fails > 0 {
+            tracing::info!(collector = %self.collector, failures = d.fails, "collector reachable again");
+        }
+        *d = Down::default();
+    }
+}
+
 /// What the output and its background tasks share.
 #[derive(Debug)]
 struct Shared {
-    client: CollectorClient<InterceptedService<Channel, BearerAuth>>,
-    target: String,
-    /// The collector, with its scheme.
-    collector: Collector,
+    /// The collectors, in the order given.
+    targets: Vec<Target>,
+    /// The turn of the next bundle, for spreading bundles over the collectors.
+    next: std::sync::atomic::AtomicUsize,
     /// This butler's prefix secret, sent in every bundle.
     secret: Option<Bytes>,
-    /// Set once a TLS handshake with the collector failed for good: the message.
-    tls_failed: std::sync::Mutex<Option<String>>,
     stats: StatsCounter,
     spool: Option<Arc<Spool>>,
     /// The last call to the collector succeeded (or none was made yet).
@@ -140,10 +373,6 @@ struct Shared {
     /// What each record this butler spooled carries, by (segment, offset): counted when the
     /// record is acknowledged, without decoding it again.
     tallies: std::sync::Mutex<std::collections::HashMap<(u32, u64), Tally>>,
-    /// Set once the collector reported its store damaged (`DATA_LOSS`): its message.
-    broken: std::sync::Mutex<Option<String>>,
-    /// Rate limit of the "collector unavailable" warnings, shared by every bundle in flight.
-    unavailable_warnings: std::sync::Mutex<WarnLimit>,
 }
 
 /// Entries and payload bytes acknowledged, by (prefix, stream name).
@@ -259,32 +488,44 @@ impl GrpcOutput {
     /// # Errors
     /// A malformed address, a TLS configuration that cannot be used, no random source.
     pub fn connect(collector: &Collector, security: &ClientSecurity) -> Result<Self, OutputError> {
-        let endpoint = collector
-            .endpoint(security.ca.as_ref())
-            .map_err(OutputError::Other)?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        let auth = BearerAuth::new(security.token.as_ref()).map_err(OutputError::Other)?;
-        let client = CollectorClient::with_interceptor(endpoint.connect_lazy(), auth)
-            .max_decoding_message_size(16 * 1024 * 1024)
-            .max_encoding_message_size(16 * 1024 * 1024);
+        Self::connect_all(
+            std::slice::from_ref(collector),
+            security,
+            GrpcCompression::default(),
+        )
+    }
+
+    /// An output spreading bundles over `collectors` (all `grpc://` or all `grpcs://`, see
+    /// the [module](self) on failover), sending `security`'s token with every call to each,
+    /// compressing requests as `compression` says, with one fresh prefix secret for all.
+    /// Connects lazily.
+    ///
+    /// # Errors
+    /// No collector, a malformed address, a TLS configuration that cannot be used, no random
+    /// source.
+    pub fn connect_all(
+        collectors: &[Collector],
+        security: &ClientSecurity,
+        compression: GrpcCompression,
+    ) -> Result<Self, OutputError> {
+        if collectors.is_empty() {
+            return Err(OutputError::Other("no collector address".into()));
+        }
+        let targets = collectors
+            .iter()
+            .map(|c| Target::new(c, security, compression))
+            .collect::<Result<Vec<_>, _>>()?;
         let secret = crate::security::new_prefix_secret().map_err(OutputError::Other)?;
         Ok(Self {
             shared: Arc::new(Shared {
-                client,
-                target: collector.host_port.clone(),
-                collector: collector.clone(),
+                targets,
+                next: Default::default(),
                 secret: Some(Bytes::copy_from_slice(&secret)),
-                tls_failed: Default::default(),
                 stats: StatsCounter::default(),
                 spool: None,
                 healthy: true.into(),
                 acked: Default::default(),
                 tallies: Default::default(),
-                broken: Default::default(),
-                unavailable_warnings: std::sync::Mutex::new(WarnLimit::new(UNAVAILABLE_WARN_EVERY)),
             }),
             tasks: Vec::new(),
         })
@@ -302,18 +543,14 @@ impl GrpcOutput {
     pub fn with_spool(self, spool: Spool, upload_in_flight: usize) -> Self {
         let spool = Arc::new(spool);
         let shared = Arc::new(Shared {
-            client: self.shared.client.clone(),
-            target: self.shared.target.clone(),
-            collector: self.shared.collector.clone(),
+            targets: self.shared.targets.iter().map(Target::fresh).collect(),
+            next: Default::default(),
             secret: self.shared.secret.clone(),
-            tls_failed: Default::default(),
             stats: StatsCounter::default(),
             spool: Some(spool.clone()),
             healthy: true.into(),
             acked: Default::default(),
             tallies: Default::default(),
-            broken: Default::default(),
-            unavailable_warnings: std::sync::Mutex::new(WarnLimit::new(UNAVAILABLE_WARN_EVERY)),
         });
         let weak = Arc::downgrade(&spool);
         let syncer = tokio::spawn(async move {
@@ -356,13 +593,15 @@ impl GrpcOutput {
 
     /// The collector's message if it reported its store damaged (`DATA_LOSS`): it can store
     /// nothing until repaired, so nothing more is sent (spooled bundles stay in the spool).
+    /// With several collectors, only once none can be sent to any more (each one's message,
+    /// after its address).
     pub fn failure(&self) -> Option<String> {
         self.shared.failure()
     }
 
     /// The reason if a TLS handshake with the collector failed for good (an untrusted
     /// certificate, a server without TLS): nothing more is sent (spooled bundles stay in the
-    /// spool).
+    /// spool). With several collectors, only once none can be sent to any more.
     pub fn tls_failure(&self) -> Option<String> {
         self.shared.tls_failure()
     }
@@ -388,7 +627,7 @@ impl GrpcOutput {
             if spool.is_drained() {
                 return true;
             }
-            if self.shared.failure().is_some() || self.shared.tls_failure().is_some() {
+            if self.shared.unusable() {
                 // The collector can store nothing (or cannot be reached safely): what is left
                 // stays in the spool.
                 return false;
@@ -404,7 +643,7 @@ impl GrpcOutput {
 impl Shared {
     /// Counts a delivered bundle: acknowledged for every stream but those the collector
     /// `refused`, whose entries are lost (with the reason).
-    fn acknowledged(&self, tally: &Tally, refused: &[StreamRefusal]) {
+    fn acknowledged(&self, tally: &Tally, refused: &[StreamRefusal], from: &Collector) {
         if refused.is_empty() {
             let (entries, bytes) = tally.totals();
             self.stats.sent_counts(entries, bytes);
@@ -425,7 +664,7 @@ impl Shared {
                 Some(r) => {
                     let why = refusal_reason(r);
                     tracing::error!(
-                        collector = %self.target,
+                        collector = %from,
                         stream = %name,
                         entries = a.entries,
                         bytes = a.bytes,
@@ -466,54 +705,128 @@ impl Shared {
         }
     }
 
+    /// Whether no collector can be sent to any more (damaged stores, TLS failures).
+    fn unusable(&self) -> bool {
+        !self.targets.iter().any(Target::usable)
+    }
+
+    /// Once no collector can be sent to any more: what `what` says of each (after its
+    /// address when there are several), if it says anything of one.
+    fn when_unusable(&self, what: impl Fn(&Target) -> Option<String>) -> Option<String> {
+        if !self.unusable() {
+            return None;
+        }
+        if let [t] = &self.targets[..] {
+            return what(t);
+        }
+        let msgs: Vec<String> = self
+            .targets
+            .iter()
+            .filter_map(|t| what(t).map(|m| format!("{}: {m}", t.collector)))
+            .collect();
+        (!msgs.is_empty()).then(|| msgs.join("; "))
+    }
+
     fn failure(&self) -> Option<String> {
-        self.broken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.when_unusable(Target::failure)
     }
 
     fn tls_failure(&self) -> Option<String> {
-        self.tls_failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.when_unusable(Target::tls_failure)
     }
 
-    /// Remembers that the TLS handshake failed for good (the first message is kept, and
-    /// logged once).
-    fn set_tls_failed(&self, message: &str) {
-        let mut t = self.tls_failed.lock().unwrap_or_else(|e| e.into_inner());
-        if t.is_none() {
-            tracing::error!(
-                collector = %self.collector,
-                error = %message,
-                "cannot reach the collector securely; sending stops"
-            );
-            *t = Some(message.to_string());
+    /// What to answer once no collector can be sent to: `DATA_LOSS` if a store is damaged,
+    /// else `UNAVAILABLE` with the TLS failure.
+    fn unusable_status(&self) -> Status {
+        match (self.failure(), self.tls_failure()) {
+            (Some(m), _) => Status::data_loss(m),
+            (None, Some(m)) => Status::unavailable(m),
+            (None, None) => Status::unavailable("no collector can be reached"),
         }
-        drop(t);
+    }
+
+    /// What to say when one collector is given up: with several, that the others go on.
+    fn stops(&self) -> &'static str {
+        if self.targets.len() > 1 && !self.unusable() {
+            "sending to it stops; the other collectors go on"
+        } else {
+            "sending stops"
+        }
+    }
+
+    /// Remembers that the TLS handshake with `t` failed for good (the first message is
+    /// kept, and logged once).
+    fn set_tls_failed(&self, t: &Target, message: &str) {
+        let mut f = t.tls_failed.lock().unwrap_or_else(|e| e.into_inner());
+        let first = f.is_none();
+        if first {
+            *f = Some(message.to_string());
+        }
+        drop(f);
+        if first {
+            tracing::error!(
+                collector = %t.collector,
+                error = %message,
+                "cannot reach the collector securely; {}",
+                self.stops()
+            );
+        }
         if let Some(spool) = &self.spool {
             spool.wake();
         }
     }
 
-    /// Remembers that the collector's store is damaged (the first message is kept).
-    fn set_broken(&self, status: &Status) {
-        let mut b = self.broken.lock().unwrap_or_else(|e| e.into_inner());
-        if b.is_none() {
-            tracing::error!(
-                collector = %self.target,
-                error = %status.message(),
-                "the collector's store is damaged (DATA_LOSS): it can store nothing until \
-                 repaired; sending stops"
-            );
+    /// Remembers that the store of `t` is damaged (the first message is kept).
+    fn set_broken(&self, t: &Target, status: &Status) {
+        let mut b = t.broken.lock().unwrap_or_else(|e| e.into_inner());
+        let first = b.is_none();
+        if first {
             *b = Some(status.message().to_string());
         }
         drop(b);
+        if first {
+            tracing::error!(
+                collector = %t.collector,
+                error = %status.message(),
+                "the collector's store is damaged (DATA_LOSS): it can store nothing until \
+                 repaired; {}",
+                self.stops()
+            );
+        }
         if let Some(spool) = &self.spool {
             spool.wake();
         }
+    }
+
+    /// The collector the next try goes to: the next in turn that is up, else the one back
+    /// soonest.
+    fn pick(&self, now: tokio::time::Instant) -> Pick {
+        let n = self.targets.len();
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+        let mut soonest: Option<(tokio::time::Instant, usize)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let t = &self.targets[i];
+            if !t.usable() {
+                continue;
+            }
+            match t.down_until(now) {
+                None => return Pick::Up(i),
+                Some(u) => {
+                    if soonest.is_none_or(|(s, _)| u < s) {
+                        soonest = Some((u, i));
+                    }
+                }
+            }
+        }
+        soonest.map_or(Pick::Unusable, |(_, i)| Pick::Down(i))
+    }
+
+    /// Whether some usable collector is up.
+    fn any_up(&self, now: tokio::time::Instant) -> bool {
+        self.targets
+            .iter()
+            .any(|t| t.usable() && t.down_until(now).is_none())
     }
 
     fn set_healthy(&self, ok: bool) {
@@ -597,55 +910,109 @@ impl Shared {
         }
     }
 
-    /// Sends encoded bundle `data` until the collector acknowledges it (retrying for as long
-    /// as it takes), or refuses it for good.
-    async fn deliver(&self, data: &Bytes) -> Result<WriteBundleResponse, Status> {
+    /// Sends encoded bundle `data` until a collector acknowledges it (retrying for as long
+    /// as it takes, on the other collectors first), or refuses it for good. Returns the
+    /// answer and which collector gave it.
+    async fn deliver(&self, data: &Bytes) -> Result<(WriteBundleResponse, usize), Status> {
+        // Waits while every collector was down.
         let mut attempt = 0u32;
+        // Failed tries, and whether one failed since the last wait.
+        let mut failures = 0u32;
+        let mut failed_since_wait = false;
         loop {
+            let i = match self.pick(tokio::time::Instant::now()) {
+                Pick::Up(i) => i,
+                Pick::Down(i) if !failed_since_wait => i,
+                Pick::Down(_) => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                    failed_since_wait = false;
+                    continue;
+                }
+                Pick::Unusable => return Err(self.unusable_status()),
+            };
+            let t = &self.targets[i];
+            let mut client = t.client.clone();
+            let encoding = t.encoding();
+            if let Some(enc) = encoding {
+                client = client.send_compressed(enc);
+            }
             let mut req = tonic::Request::new(WriteBundleRequest {
                 bundle: data.clone(),
             });
             req.set_timeout(ATTEMPT_TIMEOUT);
-            match self.client.clone().write_bundle(req).await {
+            match client.write_bundle(req).await {
                 Ok(resp) => {
+                    t.mark_up();
                     self.set_healthy(true);
-                    if attempt > 0 {
-                        tracing::info!(collector = %self.target, attempts = attempt + 1, "bundle delivered after retries");
+                    if failures > 0 {
+                        tracing::info!(collector = %t.collector, attempts = failures + 1, "bundle delivered after retries");
                     }
-                    return Ok(resp.into_inner());
+                    return Ok((resp.into_inner(), i));
+                }
+                // An older collector that does not take compressed requests: sent again at
+                // once, uncompressed.
+                Err(status) if status.code() == Code::Unimplemented && encoding.is_some() => {
+                    if let Some(enc) = encoding {
+                        t.refuse_encoding(enc, &status);
+                    }
                 }
                 Err(status) if retriable(&status) => {
-                    self.set_healthy(false);
-                    if let Some(msg) = tls_failure(&status, &self.collector) {
-                        self.set_tls_failed(&msg);
-                        return Err(Status::unavailable(msg));
+                    failures = failures.saturating_add(1);
+                    failed_since_wait = true;
+                    if let Some(msg) = tls_failure(&status, &t.collector) {
+                        self.set_tls_failed(t, &msg);
+                        continue;
                     }
-                    let log = self
+                    let now = tokio::time::Instant::now();
+                    t.mark_down(now);
+                    let others = self.any_up(now);
+                    if !others {
+                        self.set_healthy(false);
+                    }
+                    let log = t
                         .unavailable_warnings
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .check(tokio::time::Instant::now());
+                        .check(now);
                     if let Some(suppressed) = log {
-                        tracing::warn!(
-                            collector = %self.target,
-                            attempt = attempt + 1,
-                            error = %status.message(),
-                            code = ?status.code(),
-                            suppressed,
-                            "collector unavailable; will retry (this warning: at most once per {}s)",
-                            UNAVAILABLE_WARN_EVERY.as_secs()
-                        );
+                        if self.targets.len() == 1 {
+                            tracing::warn!(
+                                collector = %t.collector.host_port,
+                                attempt = failures,
+                                error = %status.message(),
+                                code = ?status.code(),
+                                suppressed,
+                                "collector unavailable; will retry (this warning: at most once per {}s)",
+                                UNAVAILABLE_WARN_EVERY.as_secs()
+                            );
+                        } else {
+                            tracing::warn!(
+                                collector = %t.collector.host_port,
+                                attempt = failures,
+                                error = %status.message(),
+                                code = ?status.code(),
+                                suppressed,
+                                "collector unavailable; {} (this warning: at most once per {}s per collector)",
+                                if others {
+                                    "bundles go to the other collectors and it is tried again later"
+                                } else {
+                                    "no collector is up; will retry"
+                                },
+                                UNAVAILABLE_WARN_EVERY.as_secs()
+                            );
+                        }
                     }
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt = attempt.saturating_add(1);
                 }
                 Err(status) if status.code() == Code::DataLoss => {
-                    self.set_healthy(false);
-                    self.set_broken(&status);
-                    return Err(status);
+                    failed_since_wait = true;
+                    self.set_broken(t, &status);
+                    if !self.any_up(tokio::time::Instant::now()) {
+                        self.set_healthy(false);
+                    }
                 }
                 Err(status) => {
-                    tracing::error!(collector = %self.target, code = ?status.code(), error = %status_reason(&status), "collector refused a bundle; its entries are LOST");
+                    tracing::error!(collector = %t.collector.host_port, code = ?status.code(), error = %status_reason(&status), "collector refused a bundle; its entries are LOST");
                     return Err(status);
                 }
             }
@@ -655,7 +1022,13 @@ impl Shared {
 
 /// A finished upload: the record's segment, offset and spooled length, what it carried, and
 /// the collector's answer.
-type Upload = (u32, u64, u64, Tally, Result<WriteBundleResponse, Status>);
+type Upload = (
+    u32,
+    u64,
+    u64,
+    Tally,
+    Result<(WriteBundleResponse, usize), Status>,
+);
 
 /// Uploads the spool's records in order, `in_flight` at a time, settling each once the
 /// collector has acknowledged (or refused) it. Runs until the output is dropped or closed.
@@ -666,7 +1039,7 @@ async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usiz
         let changed = spool.changed();
         // Fill the window.
         // A collector whose store is damaged can store nothing: the rest stays in the spool.
-        let mut idle = up.failure().is_some() || up.tls_failure().is_some();
+        let mut idle = up.unusable();
         while !idle && sends.len() < in_flight {
             let sp = spool.clone();
             let next = tokio::task::spawn_blocking(move || sp.next_record()).await;
@@ -701,8 +1074,8 @@ async fn upload(out: std::sync::Weak<Shared>, spool: Arc<Spool>, in_flight: usiz
             Some(done) = sends.join_next(), if !sends.is_empty() => {
                 let Some(up) = out.upgrade() else { return };
                 match done {
-                    Ok((seg, off, len, tally, Ok(resp))) => {
-                        up.acknowledged(&tally, &resp.refused);
+                    Ok((seg, off, len, tally, Ok((resp, from)))) => {
+                        up.acknowledged(&tally, &resp.refused, &up.targets[from].collector);
                         spool.settle(seg, off, len, true);
                     }
                     // Left in the spool, unsettled, for a later `resume` once it is repaired.
@@ -787,11 +1160,18 @@ fn retriable(status: &Status) -> bool {
     )
 }
 
-/// Exponential backoff with full jitter: a random delay up to `initial * 2^attempt`, capped.
+/// Exponential backoff with jitter: a random delay from half of `initial * 2^attempt` to
+/// all of it, capped.
 fn backoff(attempt: u32) -> Duration {
-    let cap = BACKOFF_INITIAL
-        .saturating_mul(1 << attempt.min(16))
-        .min(BACKOFF_MAX);
+    jittered(
+        BACKOFF_INITIAL
+            .saturating_mul(1 << attempt.min(16))
+            .min(BACKOFF_MAX),
+    )
+}
+
+/// A random delay from half of `cap` to all of it.
+fn jittered(cap: Duration) -> Duration {
     // Jitter from the clock's low bits: enough to keep a fleet of butlers from retrying in step.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -818,9 +1198,9 @@ impl Output for GrpcOutput {
             return Ok(());
         }
         match sh.deliver(&data).await {
-            Ok(resp) => {
+            Ok((resp, from)) => {
                 // Refused streams are counted as lost; the bundle is acknowledged for the rest.
-                sh.acknowledged(&tally, &resp.refused);
+                sh.acknowledged(&tally, &resp.refused, &sh.targets[from].collector);
                 Ok(())
             }
             Err(status) => {
@@ -860,7 +1240,18 @@ impl Output for GrpcOutput {
     }
 
     fn coordinator_host(&self) -> Option<String> {
-        Some(self.shared.collector.to_string())
+        // The output as given: `grpc://A` or `grpc://A,B`.
+        let targets = &self.shared.targets;
+        let first = targets.first()?;
+        let addrs: Vec<&str> = targets
+            .iter()
+            .map(|t| t.collector.host_port.as_str())
+            .collect();
+        Some(format!(
+            "{}://{}",
+            first.collector.scheme(),
+            addrs.join(",")
+        ))
     }
 
     fn holds_sends(&self) -> bool {
@@ -910,6 +1301,88 @@ mod tests {
         assert_eq!(limit.check(t0 + Duration::from_secs(30)), Some(17));
         assert_eq!(limit.check(t0 + Duration::from_secs(31)), None);
         assert_eq!(limit.check(t0 + Duration::from_secs(90)), Some(1));
+    }
+
+    #[test]
+    fn auto_compresses_with_zstd_off_loopback_only() {
+        let at = |host_port: &str| Collector {
+            host_port: host_port.into(),
+            tls: false,
+        };
+        for near in [
+            "localhost:1",
+            "LOCALHOST:1",
+            "127.0.0.1:1",
+            "127.9.8.7:1",
+            "[::1]:1",
+        ] {
+            assert_eq!(
+                GrpcCompression::Auto.for_collector(&at(near)),
+                None,
+                "{near}"
+            );
+            assert_eq!(
+                GrpcCompression::Gzip.for_collector(&at(near)),
+                Some(CompressionEncoding::Gzip),
+                "{near}: asked for"
+            );
+        }
+        for far in [
+            "10.0.0.1:1",
+            "collector.example:443",
+            "[2001:db8::1]:1",
+            "128.0.0.1:1",
+        ] {
+            assert_eq!(
+                GrpcCompression::Auto.for_collector(&at(far)),
+                Some(CompressionEncoding::Zstd),
+                "{far}"
+            );
+            assert_eq!(GrpcCompression::Off.for_collector(&at(far)), None, "{far}");
+        }
+        for s in ["auto", "off", "gzip", "zstd"] {
+            assert_eq!(s.parse::<GrpcCompression>().unwrap().to_string(), s);
+        }
+        let err = "lz4".parse::<GrpcCompression>().unwrap_err();
+        assert_eq!(
+            err,
+            "unknown compression \"lz4\": expected auto, off, gzip or zstd"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_collector_is_left_out_for_a_while_then_tried_again() {
+        let t = Target::new(
+            &Collector {
+                host_port: "127.0.0.1:1".into(),
+                tls: false,
+            },
+            &ClientSecurity::default(),
+            GrpcCompression::Off,
+        )
+        .unwrap();
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(t.down_until(t0), None);
+        t.mark_down(t0);
+        let until = t.down_until(t0).expect("down");
+        assert!(until - t0 >= ADDRESS_DOWN_INITIAL / 2 && until - t0 <= ADDRESS_DOWN_INITIAL);
+        // Failures while it is left out do not lengthen the period.
+        t.mark_down(t0 + Duration::from_millis(1));
+        assert_eq!(t.down_until(t0), Some(until));
+        // Back after it; a failure then doubles the period, up to the cap.
+        assert_eq!(t.down_until(until), None);
+        let mut now = until;
+        let mut period = Duration::ZERO;
+        for _ in 0..20 {
+            t.mark_down(now);
+            let u = t.down_until(now).expect("down");
+            period = u - now;
+            assert!(period <= ADDRESS_DOWN_MAX, "{period:?}");
+            now = u;
+        }
+        assert!(period >= ADDRESS_DOWN_MAX / 2, "at the cap: {period:?}");
+        t.mark_up();
+        assert_eq!(t.down_until(now), None);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! - `null`: [`NullOutput`];
 //! - `directory:PATH`: [`DirectoryOutput`] writing under `PATH` (everything after the first
 //!   `:`, which may itself contain `:`);
-//! - `grpc://HOST:PORT`: [`GrpcOutput`] to a collector;
-//! - `grpcs://HOST:PORT`: the same over TLS;
+//! - `grpc://HOST:PORT`: [`GrpcOutput`] to a collector; `grpc://HOST:PORT,HOST:PORT,…` to
+//!   several, bundles spread over them with failover (see [`crate::grpc`]);
+//! - `grpcs://HOST:PORT[,HOST:PORT…]`: the same over TLS;
 //! - `gelf+udp://HOST:PORT[?compress=gzip|zlib|none&chunk-size=N]`: [`GelfOutput`] over UDP
 //!   (defaults: gzip, 1420-byte datagrams; N from 64 to 65507, the chunk header included);
 //! - `gelf+tcp://HOST:PORT`, `gelf+tls://HOST:PORT`: the same over TCP, or TCP with TLS.
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use crate::gelf::encoding::{Compression, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::gelf::{GelfConfig, GelfTransport};
+use crate::grpc::GrpcCompression;
 use crate::security::{ClientSecurity, Collector};
 use crate::{DirectoryOutput, GelfOutput, GrpcOutput, LogOutput, NullOutput, Output, OutputError};
 
@@ -34,10 +36,11 @@ pub enum OutputSpec {
     Null,
     /// `directory:PATH`: write every stream under `PATH`.
     Directory(PathBuf),
-    /// `grpc://HOST:PORT`: send to a collector.
-    Grpc(String),
-    /// `grpcs://HOST:PORT`: send to a collector over TLS.
-    Grpcs(String),
+    /// `grpc://HOST:PORT[,HOST:PORT…]`: send to a collector, or spread over several (at
+    /// least one address, none twice).
+    Grpc(Vec<String>),
+    /// `grpcs://HOST:PORT[,HOST:PORT…]`: the same over TLS.
+    Grpcs(Vec<String>),
     /// `gelf+udp://`, `gelf+tcp://` or `gelf+tls://HOST:PORT`: send every line to a GELF
     /// receiver. The `host` and `ca_cert` fields are not part of the text form; the command
     /// line fills them in (`--gelf-host`, `--ca-cert`).
@@ -45,19 +48,26 @@ pub enum OutputSpec {
 }
 
 impl OutputSpec {
-    /// The collector, for `grpc://` and `grpcs://`.
+    /// The first collector, for `grpc://` and `grpcs://` (see [`OutputSpec::collectors`]).
     pub fn collector(&self) -> Option<Collector> {
-        match self {
-            Self::Grpc(a) => Some(Collector {
+        self.collectors().into_iter().next()
+    }
+
+    /// Every collector of `grpc://` and `grpcs://`, in the order given; empty for the other
+    /// outputs.
+    pub fn collectors(&self) -> Vec<Collector> {
+        let (addrs, tls) = match self {
+            Self::Grpc(a) => (a, false),
+            Self::Grpcs(a) => (a, true),
+            _ => return Vec::new(),
+        };
+        addrs
+            .iter()
+            .map(|a| Collector {
                 host_port: a.clone(),
-                tls: false,
-            }),
-            Self::Grpcs(a) => Some(Collector {
-                host_port: a.clone(),
-                tls: true,
-            }),
-            _ => None,
-        }
+                tls,
+            })
+            .collect()
     }
 }
 
@@ -73,6 +83,15 @@ pub enum ParseOutputSpecError {
     /// `grpc://` or `grpcs://` without `HOST:PORT`.
     #[error("output {0:?} needs an address: expected grpc://HOST:PORT or grpcs://HOST:PORT")]
     MissingAddress(String),
+    /// A malformed list of collectors, `grpc://A,B`: an empty element, mixed schemes, an
+    /// address given twice.
+    #[error("output {spec:?}: {reason}")]
+    AddressList {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A malformed `gelf+…://` output.
     #[error("output {spec:?}: {reason}")]
     Gelf {
@@ -138,6 +157,52 @@ fn parse_gelf(
     Ok(cfg)
 }
 
+/// Parses `grpc://A,B,…` or `grpcs://A,B,…`: every element `HOST:PORT` (or with the same
+/// scheme again), none empty, none twice.
+fn parse_address_list(s: &str) -> Result<OutputSpec, ParseOutputSpecError> {
+    let bad = |reason: String| ParseOutputSpecError::AddressList {
+        spec: s.to_owned(),
+        reason,
+    };
+    let (scheme, rest) = s.split_once("://").unwrap_or(("grpc", s));
+    let tls = scheme == "grpcs";
+    let mut addrs: Vec<String> = Vec::new();
+    for (k, elem) in rest.split(',').enumerate() {
+        let elem = elem.trim();
+        if elem.is_empty() {
+            return Err(bad(format!(
+                "address {} of the list is empty (a stray comma?): expected \
+                 {scheme}://HOST:PORT,HOST:PORT",
+                k + 1
+            )));
+        }
+        let bare = match elem.split_once("://") {
+            Some((other, r)) if other == scheme => r,
+            Some((other, _)) => {
+                return Err(bad(format!(
+                    "mixed schemes ({scheme}:// and {other}://): the collectors of one output \
+                     all use the scheme given first; expected {scheme}://HOST:PORT,HOST:PORT"
+                )));
+            }
+            None => elem,
+        };
+        let c = Collector::parse(&format!("{scheme}://{bare}"), false).map_err(|_| {
+            bad(format!(
+                "{elem:?} is not HOST:PORT (a host and a port number)"
+            ))
+        })?;
+        if addrs.iter().any(|a| a.eq_ignore_ascii_case(&c.host_port)) {
+            return Err(bad(format!("address {} is given twice", c.host_port)));
+        }
+        addrs.push(c.host_port);
+    }
+    Ok(if tls {
+        OutputSpec::Grpcs(addrs)
+    } else {
+        OutputSpec::Grpc(addrs)
+    })
+}
+
 impl FromStr for OutputSpec {
     type Err = ParseOutputSpecError;
 
@@ -156,9 +221,12 @@ impl FromStr for OutputSpec {
                     }
                 }
                 if s.starts_with("grpc://") || s.starts_with("grpcs://") {
+                    if s.contains(',') {
+                        return parse_address_list(s);
+                    }
                     return match Collector::parse(s, false) {
-                        Ok(c) if c.tls => Ok(Self::Grpcs(c.host_port)),
-                        Ok(c) => Ok(Self::Grpc(c.host_port)),
+                        Ok(c) if c.tls => Ok(Self::Grpcs(vec![c.host_port])),
+                        Ok(c) => Ok(Self::Grpc(vec![c.host_port])),
                         Err(_) => Err(ParseOutputSpecError::MissingAddress(s.to_owned())),
                     };
                 }
@@ -179,8 +247,8 @@ impl fmt::Display for OutputSpec {
             Self::Log => f.write_str("log"),
             Self::Null => f.write_str("null"),
             Self::Directory(p) => write!(f, "directory:{}", p.display()),
-            Self::Grpc(a) => write!(f, "grpc://{a}"),
-            Self::Grpcs(a) => write!(f, "grpcs://{a}"),
+            Self::Grpc(a) => write!(f, "grpc://{}", a.join(",")),
+            Self::Grpcs(a) => write!(f, "grpcs://{}", a.join(",")),
             Self::Gelf(c) => {
                 write!(f, "{}://{}", c.transport.scheme(), c.address)?;
                 let mut sep = '?';
@@ -203,10 +271,11 @@ pub fn build_output(spec: &OutputSpec) -> Result<Arc<dyn Output>, OutputError> {
         OutputSpec::Log => Arc::new(LogOutput::default()),
         OutputSpec::Null => Arc::new(NullOutput::new()),
         OutputSpec::Directory(path) => Arc::new(DirectoryOutput::new(path)?),
-        OutputSpec::Grpc(_) | OutputSpec::Grpcs(_) => match spec.collector() {
-            Some(c) => Arc::new(GrpcOutput::connect(&c, &ClientSecurity::default())?),
-            None => return Err(OutputError::Other(format!("{spec} is not a collector"))),
-        },
+        OutputSpec::Grpc(_) | OutputSpec::Grpcs(_) => Arc::new(GrpcOutput::connect_all(
+            &spec.collectors(),
+            &ClientSecurity::default(),
+            GrpcCompression::default(),
+        )?),
         OutputSpec::Gelf(c) => Arc::new(GelfOutput::new(c.clone())?),
     })
 }
@@ -229,22 +298,22 @@ mod tests {
         );
         assert_eq!(
             "grpc://127.0.0.1:7431".parse(),
-            Ok(OutputSpec::Grpc("127.0.0.1:7431".into()))
+            Ok(OutputSpec::Grpc(vec!["127.0.0.1:7431".into()]))
         );
         assert_eq!(
             "grpc://[::1]:7431/".parse(),
-            Ok(OutputSpec::Grpc("[::1]:7431".into()))
+            Ok(OutputSpec::Grpc(vec!["[::1]:7431".into()]))
         );
         assert_eq!(
             "grpcs://collector.example:443".parse(),
-            Ok(OutputSpec::Grpcs("collector.example:443".into()))
+            Ok(OutputSpec::Grpcs(vec!["collector.example:443".into()]))
         );
         assert_eq!(
             "grpcs://[::1]:7431/".parse(),
-            Ok(OutputSpec::Grpcs("[::1]:7431".into()))
+            Ok(OutputSpec::Grpcs(vec!["[::1]:7431".into()]))
         );
         assert_eq!(
-            OutputSpec::Grpcs("h:1".into())
+            OutputSpec::Grpcs(vec!["h:1".into()])
                 .collector()
                 .map(|c| c.to_string()),
             Some("grpcs://h:1".into())
@@ -257,6 +326,57 @@ mod tests {
             "grpcs://localhost:7431",
         ] {
             assert_eq!(s.parse::<OutputSpec>().unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn parses_address_lists() {
+        let spec: OutputSpec = "grpc://a:1,127.0.0.1:2,[::1]:3".parse().unwrap();
+        assert_eq!(
+            spec,
+            OutputSpec::Grpc(vec!["a:1".into(), "127.0.0.1:2".into(), "[::1]:3".into()])
+        );
+        assert_eq!(spec.to_string(), "grpc://a:1,127.0.0.1:2,[::1]:3");
+        let hosts: Vec<String> = spec.collectors().iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            hosts,
+            ["grpc://a:1", "grpc://127.0.0.1:2", "grpc://[::1]:3"]
+        );
+        assert_eq!(spec.collector().unwrap().host_port, "a:1");
+        // The scheme may be repeated, and spaces around an address are ignored.
+        assert_eq!(
+            "grpcs://a:1, grpcs://b:2/".parse(),
+            Ok(OutputSpec::Grpcs(vec!["a:1".into(), "b:2".into()]))
+        );
+        assert!(OutputSpec::Log.collectors().is_empty());
+    }
+
+    #[test]
+    fn refuses_bad_address_lists() {
+        for (s, says) in [
+            ("grpc://a:1,", "address 2 of the list is empty"),
+            ("grpc://,a:1", "address 1 of the list is empty"),
+            ("grpc://a:1,,b:2", "address 2 of the list is empty"),
+            (
+                "grpc://a:1,grpcs://b:2",
+                "mixed schemes (grpc:// and grpcs://)",
+            ),
+            (
+                "grpcs://a:1,grpc://b:2",
+                "mixed schemes (grpcs:// and grpc://)",
+            ),
+            ("grpc://a:1,gelf+udp://b:2", "mixed schemes"),
+            ("grpc://a:1,a:1", "address a:1 is given twice"),
+            ("grpc://A:1,grpc://a:1/", "address a:1 is given twice"),
+            ("grpc://a:1,b", "\"b\" is not HOST:PORT"),
+            ("grpc://a:1,b:99999", "\"b:99999\" is not HOST:PORT"),
+        ] {
+            let err = s.parse::<OutputSpec>().unwrap_err();
+            assert!(
+                matches!(err, ParseOutputSpecError::AddressList { .. }),
+                "{s}: {err:?}"
+            );
+            assert!(err.to_string().contains(says), "{s}: {err}");
         }
     }
 

@@ -458,6 +458,11 @@ async fn run(cli: Cli, readers: Option<tokio::runtime::Handle>) -> anyhow::Resul
     if let Some(age) = cli.retain {
         tokio::spawn(retention(store.clone(), watchers.clone(), age, stopped()));
     }
+    if cli.store.is_some() {
+        // Collectors sharing the database may run retention: they must know, as soon as it
+        // changes, which streams this one's followers are on.
+        tokio::spawn(publish_followed(store.clone(), watchers.clone(), stopped()));
+    }
     let readers = readers.unwrap_or_else(tokio::runtime::Handle::current);
     let web = http.map(|(listener, a)| {
         tracing::info!(addr = %a, tls = security.tls.is_some(), "web viewer listening");
@@ -627,6 +632,42 @@ async fn retention(
         tokio::select! {
             () = &mut stop => return,
             () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// How long other collectors keep a stream this one reported followed.
+const FOLLOW_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// On a shared store: tells the other collectors which streams this one's
+/// followers are on (they never remove those), when that changes and before the lease ends.
+/// Writes nothing while nobody follows anything.
+async fn publish_followed(
+    store: Store,
+    watchers: Watchers,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut last: Vec<logdog_collector::store::StreamKey> = Vec::new();
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        let mut followed = watchers.followed();
+        followed.sort();
+        let due = !followed.is_empty() && renewed.elapsed() >= FOLLOW_LEASE / 3;
+        if followed != last || due {
+            let (st, f) = (store.clone(), followed.clone());
+            match tokio::task::spawn_blocking(move || st.publish_followed(&f, FOLLOW_LEASE)).await {
+                Ok(Ok(())) => {
+                    last = followed;
+                    renewed = tokio::time::Instant::now();
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot publish the followed streams"),
+                Err(e) => tracing::warn!(error = %e, "cannot publish the followed streams"),
+            }
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
     }
 }

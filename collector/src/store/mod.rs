@@ -777,6 +777,20 @@ impl Store {
         self.inner.backend.follow_changes(Box::new(changed));
     }
 
+    /// Tells the other collectors sharing the store that this one's followers are on
+    /// `followed`, for `lease` (their retention keeps those streams). Nothing to do for the
+    /// embedded store. Blocks.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn publish_followed(
+        &self,
+        followed: &[StreamKey],
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.backend.keep(followed, lease).map(drop)
+    }
+
     /// Retention: removes every stream whose last write (an entry or its end) is older than
     /// `age`, with its entries and the space they took, except the streams in `followed` and
     /// those that other collectors sharing the store report as followed. A stream written

@@ -55,6 +55,9 @@ pub const CHANNEL: &str = "logdog_streams";
 /// counted). Callers beyond it wait for a free connection.
 pub const MAX_CONNECTIONS: usize = 16;
 
+/// How long a connection attempt may take, unless the URL says (`connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How many times a write is retried when the database aborts it (a serialisation failure
 /// or a deadlock between collectors).
 const WRITE_ATTEMPTS: u32 = 5;
@@ -159,6 +162,22 @@ pub struct Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stopped.store(true, Ordering::Relaxed);
+        // Closing a connection blocks on its own runtime, which must not happen on an async
+        // thread (where the last handle of a store is often dropped): close them on a thread
+        // of their own.
+        let idle = std::mem::take(
+            &mut self
+                .pool
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .idle,
+        );
+        if !idle.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("pg-close".into())
+                .spawn(move || drop(idle));
+        }
     }
 }
 
@@ -260,8 +279,12 @@ impl Postgres {
     /// # Errors
     /// The URL is malformed, the database cannot be reached, or it holds a newer schema.
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let config = postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Db(format!("{url}: not a PostgreSQL URL: {e}")))?;
+        let mut config = postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Db(format!("not a PostgreSQL URL: {e}")))?;
+        // A database host that drops packets must not hang a start or a read for minutes.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let pool = Arc::new(Pool {
             config,
             idle: Mutex::new(PoolState::default()),
