@@ -1,5 +1,6 @@
 //! The PostgreSQL test harness: `common::pg::database` gives every caller a fresh, empty
-//! database of its own on the server named by `LOGDOG_TEST_POSTGRES`.
+//! database of its own on the server named by `LOGDOG_TEST_POSTGRES`, and collectors start on
+//! one with `Collector::start_on_store`.
 
 mod common;
 
@@ -49,4 +50,38 @@ fn the_database_replaces_the_path_and_keeps_the_query() {
         pg::with_database("postgres://u@h:1", "t_x"),
         "postgres://u@h:1/t_x"
     );
+}
+
+#[test]
+fn collectors_start_on_a_test_database_and_share_it() {
+    let Some(db) = pg::database("harness collectors") else {
+        return;
+    };
+    let tmp = common::tempdir();
+    let a = common::Collector::start_on_store(&tmp.path().join("a"), &db, "127.0.0.1:0", &[]);
+    let b = common::Collector::start_on_store(&tmp.path().join("b"), &db, "127.0.0.1:0", &[]);
+    let r = common::run_butler(
+        tmp.path(),
+        &[
+            "--output",
+            &a.output(),
+            "--prefix",
+            "harness",
+            "run",
+            "--no-echo",
+            "--",
+            "sh",
+            "-c",
+            "echo one; echo two",
+        ],
+    );
+    r.assert_code(0);
+    // Written through one collector, read through the other.
+    let out = common::logdog(&b.addr, &["cat", "default/harness/+/stdout"]);
+    out.assert_code(0);
+    assert_eq!(out.stdout_str(), "one\ntwo\n");
+    // The collector made its schema in the test's database.
+    assert_ne!(pg::psql(&db, USER_TABLES), "");
+    a.stop();
+    b.stop();
 }
