@@ -115,6 +115,13 @@ def start_pg_collector(store, work, name):
     return proc, line.split("=", 1)[1]
 
 
+def stop_clean(proc, what):
+    """Stops a collector with SIGTERM; exits unless it exits 0."""
+    stop(proc)
+    if proc.returncode != 0:
+        sys.exit(f"{what} exited with status {proc.returncode} on SIGTERM")
+
+
 def file_digest(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -164,8 +171,8 @@ def pg_run(dbs, work, data, want, collectors, i):
         if got != want:
             sys.exit(f"{collectors} collector(s), run {i}: read back through {addrs[-1]}: "
                      f"{got[1]} bytes, sha256 {got[0]}; want {want[1]} bytes, {want[0]}")
-        for p in procs:
-            stop(p)
+        for c, p in enumerate(procs):
+            stop_clean(p, f"collector {c} of {collectors} on PostgreSQL")
         procs = []
         return took, dbs.size(name) - before
     finally:
@@ -234,8 +241,8 @@ def latency(dbs, work, lines):
         b, addr_b = start_pg_collector(url, work, f"{name}-b")
         procs.append(b)
         delays = follow_delays(addr_a, addr_b, lines)
-        for p in procs:
-            stop(p)
+        for what, p in zip("AB", procs):
+            stop_clean(p, f"collector {what}")
         procs = []
     finally:
         for p in procs:
