@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod pki;
 
 use std::fs::File;
@@ -509,21 +510,47 @@ impl Collector {
         Self::start_full(data, listen, extra, TIMEOUT)
     }
 
+    /// Starts `logdog_collector --listen LISTEN --store STORE EXTRA...` (a collector on a
+    /// PostgreSQL database: `STORE` is a `postgres://` URL such as [`pg::database`] returns),
+    /// without `--data`; it runs in `dir` (created if missing) and its log is `<dir>.log`.
+    pub fn start_on_store(dir: &Path, store: &str, listen: &str, extra: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let mut args = vec!["--store", store];
+        args.extend_from_slice(extra);
+        Self::spawn(dir, Some(dir), listen, &args, TIMEOUT)
+    }
+
     fn start_full(data: &Path, listen: &str, extra: &[&str], limit: Duration) -> Self {
-        let mut name = data
+        let mut args = vec!["--data".as_ref(), data.as_os_str()];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        Self::spawn(data, None, listen, &args, limit)
+    }
+
+    /// Starts `logdog_collector --listen LISTEN ARGS...` (in `cwd` if given), its log in
+    /// `<base>.log`.
+    fn spawn<S: AsRef<std::ffi::OsStr>>(
+        base: &Path,
+        cwd: Option<&Path>,
+        listen: &str,
+        extra: &[S],
+        limit: Duration,
+    ) -> Self {
+        let mut name = base
             .file_name()
             .expect("a data directory name")
             .to_os_string();
         name.push(".log");
-        let log = data.with_file_name(name);
+        let log = base.with_file_name(name);
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_logdog_collector"));
-        cmd.args(["--listen", listen, "--data"])
-            .arg(data)
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
+        cmd.args(["--listen", listen])
             .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -544,7 +571,11 @@ impl Collector {
         let (mut http, mut tail, mut metrics) = (None, None, None);
         let wanted = extra
             .iter()
-            .filter(|a| ["--http", "--tail", "--metrics"].contains(*a))
+            .filter(|a| {
+                ["--http", "--tail", "--metrics"]
+                    .map(std::ffi::OsStr::new)
+                    .contains(&a.as_ref())
+            })
             .count();
         for _ in 0..wanted {
             let mut line = String::new();
