@@ -46,10 +46,10 @@ use prost::Message;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{
-    Backend, Claim, NewEntry, NotOwner, StoreError, StreamKey, StreamRecord, Unwritable,
+    Backend, Claim, NewEntry, NotOwner, Prepacked, StoreError, StreamKey, StreamRecord, Unwritable,
     WriteOutcome, WriteTx, checksum, decode_entry, decode_record, path_of, write_tx,
 };
-use crate::blocks::{self, BlockCache, Packed};
+use crate::blocks::{self, BlockCache};
 use crate::segments::{Appender, Location, Segments};
 use crate::validate::{CheckedEntry, Sequence};
 
@@ -512,13 +512,7 @@ impl Embedded {
         // so that writes of several bundles compress at once. Each stream is packed as if all
         // of its entries were new (the usual case); a stream with some already stored is
         // packed again under the writer.
-        let prepacked: Vec<Prepacked<'_>> = streams
-            .iter()
-            .map(|e| Prepacked {
-                stream: e,
-                blocks: Some(blocks::pack(e.logs.iter().map(|l| l.1.as_ref()))),
-            })
-            .collect();
+        let prepacked = Prepacked::new(streams);
         let mut writer = self.writer.lock();
         let Writer { conn, appender } = &mut *writer;
         appender.rotate_if_full().map_err(segment_error)?;
@@ -575,31 +569,7 @@ struct Parts<'a> {
     segments: &'a Segments,
     cache: &'a BlockCache,
     /// The blocks of each stream of the write, packed before the writer was taken.
-    prepacked: Vec<Prepacked<'a>>,
-}
-
-/// A stream's entries, packed as if all were new.
-struct Prepacked<'a> {
-    stream: &'a CheckedEntry,
-    /// Taken by the insert that uses them.
-    blocks: Option<Vec<Packed>>,
-}
-
-impl Parts<'_> {
-    /// The blocks packed beforehand for exactly the entries `new` (the very same bytes).
-    fn prepacked(&mut self, new: &[NewEntry<'_>]) -> Option<Vec<Packed>> {
-        self.prepacked
-            .iter_mut()
-            .find(|p| {
-                p.stream.logs.len() == new.len()
-                    && p.stream
-                        .logs
-                        .iter()
-                        .zip(new)
-                        .all(|(l, n)| std::ptr::eq(&l.1, n.raw))
-            })
-            .and_then(|p| p.blocks.take())
-    }
+    prepacked: Prepacked<'a>,
 }
 
 /// One write transaction of the embedded store.
@@ -716,10 +686,7 @@ impl WriteTx for Tx<'_, '_> {
         id: u64,
         new: &[NewEntry<'_>],
     ) -> Result<(), StoreError> {
-        let packed = match self.parts.prepacked(new) {
-            Some(p) => p,
-            None => blocks::pack(new.iter().map(|e| e.raw.as_ref())),
-        };
+        let packed = self.parts.prepacked.take(new);
         let mut add_block = self.tx.prepare_cached(
             "INSERT INTO blocks (stream_id, seg, off, len, codec, raw_len, crc)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

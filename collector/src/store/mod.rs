@@ -865,6 +865,46 @@ pub(crate) struct NewEntry<'a> {
     pub seq: Option<Sequence>,
 }
 
+/// The streams of a write, packed into blocks before the write takes its lock: compressing is
+/// most of a write's work, and done here several writes compress at once. Each stream is
+/// packed as if all of its entries were new (the usual case); one with some already stored is
+/// packed again under the lock ([`Prepacked::take`]).
+pub(crate) struct Prepacked<'a> {
+    streams: Vec<(&'a CheckedEntry, Option<Vec<crate::blocks::Packed>>)>,
+}
+
+impl<'a> Prepacked<'a> {
+    /// Packs every stream of a write.
+    pub fn new(streams: &'a [CheckedEntry]) -> Self {
+        Self {
+            streams: streams
+                .iter()
+                .map(|e| {
+                    let packed = crate::blocks::pack(e.logs.iter().map(|l| l.1.as_ref()));
+                    (e, Some(packed))
+                })
+                .collect(),
+        }
+    }
+
+    /// The blocks of exactly the entries `new`: packed beforehand when they are all of a
+    /// stream's entries (the very same bytes), else packed now.
+    pub fn take(&mut self, new: &[NewEntry<'_>]) -> Vec<crate::blocks::Packed> {
+        self.streams
+            .iter_mut()
+            .find(|(stream, _)| {
+                stream.logs.len() == new.len()
+                    && stream
+                        .logs
+                        .iter()
+                        .zip(new)
+                        .all(|(l, n)| std::ptr::eq(&l.1, n.raw))
+            })
+            .and_then(|(_, packed)| packed.take())
+            .unwrap_or_else(|| crate::blocks::pack(new.iter().map(|e| e.raw.as_ref())))
+    }
+}
+
 /// The primitive steps of a write, inside one transaction of one kind of storage; the rules
 /// are applied by [`write_tx`].
 pub(crate) trait WriteTx {

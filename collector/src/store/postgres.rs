@@ -38,8 +38,9 @@ use postgres::{Client, NoTls, Transaction};
 use prost::Message;
 
 use super::{
-    Backend, Claim, Nearby, NewEntry, NotOwner, StoreError, StreamKey, StreamRecord, Unwritable,
-    WriteOutcome, WriteTx, checksum, decode_entry, decode_record, now_ms, path_of, write_tx,
+    Backend, Claim, Nearby, NewEntry, NotOwner, Prepacked, StoreError, StreamKey, StreamRecord,
+    Unwritable, WriteOutcome, WriteTx, checksum, decode_entry, decode_record, now_ms, path_of,
+    write_tx,
 };
 use crate::blocks::{self, BlockCache};
 use crate::validate::{CheckedEntry, Sequence};
@@ -84,6 +85,8 @@ CREATE TABLE IF NOT EXISTS blocks (
     crc BIGINT NOT NULL,
     data BYTEA NOT NULL);
 CREATE INDEX IF NOT EXISTS blocks_stream ON blocks (stream_id);
+-- The blocks are compressed already: stored out of line as they are, not compressed again.
+ALTER TABLE blocks ALTER COLUMN data SET STORAGE EXTERNAL;
 CREATE TABLE IF NOT EXISTS entries (
     stream_id BIGINT NOT NULL,
     idx BIGINT NOT NULL,
@@ -357,6 +360,7 @@ impl Postgres {
     fn write_once(
         &self,
         c: &mut Client,
+        prepacked: &mut Prepacked<'_>,
         project: &str,
         prefix: &str,
         claim: &Claim<'_>,
@@ -370,6 +374,7 @@ impl Postgres {
         let mut w = Tx {
             tx: &mut tx,
             store: self,
+            prepacked,
             failed: None,
         };
         let res = write_tx(&mut w, project, prefix, claim, streams);
@@ -491,13 +496,15 @@ fn record(
 
 /// One write transaction. A database error is kept in `failed` (and reported to the shared
 /// write path as a plain failure), so that the caller can tell a retriable abort.
-struct Tx<'a, 'b> {
+struct Tx<'a, 'b, 'p> {
     tx: &'a mut Transaction<'b>,
     store: &'a Postgres,
+    /// The write's blocks, packed before the prefix's lock was taken.
+    prepacked: &'a mut Prepacked<'p>,
     failed: Option<postgres::Error>,
 }
 
-impl WriteTx for Tx<'_, '_> {
+impl WriteTx for Tx<'_, '_, '_> {
     type Stored = StoredEntry;
 
     fn owner(&mut self, project: &str, prefix: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -611,7 +618,7 @@ impl WriteTx for Tx<'_, '_> {
     ) -> Result<(), StoreError> {
         let id = id as i64;
         let mut rest = new;
-        for packed in blocks::pack(new.iter().map(|e| e.raw.as_ref())) {
+        for packed in self.prepacked.take(new) {
             let (these, more) = rest.split_at(packed.ranges.len());
             rest = more;
             let r = self.tx.query_one(
@@ -678,7 +685,7 @@ impl WriteTx for Tx<'_, '_> {
     }
 }
 
-impl Tx<'_, '_> {
+impl Tx<'_, '_, '_> {
     /// Turns a database error into a [`StoreError`], keeping a retriable one for the caller.
     fn check<T>(&mut self, r: Result<T, postgres::Error>) -> Result<T, StoreError> {
         r.map_err(|e| {
@@ -731,10 +738,12 @@ impl Backend for Postgres {
         claim: &Claim<'_>,
         streams: &[CheckedEntry],
     ) -> Result<Result<WriteOutcome, NotOwner>, StoreError> {
+        // Compressed before the prefix's lock is taken.
+        let mut prepacked = Prepacked::new(streams);
         let mut c = self.pool.get()?;
         let mut attempt = 1;
         loop {
-            match self.write_once(&mut c, project, prefix, claim, streams) {
+            match self.write_once(&mut c, &mut prepacked, project, prefix, claim, streams) {
                 Ok(done) => return done,
                 Err(e) if retriable(&e) && attempt < WRITE_ATTEMPTS => {
                     tracing::debug!(error = %db_message(&e), attempt, "write aborted by the database; retrying");
