@@ -5,6 +5,10 @@
 //!
 //! Each part is written once the one before is stored, so the butler takes the parts, and
 //! numbers their entries (`prefix_index`), in the order written.
+//!
+//! Test files that only need its HTTP helpers (`get_json`) include it too.
+
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
