@@ -10,6 +10,10 @@
 //! Readers keep the last blocks they decompressed ([`BlockCache`]): reading a stream in order
 //! decompresses each block once.
 //!
+//! **Compressed now or later.** A write may store its larger blocks raw and leave them to be
+//! compressed after it is acknowledged ([`Packed::deferred`]; the embedded store does this,
+//! see `store::compactor`), so that compressing is off the write's path.
+//!
 //! **Benchmark switch.** `LOGDOG_COLLECTOR_STORE_CODEC=none` in the collector's environment
 //! (read once) stores every new block raw, to measure what compression costs
 //! (`bench/collector.py`). Both kinds of block are always read.
@@ -45,23 +49,35 @@ pub struct Packed {
     pub raw_len: usize,
     /// Where each entry is in the raw bytes: offset and length, in the order given.
     pub ranges: Vec<(usize, usize)>,
+    /// Stored raw for now, to be compressed later ([`compress`]).
+    pub deferred: bool,
 }
 
+/// Blocks smaller than this are always compressed at once: compressing them costs little,
+/// and later it would cost a rewrite that gives back less than a file-system block.
+pub const DEFER_MIN_BYTES: usize = 64 << 10;
+
 /// Packs `entries` (in order) into blocks of at most [`BLOCK_RAW_BYTES`] raw bytes each (a
-/// block holds as many of the entries as it has `ranges`).
-pub fn pack<'a>(entries: impl IntoIterator<Item = &'a [u8]>) -> Vec<Packed> {
+/// block holds as many of the entries as it has `ranges`). With `defer`, blocks of at least
+/// [`DEFER_MIN_BYTES`] are kept raw and marked [`Packed::deferred`] (unless compression is
+/// switched off altogether).
+pub fn pack<'a>(entries: impl IntoIterator<Item = &'a [u8]>, defer: bool) -> Vec<Packed> {
     let mut out = Vec::new();
     let mut raw: Vec<u8> = Vec::new();
     let mut ranges = Vec::new();
     for e in entries {
         if !raw.is_empty() && raw.len() + e.len() > BLOCK_RAW_BYTES {
-            out.push(seal(std::mem::take(&mut raw), std::mem::take(&mut ranges)));
+            out.push(seal(
+                std::mem::take(&mut raw),
+                std::mem::take(&mut ranges),
+                defer,
+            ));
         }
         ranges.push((raw.len(), e.len()));
         raw.extend_from_slice(e);
     }
     if !ranges.is_empty() {
-        out.push(seal(raw, ranges));
+        out.push(seal(raw, ranges, defer));
     }
     out
 }
@@ -73,16 +89,21 @@ fn compressing() -> bool {
     *ON.get_or_init(|| std::env::var_os("LOGDOG_COLLECTOR_STORE_CODEC").is_none_or(|v| v != "none"))
 }
 
-fn seal(raw: Vec<u8>, ranges: Vec<(usize, usize)>) -> Packed {
+fn seal(raw: Vec<u8>, ranges: Vec<(usize, usize)>, defer: bool) -> Packed {
     let raw_len = raw.len();
-    let compressed = if compressing() {
-        zstd::bulk::compress(&raw, ZSTD_LEVEL).ok()
-    } else {
-        None
-    };
-    let (codec, data) = match compressed {
-        Some(z) if z.len() < raw.len() => (CODEC_ZSTD, z),
-        _ => (CODEC_NONE, raw),
+    if defer && compressing() && raw_len >= DEFER_MIN_BYTES {
+        return Packed {
+            codec: CODEC_NONE,
+            crc: crc32fast::hash(&raw),
+            data: raw,
+            raw_len,
+            ranges,
+            deferred: true,
+        };
+    }
+    let (codec, data) = match compress(&raw) {
+        Some(z) => (CODEC_ZSTD, z),
+        None => (CODEC_NONE, raw),
     };
     Packed {
         codec,
@@ -90,7 +111,18 @@ fn seal(raw: Vec<u8>, ranges: Vec<(usize, usize)>) -> Packed {
         data,
         raw_len,
         ranges,
+        deferred: false,
     }
+}
+
+/// `raw` compressed, if that makes it smaller (and compression is not switched off).
+pub fn compress(raw: &[u8]) -> Option<Vec<u8>> {
+    if !compressing() {
+        return None;
+    }
+    zstd::bulk::compress(raw, ZSTD_LEVEL)
+        .ok()
+        .filter(|z| z.len() < raw.len())
 }
 
 /// Checks a block's stored bytes against `crc` and returns its raw bytes.
@@ -186,7 +218,7 @@ mod tests {
         let entries: Vec<Vec<u8>> = (0..5000)
             .map(|i| format!("line {i} of some log text\n").into_bytes())
             .collect();
-        let blocks = pack(entries.iter().map(Vec::as_slice));
+        let blocks = pack(entries.iter().map(Vec::as_slice), false);
         let mut i = 0;
         for b in &blocks {
             assert_eq!(b.codec, CODEC_ZSTD);
@@ -204,7 +236,7 @@ mod tests {
     #[test]
     fn large_writes_are_cut_into_blocks_and_random_bytes_stay_raw() {
         let big = vec![7u8; BLOCK_RAW_BYTES - 10];
-        let blocks = pack([big.as_slice(), b"0123456789abcdef".as_slice()]);
+        let blocks = pack([big.as_slice(), b"0123456789abcdef".as_slice()], false);
         assert_eq!(blocks.len(), 2);
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let noise: Vec<u8> = (0..4096)
@@ -215,13 +247,34 @@ mod tests {
                 (x >> 24) as u8
             })
             .collect();
-        let blocks = pack([noise.as_slice()]);
+        let blocks = pack([noise.as_slice()], false);
         assert_eq!(blocks[0].codec, CODEC_NONE);
     }
 
     #[test]
+    fn deferred_blocks_are_raw_unless_small_and_compress_later() {
+        let line = b"compiling crate warning: src/main.rs:12:5 ok\n".as_slice();
+        let big: Vec<&[u8]> =
+            std::iter::repeat_n(line, (DEFER_MIN_BYTES / line.len()) + 1).collect();
+        let b = pack(big.iter().copied(), true).remove(0);
+        assert!(b.deferred);
+        assert_eq!((b.codec, b.data.len()), (CODEC_NONE, b.raw_len));
+        assert_eq!(
+            unpack(b.codec, b.data.clone(), b.crc, b.raw_len).unwrap(),
+            b.data
+        );
+        let z = compress(&b.data).expect("log text compresses");
+        assert!(z.len() < b.raw_len / 3);
+        assert_eq!(zstd::bulk::decompress(&z, b.raw_len).unwrap(), b.data);
+        // A small block is compressed at once, deferring or not.
+        let small = pack([line; 8], true).remove(0);
+        assert!(!small.deferred);
+        assert_eq!(small.codec, CODEC_ZSTD);
+    }
+
+    #[test]
     fn damage_to_stored_bytes_is_found_before_decompressing() {
-        let mut b = pack([b"hello hello hello hello hello hello".as_slice()]).remove(0);
+        let mut b = pack([b"hello hello hello hello hello hello".as_slice()], false).remove(0);
         b.data[0] ^= 1;
         let err = unpack(b.codec, b.data, b.crc, b.raw_len).unwrap_err();
         assert!(err.contains("checksum mismatch"), "{err}");

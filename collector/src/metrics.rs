@@ -174,7 +174,7 @@ impl Metrics {
     }
 
     /// The page, with `store_bytes` as the store's size on disk.
-    pub fn render(&self, store_bytes: u64) -> String {
+    pub fn render(&self, store_bytes: u64, deferred_bytes: u64) -> String {
         let m = &self.0;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let src = self.sources();
@@ -275,6 +275,11 @@ impl Metrics {
             "Bytes of the store's files on disk (database, its journal, segments).",
             store_bytes as f64,
         );
+        w.gauge(
+            &format!("{p}store_deferred_bytes"),
+            "Raw bytes of blocks stored uncompressed that wait to be compressed.",
+            deferred_bytes as f64,
+        );
         let grpc_open = slots.as_ref().map_or(0, |s| s.open());
         let tail_open = tail.as_ref().map_or(0, |(t, _)| get(&t.active));
         w.labelled(
@@ -337,7 +342,7 @@ mod tests {
         m.bundle_stored(3, 30, 1, Duration::from_micros(500));
         m.bundle_stored(2, 20, 0, Duration::from_millis(2));
         m.bundle_stored(1, 10, 0, Duration::from_secs(60));
-        let page = m.render(7);
+        let page = m.render(7, 3);
         for line in [
             "logdog_collector_bundles_stored_total 3",
             "logdog_collector_entries_stored_total 6",
@@ -349,6 +354,7 @@ mod tests {
             "logdog_collector_bundle_store_seconds_bucket{le=\"+Inf\"} 3",
             "logdog_collector_bundle_store_seconds_count 3",
             "logdog_collector_store_size_bytes 7",
+            "logdog_collector_store_deferred_bytes 3",
         ] {
             assert!(page.lines().any(|l| l == line), "{line} not in\n{page}");
         }

@@ -369,7 +369,7 @@ fn a_layout_3_store_is_upgraded_and_its_prefixes_cannot_be_claimed() {
     let v: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 5);
+    assert_eq!(v, 6);
     // `verify` still reads the store.
     drop(conn);
     let report = logdog_collector::verify::verify(dir.path()).unwrap();

@@ -705,7 +705,7 @@ fn a_layout_4_store_is_upgraded_in_place_and_reads_back() {
     let v: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("version");
-    assert_eq!(v, 5);
+    assert_eq!(v, 6);
     drop(conn);
     let report = logdog_collector::verify::verify(dir.path()).expect("verify");
     assert_eq!((report.entries, report.damaged), (3, 0), "{report:?}");

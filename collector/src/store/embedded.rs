@@ -12,8 +12,10 @@
 //!   codec, raw length and the CRC-32 of its stored bytes ([`crate::blocks`]).
 //! - `segments/NNNNNNNN.seg`: the blocks, back to back. A block holds new entries of one
 //!   stream from one write, each `logpb.LogEntry` exactly as it arrived, packed up to 1 MiB
-//!   and compressed with zstd (or kept raw when that is no smaller). Entries stored by layout
-//!   4 and older have no block: their row's `seg`, `off` and `len` are the entry itself.
+//!   and compressed with zstd (or kept raw when that is no smaller). Larger blocks are
+//!   written raw and compressed after the write is acknowledged (table `raw_blocks`, see
+//!   [`compactor`]). Entries stored by layout 4 and older have no block: their row's `seg`,
+//!   `off` and `len` are the entry itself.
 //! - `collector.sqlite`, table `prefixes`: `(project, prefix)` → the SHA-256 of the prefix
 //!   secret of the butler that owns it, and when it was registered.
 //! - `collector.sqlite`, table `heartbeat`: one row, rewritten by the writable check.
@@ -38,6 +40,8 @@
 //! **One collector per directory.** [`Embedded::open`] holds an exclusive lock on `DIR/lock`
 //! for the store's life; a second collector on the same directory is refused at start.
 
+mod compactor;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -52,15 +56,18 @@ use super::{
 use crate::blocks::{self, BlockCache};
 use crate::segments::{Appender, Location, Segments};
 use crate::validate::{CheckedEntry, Sequence};
+pub use compactor::{BLOCKS_PER_ROUND, MAX_DEFERRED_BYTES};
+use compactor::{Compactor, Gate, RAW_BLOCKS_TABLE};
 
 /// `PRAGMA user_version` of the current layout: entries in compressed blocks in segment files,
-/// with a checksum, `sequence` and span per index row, and the `prefixes` table of prefix
-/// owners. Older layouts are upgraded in place, without rewriting any entry: layout 2 (no
-/// checksums), layout 3 (no `prefixes`) and layout 4 (entries stored raw, one per row). The
-/// rows of layout 2 are read without a checksum check, the prefixes of layouts 2 and 3 are
+/// with a checksum, `sequence` and span per index row, the `prefixes` table of prefix owners
+/// and the `raw_blocks` list of blocks waiting to be compressed. Older layouts are upgraded in
+/// place, without rewriting any entry: layout 2 (no checksums), layout 3 (no `prefixes`),
+/// layout 4 (entries stored raw, one per row) and layout 5 (no `raw_blocks`). The rows of
+/// layout 2 are read without a checksum check, the prefixes of layouts 2 and 3 are
 /// unregistered (they hold streams written without a secret, so they cannot be claimed), and
 /// the rows of layouts 2 to 4 keep pointing at their raw bytes (no block).
-const LAYOUT_VERSION: i64 = 5;
+const LAYOUT_VERSION: i64 = 6;
 
 /// The blocks of entries (see [`crate::blocks`]): where each is in the segments, its codec,
 /// raw length and the CRC-32 of its stored bytes. Ids are never reused (`AUTOINCREMENT`), so
@@ -117,19 +124,45 @@ fn segment_error(e: crate::segments::WriteError) -> StoreError {
     }
 }
 
+/// How an embedded store is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedOptions {
+    /// A new segment file is started once the active one passes this many bytes.
+    pub segment_size: u64,
+    /// Raw bytes of blocks that may wait to be compressed after their write
+    /// ([`MAX_DEFERRED_BYTES`]; 0: every write compresses its blocks itself).
+    pub max_deferred_bytes: u64,
+    /// Whether the compactor runs (`false` leaves raw blocks for a later start: for tests).
+    pub compact: bool,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            segment_size: crate::segments::SEGMENT_SIZE,
+            max_deferred_bytes: MAX_DEFERRED_BYTES,
+            compact: true,
+        }
+    }
+}
+
 /// The embedded store's storage (see the module docs).
 #[derive(Debug)]
 pub struct Embedded {
+    /// Compresses the blocks writes stored raw; stopped first when the store is dropped.
+    compactor: Compactor,
     /// Held for the store's life: one collector per directory.
     _lock: std::fs::File,
     path: std::path::PathBuf,
     /// The one writer (SQLite has one writer at a time anyway) and the active segment, taken
     /// in arrival order (see [`FairLock`]).
-    writer: FairLock<Writer>,
+    writer: Arc<FairLock<Writer>>,
     /// Idle read connections; WAL lets readers run beside the writer.
     readers: Mutex<Vec<Connection>>,
     /// The entries' bytes.
-    segments: Segments,
+    segments: Arc<Segments>,
+    /// Entered by reads, drained before bytes are punched out of segments.
+    gate: Arc<Gate>,
     /// The last blocks read, decompressed.
     cache: BlockCache,
 }
@@ -327,7 +360,7 @@ impl Embedded {
     ///
     /// # Errors
     /// The directory or database cannot be opened, or is damaged.
-    pub fn open(dir: &Path, segment_size: u64) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("{}: {e}", dir.display())))?;
         let lock = lock_dir(dir)?;
@@ -390,6 +423,16 @@ impl Embedded {
             ))?;
             version = 5;
         }
+        if has_tables && version == 5 {
+            // Layout 5 compressed every block as it was written: none waits.
+            conn.execute_batch(&format!(
+                "BEGIN;
+                 {RAW_BLOCKS_TABLE};
+                 PRAGMA user_version = 6;
+                 COMMIT;"
+            ))?;
+            version = 6;
+        }
         if has_tables && version != LAYOUT_VERSION {
             return Err(StoreError::Db(format!(
                 "{} was written by another collector version (layout {version}, this one \
@@ -424,6 +467,7 @@ impl Embedded {
         )?;
         conn.execute_batch(PREFIXES_TABLE)?;
         conn.execute_batch(BLOCKS_TABLE)?;
+        conn.execute_batch(RAW_BLOCKS_TABLE)?;
         conn.execute_batch(HEARTBEAT_TABLE)?;
         conn.pragma_update(None, "user_version", LAYOUT_VERSION)?;
         // The end of the last committed entry: appends resume there.
@@ -435,17 +479,31 @@ impl Embedded {
             )
             .optional()?;
         let seg_dir = dir.join("segments");
-        let appender = Appender::open(&seg_dir, newest, segment_size).map_err(StoreError::Db)?;
+        let appender =
+            Appender::open(&seg_dir, newest, options.segment_size).map_err(StoreError::Db)?;
         let short = short_segments(&conn, &seg_dir)?;
         if !short.is_empty() {
             return Err(damaged(short.join("; ")));
         }
+        let writer = Arc::new(FairLock::new(Writer { conn, appender }));
+        let segments = Arc::new(Segments::new(&seg_dir));
+        let gate = Arc::new(Gate::default());
+        let compactor = Compactor::start(
+            &path,
+            writer.clone(),
+            segments.clone(),
+            gate.clone(),
+            options.max_deferred_bytes,
+            options.compact,
+        )?;
         Ok(Self {
+            compactor,
             _lock: lock,
             path,
-            writer: FairLock::new(Writer { conn, appender }),
+            writer,
             readers: Mutex::new(Vec::new()),
-            segments: Segments::new(&seg_dir),
+            segments,
+            gate,
             cache: BlockCache::default(),
         })
     }
@@ -485,6 +543,8 @@ impl Embedded {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        // Blocks looked up here are read before their old place can be punched out.
+        let _pass = self.gate.enter();
         let idle = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(c) => c,
@@ -508,11 +568,12 @@ impl Embedded {
         claim: &Claim<'_>,
         streams: &[CheckedEntry],
     ) -> Result<Result<WriteOutcome, NotOwner>, StoreError> {
-        // Compressing is most of a write's work: it is done here, before the writer is taken,
-        // so that writes of several bundles compress at once. Each stream is packed as if all
-        // of its entries were new (the usual case); a stream with some already stored is
-        // packed again under the writer.
-        let prepacked = Prepacked::new(streams);
+        // Compressing is most of a write's work: larger blocks are left to the compactor while
+        // it is under its ceiling, and the rest is done here, before the writer is taken, so
+        // that writes of several bundles compress at once. Each stream is packed as if all of
+        // its entries were new (the usual case); a stream with some already stored is packed
+        // again under the writer.
+        let prepacked = Prepacked::new(streams, self.compactor.accepts());
         let mut writer = self.writer.lock();
         let Writer { conn, appender } = &mut *writer;
         appender.rotate_if_full().map_err(segment_error)?;
@@ -521,9 +582,12 @@ impl Embedded {
             segments: &self.segments,
             cache: &self.cache,
             prepacked,
+            listed: 0,
         };
         let res = Self::write_tx(conn, &mut parts, project, prefix, claim, streams);
-        if !matches!(res, Ok(Ok(_))) {
+        if matches!(res, Ok(Ok(_))) {
+            self.compactor.listed(parts.listed);
+        } else {
             parts.appender.abandon();
         }
         res
@@ -570,6 +634,8 @@ struct Parts<'a> {
     cache: &'a BlockCache,
     /// The blocks of each stream of the write, packed before the writer was taken.
     prepacked: Prepacked<'a>,
+    /// Raw bytes of the blocks the write listed in `raw_blocks`.
+    listed: u64,
 }
 
 /// One write transaction of the embedded store.
@@ -711,6 +777,12 @@ impl WriteTx for Tx<'_, '_> {
                 i64::from(block.crc)
             ])?;
             let block_id = self.tx.last_insert_rowid();
+            if block.deferred {
+                self.tx
+                    .prepare_cached("INSERT INTO raw_blocks (block_id) VALUES (?1)")?
+                    .execute(params![block_id])?;
+                self.parts.listed += block.raw_len as u64;
+            }
             for (e, &(off, len)) in these.iter().zip(&block.ranges) {
                 insert.execute(params![
                     id as i64,
@@ -1051,6 +1123,14 @@ impl Backend for Embedded {
         files(dir) + files(&dir.join("segments"))
     }
 
+    fn deferred_bytes(&self) -> u64 {
+        self.compactor.backlog()
+    }
+
+    fn settle(&self, timeout: std::time::Duration) -> bool {
+        self.compactor.settle(timeout)
+    }
+
     fn remove(&self, streams: &[StreamKey], cutoff_ms: i64) -> Result<Vec<StreamKey>, StoreError> {
         self.remove_streams(streams, cutoff_ms)
     }
@@ -1106,6 +1186,11 @@ impl Embedded {
             }
             tx.prepare_cached("DELETE FROM entries WHERE stream_id = ?1")?
                 .execute(params![id])?;
+            tx.prepare_cached(
+                "DELETE FROM raw_blocks WHERE block_id IN
+                 (SELECT id FROM blocks WHERE stream_id = ?1)",
+            )?
+            .execute(params![id])?;
             tx.prepare_cached("DELETE FROM blocks WHERE stream_id = ?1")?
                 .execute(params![id])?;
             tx.prepare_cached("DELETE FROM streams WHERE id = ?1")?
@@ -1118,9 +1203,13 @@ impl Embedded {
             .execute(params![key.project, key.prefix])?;
             removed.push(key.clone());
         }
-        // One scan of the index tells which segments still hold entries.
+        // One scan of the index tells which segments still hold entries (a compressed block
+        // may have moved to another segment than its entries' rows say).
         let used = tx
-            .prepare_cached("SELECT DISTINCT seg FROM entries")?
+            .prepare_cached(
+                "SELECT DISTINCT seg FROM blocks
+                 UNION SELECT DISTINCT seg FROM entries WHERE block_id IS NULL",
+            )?
             .query_map([], |r| r.get::<_, u32>(0))?
             .collect::<Result<std::collections::BTreeSet<u32>, _>>()?;
         let dead: Vec<u32> = touched_segments
@@ -1129,6 +1218,8 @@ impl Embedded {
             .collect();
         tx.commit()?;
         drop(writer);
+        // Reads that looked up the removed rows finish first.
+        self.gate.drain();
         self.segments.release(&freed, &dead);
         Ok(removed)
     }

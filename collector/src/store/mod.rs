@@ -385,6 +385,16 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     /// Bytes the store takes on disk.
     fn disk_bytes(&self) -> u64;
 
+    /// Raw bytes of blocks stored uncompressed that wait to be compressed.
+    fn deferred_bytes(&self) -> u64 {
+        0
+    }
+
+    /// Waits, at most `timeout`, until no block waits to be compressed; whether none does.
+    fn settle(&self, _timeout: std::time::Duration) -> bool {
+        true
+    }
+
     /// Removes `streams` (records, entries and their space), each only if it still was last
     /// written at or before `cutoff_ms`; returns those removed.
     fn remove(&self, streams: &[StreamKey], cutoff_ms: i64) -> Result<Vec<StreamKey>, StoreError>;
@@ -410,7 +420,19 @@ impl Store {
     /// # Errors
     /// The directory or database cannot be opened.
     pub fn open(dir: &std::path::Path) -> Result<Self, StoreError> {
-        Self::open_with_segment_size(dir, crate::segments::SEGMENT_SIZE)
+        Self::open_embedded(dir, embedded::EmbeddedOptions::default())
+    }
+
+    /// [`Store::open`] with `options`.
+    ///
+    /// # Errors
+    /// The directory or database cannot be opened.
+    pub fn open_embedded(
+        dir: &std::path::Path,
+        options: embedded::EmbeddedOptions,
+    ) -> Result<Self, StoreError> {
+        let backend = embedded::Embedded::open(dir, options)?;
+        Ok(Self::with(Box::new(backend)))
     }
 
     /// [`Store::open`], starting a new segment file once the active one passes
@@ -422,8 +444,13 @@ impl Store {
         dir: &std::path::Path,
         segment_size: u64,
     ) -> Result<Self, StoreError> {
-        let backend = embedded::Embedded::open(dir, segment_size)?;
-        Ok(Self::with(Box::new(backend)))
+        Self::open_embedded(
+            dir,
+            embedded::EmbeddedOptions {
+                segment_size,
+                ..Default::default()
+            },
+        )
     }
 
     /// Connects to the PostgreSQL database at `url` (`postgres://USER@HOST:PORT/DB`) and
@@ -481,6 +508,18 @@ impl Store {
     /// Bytes the store takes on disk (for PostgreSQL: the database's size). Blocks.
     pub fn disk_bytes(&self) -> u64 {
         self.inner.backend.disk_bytes()
+    }
+
+    /// Raw bytes of blocks written uncompressed that wait to be compressed (see
+    /// [`embedded::EmbeddedOptions::max_deferred_bytes`]; always 0 on PostgreSQL).
+    pub fn deferred_bytes(&self) -> u64 {
+        self.inner.backend.deferred_bytes()
+    }
+
+    /// Waits, at most `timeout`, until every block written so far is compressed; whether it
+    /// is. Blocks: call it off the async threads.
+    pub fn settle(&self, timeout: std::time::Duration) -> bool {
+        self.inner.backend.settle(timeout)
     }
 
     /// Whether the store takes writes now: a test write, made durable like a bundle's (for the
@@ -871,19 +910,22 @@ pub(crate) struct NewEntry<'a> {
 /// packed again under the lock ([`Prepacked::take`]).
 pub(crate) struct Prepacked<'a> {
     streams: Vec<(&'a CheckedEntry, Option<Vec<crate::blocks::Packed>>)>,
+    /// Larger blocks are stored raw and compressed later (see [`crate::blocks::pack`]).
+    defer: bool,
 }
 
 impl<'a> Prepacked<'a> {
-    /// Packs every stream of a write.
-    pub fn new(streams: &'a [CheckedEntry]) -> Self {
+    /// Packs every stream of a write; with `defer`, see [`crate::blocks::pack`].
+    pub fn new(streams: &'a [CheckedEntry], defer: bool) -> Self {
         Self {
             streams: streams
                 .iter()
                 .map(|e| {
-                    let packed = crate::blocks::pack(e.logs.iter().map(|l| l.1.as_ref()));
+                    let packed = crate::blocks::pack(e.logs.iter().map(|l| l.1.as_ref()), defer);
                     (e, Some(packed))
                 })
                 .collect(),
+            defer,
         }
     }
 
@@ -901,7 +943,7 @@ impl<'a> Prepacked<'a> {
                         .all(|(l, n)| std::ptr::eq(&l.1, n.raw))
             })
             .and_then(|(_, packed)| packed.take())
-            .unwrap_or_else(|| crate::blocks::pack(new.iter().map(|e| e.raw.as_ref())))
+            .unwrap_or_else(|| crate::blocks::pack(new.iter().map(|e| e.raw.as_ref()), self.defer))
     }
 }
 

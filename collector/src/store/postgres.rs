@@ -739,7 +739,8 @@ impl Backend for Postgres {
         streams: &[CheckedEntry],
     ) -> Result<Result<WriteOutcome, NotOwner>, StoreError> {
         // Compressed before the prefix's lock is taken.
-        let mut prepacked = Prepacked::new(streams);
+        // Compressed now: compressing later would rewrite each row (WAL, and a dead row).
+        let mut prepacked = Prepacked::new(streams, false);
         let mut c = self.pool.get()?;
         let mut attempt = 1;
         loop {

@@ -269,10 +269,11 @@ fn health_answer(status: axum::http::StatusCode, body: String) -> Response {
 pub(crate) async fn metrics_page(store: &Store) -> Response {
     // The store's size may take a database query: off the async threads.
     let st = store.clone();
-    let bytes = tokio::task::spawn_blocking(move || st.disk_bytes())
-        .await
-        .unwrap_or(0);
-    let page = store.metrics().render(bytes);
+    let (bytes, deferred) =
+        tokio::task::spawn_blocking(move || (st.disk_bytes(), st.deferred_bytes()))
+            .await
+            .unwrap_or((0, 0));
+    let page = store.metrics().render(bytes, deferred);
     (
         [
             (header::CONTENT_TYPE, logdog_proto::prom::CONTENT_TYPE),

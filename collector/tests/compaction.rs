@@ -1,0 +1,280 @@
+//! Blocks compressed after the write: the embedded store acknowledges a write with its larger
+//! blocks stored raw and compresses them in the background (`store::embedded::compactor`).
+//! Every entry reads back the same before, during and after; the disk ends up holding the
+//! compressed bytes only; blocks left raw by a collector that stopped are compressed after the
+//! next start; past its ceiling, writes compress their blocks themselves; retention takes the
+//! waiting blocks off the list.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use logdog_collector::Store;
+use logdog_collector::store::StreamKey;
+use logdog_collector::store::embedded::EmbeddedOptions;
+use logdog_collector::validate::{CheckedEntry, Sequence};
+use logdog_proto::logpb;
+use prost::Message;
+
+/// Entries per write: about 200 KiB, so each write makes one block that waits.
+const PER_WRITE: u64 = 128;
+
+/// Generous: the compactor runs at the lowest CPU priority on a busy machine.
+const SETTLE: Duration = Duration::from_secs(120);
+
+fn key(name: &str) -> StreamKey {
+    StreamKey {
+        project: "proj".to_string(),
+        prefix: "pre".to_string(),
+        name: name.to_string(),
+    }
+}
+
+/// A build-log-like line of about 1.5 KiB, the same for the same stream and index.
+fn line(name: &str, idx: u64) -> String {
+    const WORDS: [&str; 8] = [
+        "compiling",
+        "crate",
+        "warning:",
+        "error[E0308]",
+        "src/main.rs:12:5",
+        "ok",
+        "test",
+        "result:",
+    ];
+    let mut x = (idx + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ name.len() as u64;
+    let mut s = format!("{name} {idx}");
+    while s.len() < 1500 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push(' ');
+        s.push_str(WORDS[(x % 8) as usize]);
+    }
+    s
+}
+
+/// Entries `from..to` of stream `name`, one line each.
+fn checked(name: &str, from: u64, to: u64) -> CheckedEntry {
+    let logs = (from..to)
+        .map(|i| {
+            let text = line(name, i);
+            let e = logpb::LogEntry {
+                stream_index: i,
+                sequence: i,
+                content: Some(logpb::log_entry::Content::Text(logpb::Text {
+                    lines: vec![logpb::text::Line {
+                        value: text.as_bytes().to_vec().into(),
+                        delimiter: "\n".to_string(),
+                    }],
+                })),
+                ..Default::default()
+            };
+            (i, Bytes::from(e.encode_to_vec()), text.len() as u64 + 1)
+        })
+        .collect();
+    CheckedEntry {
+        desc: logpb::LogStreamDescriptor {
+            name: name.to_string(),
+            stream_type: logpb::StreamType::Text as i32,
+            content_type: "text/plain".to_string(),
+            ..Default::default()
+        },
+        terminal: None,
+        logs,
+        sequences: (from..to)
+            .map(|i| Sequence {
+                sequence: i,
+                span: 1,
+            })
+            .collect(),
+    }
+}
+
+/// Writes entries `0..n` of `name`, [`PER_WRITE`] per write; the bytes of log written.
+fn write(store: &Store, name: &str, n: u64) -> u64 {
+    let mut bytes = 0;
+    for from in (0..n).step_by(PER_WRITE as usize) {
+        let out = store
+            .write(
+                "proj",
+                "pre",
+                &[checked(name, from, (from + PER_WRITE).min(n))],
+            )
+            .expect("write");
+        assert!(out.refused.is_empty(), "{out:?}");
+        bytes += out.bytes;
+    }
+    bytes
+}
+
+/// Checks that `name` holds exactly its entries `0..n`.
+fn intact(store: &Store, name: &str, n: u64) {
+    let got = store
+        .entries(&key(name), 0, usize::MAX, usize::MAX)
+        .expect("read");
+    assert_eq!(got.len() as u64, n, "{name}");
+    for (i, e) in got.iter().enumerate() {
+        let Some(logpb::log_entry::Content::Text(t)) = &e.content else {
+            panic!("{name} entry {i}: not text");
+        };
+        assert_eq!(
+            t.lines[0].value,
+            line(name, i as u64).as_bytes(),
+            "{name} {i}"
+        );
+    }
+}
+
+/// Blocks by codec (0 raw, 1 zstd) and the blocks listed as waiting, from the index.
+fn blocks(dir: &Path) -> (u64, u64, u64) {
+    let conn = rusqlite::Connection::open_with_flags(
+        dir.join("collector.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("index");
+    let count =
+        |sql: &str| -> u64 { conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql) as u64 };
+    (
+        count("SELECT COUNT(*) FROM blocks WHERE codec = 0"),
+        count("SELECT COUNT(*) FROM blocks WHERE codec = 1"),
+        count("SELECT COUNT(*) FROM raw_blocks"),
+    )
+}
+
+/// Bytes allocated to the segment files.
+fn segment_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir.join("segments"))
+        .expect("segments dir")
+        .map(|e| e.expect("entry").metadata().expect("metadata").blocks() * 512)
+        .sum()
+}
+
+fn options(compact: bool) -> EmbeddedOptions {
+    EmbeddedOptions {
+        compact,
+        ..EmbeddedOptions::default()
+    }
+}
+
+#[test]
+fn writes_are_stored_raw_then_compressed_and_read_back_the_same_throughout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = 64 * PER_WRITE;
+    // Without the compactor first: what the writes leave behind is known.
+    let store = Store::open_embedded(dir.path(), options(false)).expect("open");
+    let bytes = write(&store, "s", n);
+    let (raw, zstd, listed) = blocks(dir.path());
+    assert_eq!(
+        (raw, zstd, listed),
+        (64, 0, 64),
+        "every write left one block raw"
+    );
+    assert!(
+        store.deferred_bytes() >= bytes,
+        "{}",
+        store.deferred_bytes()
+    );
+    assert!(segment_bytes(dir.path()) >= bytes);
+    intact(&store, "s", n);
+    drop(store);
+
+    // Reopened with the compactor; readers read all along.
+    let store = Store::open(dir.path()).expect("reopen");
+    let done = AtomicBool::new(false);
+    let rounds = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    intact(&store, "s", n);
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let settled = store.settle(SETTLE);
+        done.store(true, Ordering::Relaxed);
+        assert!(settled, "the blocks were not compressed within {SETTLE:?}");
+    });
+    assert!(rounds.load(Ordering::Relaxed) >= 2);
+    assert_eq!(store.deferred_bytes(), 0);
+    assert_eq!(blocks(dir.path()), (0, 64, 0));
+    intact(&store, "s", n);
+    let on_disk = segment_bytes(dir.path());
+    assert!(
+        on_disk * 4 <= bytes,
+        "{on_disk} bytes of segments for {bytes} bytes of log"
+    );
+    drop(store);
+    let report = logdog_collector::verify::verify(dir.path()).expect("verify");
+    assert_eq!((report.entries, report.damaged), (n, 0), "{report:?}");
+}
+
+#[test]
+fn writes_while_the_compactor_runs_are_compressed_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let mut bytes = 0;
+    for name in ["a", "b", "c"] {
+        bytes += write(&store, name, 16 * PER_WRITE);
+    }
+    assert!(store.settle(SETTLE), "not compressed within {SETTLE:?}");
+    let (raw, zstd, listed) = blocks(dir.path());
+    assert_eq!((raw, listed), (0, 0));
+    assert_eq!(zstd, 48);
+    for name in ["a", "b", "c"] {
+        intact(&store, name, 16 * PER_WRITE);
+    }
+    assert!(segment_bytes(dir.path()) * 4 <= bytes);
+}
+
+#[test]
+fn past_its_ceiling_a_write_compresses_its_blocks_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_embedded(
+        dir.path(),
+        EmbeddedOptions {
+            max_deferred_bytes: 1 << 20,
+            ..options(false)
+        },
+    )
+    .expect("open");
+    write(&store, "s", 32 * PER_WRITE);
+    let (raw, zstd, listed) = blocks(dir.path());
+    // Writes of about 200 KiB each leave their block raw until 1 MiB waits.
+    assert_eq!(raw, listed);
+    assert!((5..=6).contains(&listed), "{listed} blocks wait");
+    assert_eq!(raw + zstd, 32);
+    let waiting = store.deferred_bytes();
+    assert!(
+        ((1 << 20)..(1 << 20) + (256 << 10)).contains(&waiting),
+        "{waiting}"
+    );
+    intact(&store, "s", 32 * PER_WRITE);
+}
+
+#[test]
+fn blocks_left_raw_are_compressed_after_a_restart_and_retention_takes_them_off_the_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_embedded(dir.path(), options(false)).expect("open");
+    write(&store, "kept", 8 * PER_WRITE);
+    write(&store, "old", 8 * PER_WRITE);
+    // Retention removes "old" (the cut-off is now), with its waiting blocks.
+    let cutoff = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(20));
+    write(&store, "kept", 9 * PER_WRITE);
+    let removed = store
+        .remove_older(cutoff.elapsed(), &[key("kept")], Duration::from_secs(60))
+        .expect("remove");
+    assert_eq!(removed, [key("old")]);
+    let (raw, zstd, listed) = blocks(dir.path());
+    assert_eq!((raw, zstd, listed), (9, 0, 9));
+    drop(store);
+
+    let store = Store::open(dir.path()).expect("reopen");
+    assert!(store.settle(SETTLE), "not compressed within {SETTLE:?}");
+    assert_eq!(blocks(dir.path()), (0, 9, 0));
+    intact(&store, "kept", 9 * PER_WRITE);
+}
