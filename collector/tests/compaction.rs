@@ -9,27 +9,18 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use logdog_collector::Store;
-use logdog_collector::store::StreamKey;
 use logdog_collector::store::embedded::EmbeddedOptions;
-use logdog_collector::validate::{CheckedEntry, Sequence};
-use logdog_proto::logpb;
-use prost::Message;
+use logdog_collector::validate::CheckedEntry;
+
+mod common;
+use common::{key, segment_bytes};
 
 /// Entries per write: about 200 KiB, so each write makes one block that waits.
 const PER_WRITE: u64 = 128;
 
 /// Generous: the compactor runs at the lowest CPU priority on a busy machine.
 const SETTLE: Duration = Duration::from_secs(120);
-
-fn key(name: &str) -> StreamKey {
-    StreamKey {
-        project: "proj".to_string(),
-        prefix: "pre".to_string(),
-        name: name.to_string(),
-    }
-}
 
 /// A build-log-like line of about 1.5 KiB, the same for the same stream and index.
 fn line(name: &str, idx: u64) -> String {
@@ -57,39 +48,8 @@ fn line(name: &str, idx: u64) -> String {
 
 /// Entries `from..to` of stream `name`, one line each.
 fn checked(name: &str, from: u64, to: u64) -> CheckedEntry {
-    let logs = (from..to)
-        .map(|i| {
-            let text = line(name, i);
-            let e = logpb::LogEntry {
-                stream_index: i,
-                sequence: i,
-                content: Some(logpb::log_entry::Content::Text(logpb::Text {
-                    lines: vec![logpb::text::Line {
-                        value: text.as_bytes().to_vec().into(),
-                        delimiter: "\n".to_string(),
-                    }],
-                })),
-                ..Default::default()
-            };
-            (i, Bytes::from(e.encode_to_vec()), text.len() as u64 + 1)
-        })
-        .collect();
-    CheckedEntry {
-        desc: logpb::LogStreamDescriptor {
-            name: name.to_string(),
-            stream_type: logpb::StreamType::Text as i32,
-            content_type: "text/plain".to_string(),
-            ..Default::default()
-        },
-        terminal: None,
-        logs,
-        sequences: (from..to)
-            .map(|i| Sequence {
-                sequence: i,
-                span: 1,
-            })
-            .collect(),
-    }
+    let lines: Vec<String> = (from..to).map(|i| line(name, i)).collect();
+    common::checked(name, from, &lines, None)
 }
 
 /// Writes entries `0..n` of `name`, [`PER_WRITE`] per write; the bytes of log written.
@@ -111,20 +71,11 @@ fn write(store: &Store, name: &str, n: u64) -> u64 {
 
 /// Checks that `name` holds exactly its entries `0..n`.
 fn intact(store: &Store, name: &str, n: u64) {
-    let got = store
-        .entries(&key(name), 0, usize::MAX, usize::MAX)
-        .expect("read");
-    assert_eq!(got.len() as u64, n, "{name}");
-    for (i, e) in got.iter().enumerate() {
-        let Some(logpb::log_entry::Content::Text(t)) = &e.content else {
-            panic!("{name} entry {i}: not text");
-        };
-        assert_eq!(
-            t.lines[0].value,
-            line(name, i as u64).as_bytes(),
-            "{name} {i}"
-        );
-    }
+    let want: Vec<String> = (0..n).map(|i| line(name, i)).collect();
+    assert!(
+        common::lines_of(store, &key(name)) == want,
+        "{name} differs"
+    );
 }
 
 /// Blocks by codec (0 raw, 1 zstd) and the blocks listed as waiting, from the index.
@@ -141,15 +92,6 @@ fn blocks(dir: &Path) -> (u64, u64, u64) {
         count("SELECT COUNT(*) FROM blocks WHERE codec = 1"),
         count("SELECT COUNT(*) FROM raw_blocks"),
     )
-}
-
-/// Bytes allocated to the segment files.
-fn segment_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir.join("segments"))
-        .expect("segments dir")
-        .map(|e| e.expect("entry").metadata().expect("metadata").blocks() * 512)
-        .sum()
 }
 
 fn options(compact: bool) -> EmbeddedOptions {

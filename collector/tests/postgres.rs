@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use logdog_collector::Store;
-use logdog_collector::store::{Claim, NotOwner, StoreError, StreamKey};
-use logdog_collector::validate::{CheckedEntry, RefusalKind, Sequence};
-use logdog_proto::logpb;
+use logdog_collector::store::{Claim, NotOwner, StoreError};
+use logdog_collector::validate::RefusalKind;
 use postgres::{Client, NoTls};
-use prost::Message;
+
+mod common;
+use common::{checked, lines_of};
 
 /// A fresh database on the test server, or `None` (after a loud SKIPPED) without one.
 fn database(hint: &str) -> Option<String> {
@@ -48,77 +48,9 @@ fn sql(url: &str) -> Client {
     Client::connect(url, NoTls).expect("connect")
 }
 
-fn desc(name: &str) -> logpb::LogStreamDescriptor {
-    logpb::LogStreamDescriptor {
-        name: name.to_string(),
-        stream_type: logpb::StreamType::Text as i32,
-        content_type: "text/plain".to_string(),
-        ..Default::default()
-    }
-}
-
-fn entry(idx: u64, line: &str) -> (u64, Bytes, u64) {
-    let e = logpb::LogEntry {
-        stream_index: idx,
-        sequence: idx,
-        content: Some(logpb::log_entry::Content::Text(logpb::Text {
-            lines: vec![logpb::text::Line {
-                value: line.as_bytes().to_vec().into(),
-                delimiter: "\n".to_string(),
-            }],
-        })),
-        ..Default::default()
-    };
-    (idx, Bytes::from(e.encode_to_vec()), line.len() as u64 + 1)
-}
-
-fn checked(name: &str, from: u64, lines: &[String], terminal: Option<i64>) -> CheckedEntry {
-    CheckedEntry {
-        desc: desc(name),
-        terminal,
-        logs: lines
-            .iter()
-            .enumerate()
-            .map(|(i, l)| entry(from + i as u64, l))
-            .collect(),
-        sequences: (0..lines.len() as u64)
-            .map(|i| Sequence {
-                sequence: from + i,
-                span: 1,
-            })
-            .collect(),
-    }
-}
-
 fn numbered(from: u64, n: u64) -> Vec<String> {
     (from..from + n)
         .map(|i| format!("{i:06} the build step printed a line of ordinary log text"))
-        .collect()
-}
-
-fn key(prefix: &str, name: &str) -> StreamKey {
-    StreamKey {
-        project: "proj".to_string(),
-        prefix: prefix.to_string(),
-        name: name.to_string(),
-    }
-}
-
-fn lines_of(store: &Store, k: &StreamKey) -> Vec<String> {
-    store
-        .entries(k, 0, usize::MAX, usize::MAX)
-        .expect("read")
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            assert_eq!(e.stream_index, i as u64);
-            match &e.content {
-                Some(logpb::log_entry::Content::Text(t)) => {
-                    String::from_utf8_lossy(&t.lines[0].value).into_owned()
-                }
-                other => panic!("unexpected content {other:?}"),
-            }
-        })
         .collect()
 }
 
@@ -160,7 +92,7 @@ fn two_collectors_store_one_bundle_once_and_share_a_stream() {
         return;
     };
     let (a, b) = (open(&url), open(&url));
-    let k = key("run1", "stdout");
+    let k = common::key_in("run1", "stdout");
     // The same bundle through both: stored once.
     let first = checked("stdout", 0, &numbered(0, 100), None);
     let out = a
@@ -228,7 +160,7 @@ fn concurrent_writers_on_two_collectors_store_every_entry_once() {
             });
         }
     });
-    let k = key("race", "stdout");
+    let k = common::key_in("race", "stdout");
     assert_eq!(lines_of(&a, &k), lines);
     let rows: i64 = sql(&url)
         .query_one("SELECT count(*) FROM entries", &[])
@@ -309,7 +241,7 @@ fn writes_through_one_collector_wake_the_other() {
         let _ = tx.send(keys);
     });
     // Its own writes are not echoed back to it; a's are, by stream.
-    let k = key("live", "stdout");
+    let k = common::key_in("live", "stdout");
     // The listener may still be connecting: write until the first change arrives.
     let mut got = None;
     for i in 0..50u64 {
@@ -353,7 +285,7 @@ fn entries_are_stored_in_compressed_blocks_whose_damage_is_found() {
         let e = checked("stdout", (n * 1000) as u64, chunk, None);
         a.write("proj", "z", &[e]).expect("write");
     }
-    let k = key("z", "stdout");
+    let k = common::key_in("z", "stdout");
     assert_eq!(lines_of(&a, &k), lines);
     // Any index reads alone.
     let one = a.entries(&k, 3456, 1, 1).expect("read");
@@ -393,7 +325,7 @@ fn retention_removes_old_streams_but_not_followed_ones_on_any_collector() {
         let e = checked("stdout", 0, &numbered(0, 300), Some(299));
         a.write("proj", prefix, &[e]).expect("write");
     }
-    let watched = key("watched", "stdout");
+    let watched = common::key_in("watched", "stdout");
     let lease = Duration::from_secs(600);
     // b's followers are on `watched`: b publishes it.
     assert!(
@@ -411,7 +343,11 @@ fn retention_removes_old_streams_but_not_followed_ones_on_any_collector() {
     let mut removed: Vec<String> = removed.iter().map(|k| k.prefix.clone()).collect();
     removed.sort();
     assert_eq!(removed, vec!["old1", "old2"]);
-    assert!(a.stream(&key("old1", "stdout")).expect("read").is_none());
+    assert!(
+        a.stream(&common::key_in("old1", "stdout"))
+            .expect("read")
+            .is_none()
+    );
     assert_eq!(lines_of(&a, &watched), numbered(0, 300));
     let mut c = sql(&url);
     let left: i64 = c

@@ -6,52 +6,15 @@
 
 use std::sync::{Arc, Barrier};
 
-use bytes::Bytes;
 use logdog_collector::Store;
-use logdog_collector::store::{Claim, NotOwner, StreamKey, WriteOutcome};
-use logdog_collector::validate::{CheckedEntry, Sequence};
-use logdog_proto::logpb;
-use prost::Message;
+use logdog_collector::store::{Claim, NotOwner, WriteOutcome};
+use logdog_collector::validate::CheckedEntry;
+
+mod common;
+use common::checked;
 
 const A: &[u8; 36] = b"secret-of-butler-a-0123456789abcdef!";
 const B: &[u8; 36] = b"secret-of-butler-b-0123456789abcdef!";
-
-fn checked(name: &str, from: u64, lines: &[&str], terminal: Option<i64>) -> CheckedEntry {
-    CheckedEntry {
-        desc: logpb::LogStreamDescriptor {
-            name: name.to_string(),
-            stream_type: logpb::StreamType::Text as i32,
-            content_type: "text/plain".to_string(),
-            ..Default::default()
-        },
-        terminal,
-        logs: lines
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let idx = from + i as u64;
-                let e = logpb::LogEntry {
-                    stream_index: idx,
-                    sequence: idx,
-                    content: Some(logpb::log_entry::Content::Text(logpb::Text {
-                        lines: vec![logpb::text::Line {
-                            value: l.as_bytes().to_vec().into(),
-                            delimiter: "\n".to_string(),
-                        }],
-                    })),
-                    ..Default::default()
-                };
-                (idx, Bytes::from(e.encode_to_vec()), l.len() as u64 + 1)
-            })
-            .collect(),
-        sequences: (0..lines.len() as u64)
-            .map(|i| Sequence {
-                sequence: from + i,
-                span: 1,
-            })
-            .collect(),
-    }
-}
 
 fn claim(secret: Option<&[u8]>, required: bool) -> Claim<'_> {
     Claim { secret, required }
@@ -69,22 +32,7 @@ fn write(
 }
 
 fn lines(store: &Store, prefix: &str, name: &str) -> Vec<String> {
-    let key = StreamKey {
-        project: "proj".into(),
-        prefix: prefix.into(),
-        name: name.into(),
-    };
-    store
-        .entries(&key, 0, usize::MAX, usize::MAX)
-        .expect("read")
-        .iter()
-        .map(|e| match &e.content {
-            Some(logpb::log_entry::Content::Text(t)) => {
-                String::from_utf8_lossy(&t.lines[0].value).into_owned()
-            }
-            other => panic!("unexpected content {other:?}"),
-        })
-        .collect()
+    common::lines_of(store, &common::key_in(prefix, name))
 }
 
 #[test]
@@ -117,7 +65,7 @@ fn the_first_secret_registers_the_prefix_and_only_it_writes_there_after() {
     // pre-writes, not a terminal index, not another descriptor, not a new stream.
     let attacks = [
         checked("s", 2, &["forged"], None),
-        checked("s", 2, &[], Some(1)),
+        checked("s", 2, &[""; 0], Some(1)),
         checked("new", 0, &["x"], Some(0)),
     ];
     for c in [

@@ -6,20 +6,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use logdog_collector::Store;
-use logdog_collector::store::StreamKey;
-use logdog_collector::validate::{CheckedEntry, Sequence};
-use logdog_proto::logpb;
-use prost::Message;
+use logdog_collector::validate::CheckedEntry;
 
-fn key(name: &str) -> StreamKey {
-    StreamKey {
-        project: "proj".to_string(),
-        prefix: "pre".to_string(),
-        name: name.to_string(),
-    }
-}
+mod common;
+use common::{key, segment_bytes};
 
 /// Text that does not compress (so that the segments fill), the same for the same seed.
 fn noise(seed: u64, len: usize) -> String {
@@ -41,39 +32,8 @@ fn line(name: &str, idx: u64) -> String {
 
 /// Entries `from..to` of stream `name`, one line each.
 fn checked(name: &str, from: u64, to: u64) -> CheckedEntry {
-    let logs = (from..to)
-        .map(|i| {
-            let text = line(name, i);
-            let e = logpb::LogEntry {
-                stream_index: i,
-                sequence: i,
-                content: Some(logpb::log_entry::Content::Text(logpb::Text {
-                    lines: vec![logpb::text::Line {
-                        value: text.as_bytes().to_vec().into(),
-                        delimiter: "\n".to_string(),
-                    }],
-                })),
-                ..Default::default()
-            };
-            (i, Bytes::from(e.encode_to_vec()), text.len() as u64 + 1)
-        })
-        .collect();
-    CheckedEntry {
-        desc: logpb::LogStreamDescriptor {
-            name: name.to_string(),
-            stream_type: logpb::StreamType::Text as i32,
-            content_type: "text/plain".to_string(),
-            ..Default::default()
-        },
-        terminal: None,
-        logs,
-        sequences: (from..to)
-            .map(|i| Sequence {
-                sequence: i,
-                span: 1,
-            })
-            .collect(),
-    }
+    let lines: Vec<String> = (from..to).map(|i| line(name, i)).collect();
+    common::checked(name, from, &lines, None)
 }
 
 /// Writes entries `0..n` of `name`, a few per write.
@@ -88,20 +48,11 @@ fn write(store: &Store, name: &str, n: u64) {
 
 /// Checks that `name` holds exactly its entries `0..n`.
 fn intact(store: &Store, name: &str, n: u64) {
-    let got = store
-        .entries(&key(name), 0, usize::MAX, usize::MAX)
-        .expect("read");
-    assert_eq!(got.len() as u64, n, "{name}");
-    for (i, e) in got.iter().enumerate() {
-        let Some(logpb::log_entry::Content::Text(t)) = &e.content else {
-            panic!("{name} entry {i}: not text");
-        };
-        assert_eq!(
-            t.lines[0].value,
-            line(name, i as u64).as_bytes(),
-            "{name} {i}"
-        );
-    }
+    let want: Vec<String> = (0..n).map(|i| line(name, i)).collect();
+    assert!(
+        common::lines_of(store, &key(name)) == want,
+        "{name} differs"
+    );
 }
 
 fn segment_files(dir: &Path) -> Vec<String> {
@@ -111,18 +62,6 @@ fn segment_files(dir: &Path) -> Vec<String> {
         .collect();
     out.sort();
     out
-}
-
-/// Bytes allocated to the segment files.
-fn segment_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir.join("segments"))
-        .expect("segments dir")
-        .map(|e| {
-            let m = e.expect("entry").metadata().expect("metadata");
-            m.len().min(m.blocks() * 512)
-        })
-        .sum()
 }
 
 #[test]

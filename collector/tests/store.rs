@@ -5,82 +5,17 @@
 
 use std::path::Path;
 
-use bytes::Bytes;
 use logdog_collector::Store;
 use logdog_collector::store::StoreError;
-use logdog_collector::store::StreamKey;
-use logdog_collector::validate::{CheckedEntry, RefusalKind, Sequence};
-use logdog_proto::logpb;
+use logdog_collector::validate::RefusalKind;
 use prost::Message;
 
-fn desc(name: &str) -> logpb::LogStreamDescriptor {
-    logpb::LogStreamDescriptor {
-        name: name.to_string(),
-        stream_type: logpb::StreamType::Text as i32,
-        content_type: "text/plain".to_string(),
-        ..Default::default()
-    }
-}
+mod common;
+use common::{checked, desc, entry, key};
 
-/// A text entry of one line, `line`.
-fn entry(idx: u64, line: &str) -> (u64, Bytes, u64) {
-    let e = logpb::LogEntry {
-        stream_index: idx,
-        sequence: idx,
-        content: Some(logpb::log_entry::Content::Text(logpb::Text {
-            lines: vec![logpb::text::Line {
-                value: line.as_bytes().to_vec().into(),
-                delimiter: "\n".to_string(),
-            }],
-        })),
-        ..Default::default()
-    };
-    (idx, Bytes::from(e.encode_to_vec()), line.len() as u64 + 1)
-}
-
-fn checked(name: &str, from: u64, lines: &[&str], terminal: Option<i64>) -> CheckedEntry {
-    CheckedEntry {
-        desc: desc(name),
-        terminal,
-        logs: lines
-            .iter()
-            .enumerate()
-            .map(|(i, l)| entry(from + i as u64, l))
-            .collect(),
-        sequences: (0..lines.len() as u64)
-            .map(|i| Sequence {
-                sequence: from + i,
-                span: 1,
-            })
-            .collect(),
-    }
-}
-
-fn key(name: &str) -> StreamKey {
-    StreamKey {
-        project: "proj".to_string(),
-        prefix: "pre".to_string(),
-        name: name.to_string(),
-    }
-}
-
+/// The lines stored for `name`.
 fn lines_of(store: &Store, name: &str) -> Vec<String> {
-    let entries = store
-        .entries(&key(name), 0, usize::MAX, usize::MAX)
-        .expect("read");
-    entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            assert_eq!(e.stream_index, i as u64);
-            match &e.content {
-                Some(logpb::log_entry::Content::Text(t)) => {
-                    String::from_utf8_lossy(&t.lines[0].value).into_owned()
-                }
-                other => panic!("unexpected content {other:?}"),
-            }
-        })
-        .collect()
+    common::lines_of(store, &key(name))
 }
 
 fn segment_files(dir: &Path) -> Vec<(String, u64)> {
@@ -285,7 +220,7 @@ fn different_bytes_at_a_stored_index_are_a_conflict_and_identical_ones_a_duplica
         .write("proj", "pre", &[checked("a", 2, &["three"], Some(2))])
         .expect("end");
     let out = store
-        .write("proj", "pre", &[checked("a", 3, &[], Some(3))])
+        .write("proj", "pre", &[checked("a", 3, &[""; 0], Some(3))])
         .expect("write");
     assert!(
         out.refused[0].message.contains("terminal index 3 differs"),
