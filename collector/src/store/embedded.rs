@@ -384,25 +384,17 @@ impl Embedded {
             .exists([])?;
         if has_tables && version == 2 {
             // Layout 2 had no checksums or sequences: its rows keep NULLs there.
-            conn.execute_batch(
-                "BEGIN;
-                 ALTER TABLE entries ADD COLUMN crc INTEGER;
+            version = upgrade(
+                &conn,
+                "ALTER TABLE entries ADD COLUMN crc INTEGER;
                  ALTER TABLE entries ADD COLUMN seq INTEGER;
-                 ALTER TABLE entries ADD COLUMN span INTEGER;
-                 PRAGMA user_version = 3;
-                 COMMIT;",
+                 ALTER TABLE entries ADD COLUMN span INTEGER",
+                3,
             )?;
-            version = 3;
         }
         if has_tables && version == 3 {
             // Layout 3 had no prefix owners: its prefixes stay unregistered.
-            conn.execute_batch(&format!(
-                "BEGIN;
-                 {PREFIXES_TABLE};
-                 PRAGMA user_version = 4;
-                 COMMIT;"
-            ))?;
-            version = 4;
+            version = upgrade(&conn, PREFIXES_TABLE, 4)?;
         }
         if has_tables && version == 4 {
             // Layout 4 stored entries raw, one per row: those rows keep no block.
@@ -414,24 +406,11 @@ impl Embedded {
             } else {
                 "ALTER TABLE entries ADD COLUMN block_id INTEGER;"
             };
-            conn.execute_batch(&format!(
-                "BEGIN;
-                 {add}
-                 {BLOCKS_TABLE};
-                 PRAGMA user_version = 5;
-                 COMMIT;"
-            ))?;
-            version = 5;
+            version = upgrade(&conn, &format!("{add}\n{BLOCKS_TABLE}"), 5)?;
         }
         if has_tables && version == 5 {
             // Layout 5 compressed every block as it was written: none waits.
-            conn.execute_batch(&format!(
-                "BEGIN;
-                 {RAW_BLOCKS_TABLE};
-                 PRAGMA user_version = 6;
-                 COMMIT;"
-            ))?;
-            version = 6;
+            version = upgrade(&conn, RAW_BLOCKS_TABLE, 6)?;
         }
         if has_tables && version != LAYOUT_VERSION {
             return Err(StoreError::Db(format!(
@@ -927,6 +906,14 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
             Err(StoreError::Db(format!("{}: {e}", path.display())))
         }
     }
+}
+
+/// Runs `sql` and sets the layout version to `to`, in one transaction; returns `to`.
+fn upgrade(conn: &Connection, sql: &str, to: i64) -> Result<i64, StoreError> {
+    conn.execute_batch(&format!(
+        "BEGIN;\n{sql};\nPRAGMA user_version = {to};\nCOMMIT;"
+    ))?;
+    Ok(to)
 }
 
 /// Segments shorter than the entries the index places in them, one message each.
