@@ -149,6 +149,7 @@ impl Guarded {
         let watchdog = {
             let done = done.clone();
             let timed_out = timed_out.clone();
+            let what = what.clone();
             std::thread::spawn(move || {
                 let (lock, cv) = &*done;
                 let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -159,6 +160,8 @@ impl Guarded {
                     // The leader is not reaped before `done` is set (see `wait`), so the group
                     // id cannot have been reused.
                     timed_out.store(true, Ordering::SeqCst);
+                    // Said at once: its connections reset, which the test may see first.
+                    eprintln!("watchdog: {what} still ran after {limit:?}; killed");
                     let _ = killpg(pgid, Signal::SIGKILL);
                 }
             })
@@ -520,7 +523,9 @@ impl Collector {
         Self::spawn(dir, Some(dir), listen, &args, TIMEOUT)
     }
 
-    fn start_full(data: &Path, listen: &str, extra: &[&str], limit: Duration) -> Self {
+    /// [`Collector::start_with`], killed (and the test failed) if it still runs after `limit`
+    /// instead of [`TIMEOUT`]: for tests that keep it busy for long on a loaded machine.
+    pub fn start_full(data: &Path, listen: &str, extra: &[&str], limit: Duration) -> Self {
         let mut args = vec!["--data".as_ref(), data.as_os_str()];
         args.extend(extra.iter().map(std::ffi::OsStr::new));
         Self::spawn(data, None, listen, &args, limit)
