@@ -42,8 +42,11 @@ pub const MAX_DEFERRED_BYTES: u64 = 1 << 30;
 /// Blocks compressed per transaction.
 pub const BLOCKS_PER_ROUND: usize = 16;
 
-/// How long the compactor waits before trying again after a failure.
+/// How long the compactor waits before trying again after a failure, doubling after each
+/// failure in a row up to [`RETRY_MAX`] (a full disk, say, fails every round until room is
+/// made).
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// The blocks stored raw that wait to be compressed.
 pub(super) const RAW_BLOCKS_TABLE: &str = "CREATE TABLE IF NOT EXISTS raw_blocks (
@@ -256,6 +259,7 @@ impl Shared {
 impl Work {
     fn run(mut self) {
         self.squeezer = Squeezer::start();
+        let mut failures = 0u32;
         loop {
             {
                 let mut st = self.shared.lock();
@@ -270,14 +274,21 @@ impl Work {
             loop {
                 match self.round() {
                     Ok(0) => break,
-                    Ok(_) => {}
+                    Ok(_) => failures = 0,
                     Err(e) => {
-                        tracing::warn!(error = %e, "store: compressing blocks failed; will retry");
+                        failures += 1;
+                        // The 1st, 2nd, 4th, 8th… failure in a row is logged.
+                        if failures.is_power_of_two() {
+                            tracing::warn!(error = %e, failures, "store: compressing blocks failed; they stay raw and readable, and it is tried again");
+                        }
+                        let wait = RETRY_AFTER
+                            .saturating_mul(1 << (failures - 1).min(6))
+                            .min(RETRY_MAX);
                         let st = self.shared.lock();
                         let (mut st, _) = self
                             .shared
                             .wake
-                            .wait_timeout_while(st, RETRY_AFTER, |st| !st.stop)
+                            .wait_timeout_while(st, wait, |st| !st.stop)
                             .unwrap_or_else(|e| e.into_inner());
                         st.work = true;
                         break;
