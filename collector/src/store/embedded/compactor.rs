@@ -148,6 +148,10 @@ pub(super) struct Compactor {
     thread: Option<JoinHandle<()>>,
 }
 
+/// A listed block after its compression: its id, and where it was with its compressed bytes
+/// (`None` if it stays raw: it does not compress, or it is damaged or gone).
+type Done = (i64, Option<(Location, Vec<u8>)>);
+
 /// What the thread works with.
 struct Work {
     shared: Arc<Shared>,
@@ -335,7 +339,7 @@ impl Work {
             return Ok(0);
         }
         // Outside any lock: read, check and compress.
-        let compressed: Vec<(i64, Option<(Location, Vec<u8>)>)> = listed
+        let compressed: Vec<Done> = listed
             .into_iter()
             .map(|(id, at)| {
                 let Some((at, crc, raw_len)) = at else {
@@ -380,10 +384,7 @@ impl Work {
 
     /// Behind the writer, in one transaction: appends the compressed blocks, points their rows
     /// at them and takes every block of the round off the list; the raw places given up.
-    fn commit(
-        &self,
-        compressed: Vec<(i64, Option<(Location, Vec<u8>)>)>,
-    ) -> Result<Vec<Location>, StoreError> {
+    fn commit(&self, compressed: Vec<Done>) -> Result<Vec<Location>, StoreError> {
         let mut writer = self.writer.lock();
         let Writer { conn, appender } = &mut *writer;
         appender.rotate_if_full().map_err(segment_error)?;
