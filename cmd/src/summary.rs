@@ -68,6 +68,17 @@ struct Fate {
     reason: Option<String>,
     /// Bytes not yet acknowledged but kept in the spool (not lost: `resume` sends them).
     pending: u64,
+    /// The stream's end is in the spool, not yet acknowledged.
+    end_pending: bool,
+}
+
+/// Whether the output took the stream's end but the collector never acknowledged it: then
+/// the collector cannot know the stream is complete, even if it holds every byte. A stream
+/// the collector refused something of is already told lost, with the reason.
+fn end_unacknowledged(s: &StreamReport, acked: Option<&AckedByName>) -> bool {
+    acked
+        .and_then(|m| m.get(&s.name))
+        .is_some_and(|a| a.end_sent && !a.ended && a.lost.is_none() && a.lost_entries == 0)
 }
 
 impl Fate {
@@ -97,6 +108,10 @@ impl Fate {
             }
             0
         };
+        let end_missing = end_unacknowledged(s, acked);
+        if end_missing && !spooled {
+            parts.push("its end not acknowledged (the stream stays incomplete)".to_string());
+        }
         if let Some(e) = &s.error {
             parts.push(e.clone());
         }
@@ -104,11 +119,17 @@ impl Fate {
             lost: (!parts.is_empty()).then(|| parts.join("; ")),
             reason,
             pending,
+            end_pending: end_missing && spooled,
         }
     }
 
     fn ok(&self) -> bool {
-        self.lost.is_none() && self.pending == 0
+        self.lost.is_none() && !self.in_spool()
+    }
+
+    /// Whether some of the stream waits in the spool.
+    fn in_spool(&self) -> bool {
+        self.pending > 0 || self.end_pending
     }
 
     fn status(&self) -> String {
@@ -116,11 +137,16 @@ impl Fate {
             Some(r) => "LOST (".to_string() + r + ")",
             None => "LOST".to_string(),
         };
-        match (&self.lost, self.pending) {
-            (None, 0) => "ok".to_string(),
-            (None, p) => format!("IN SPOOL: {} not yet acknowledged", human(p)),
-            (Some(l), 0) => format!("{}: {l}", lost()),
-            (Some(l), p) => format!("{}: {l}; IN SPOOL: {}", lost(), human(p)),
+        let spool = match (self.pending, self.end_pending) {
+            (0, false) => None,
+            (0, true) => Some("its end".to_string()),
+            (p, _) => Some(human(p)),
+        };
+        match (&self.lost, spool) {
+            (None, None) => "ok".to_string(),
+            (None, Some(p)) => format!("IN SPOOL: {p} not yet acknowledged"),
+            (Some(l), None) => format!("{}: {l}", lost()),
+            (Some(l), Some(p)) => format!("{}: {l}; IN SPOOL: {p}", lost()),
         }
     }
 }
@@ -169,7 +195,7 @@ pub fn totals(report: &Report, spooled: bool, acked: Option<&AckedByName>) -> To
         if fate.lost.is_some() {
             t.streams_with_losses += 1;
         }
-        if fate.pending > 0 {
+        if fate.in_spool() {
             t.streams_in_spool += 1;
         }
     }
@@ -568,7 +594,55 @@ mod tests {
             lost_entries: u64::from(lost_bytes > 0),
             lost_bytes,
             lost: lost.map(String::from),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_end_never_acknowledged_is_lost_or_in_spool_even_with_every_byte_acknowledged() {
+        let r = report(vec![stream("cut", 100, 0, 0), stream("fine", 100, 0, 0)]);
+        let ended = |ended| StreamAck {
+            end_sent: true,
+            ended,
+            ..ack(100, 0, None)
+        };
+        let acked: AckedByName = [
+            ("cut".to_string(), ended(false)),
+            ("fine".to_string(), ended(true)),
+        ]
+        .into();
+        let text = render(
+            &r,
+            &OutputStats::default(),
+            "p/x/+/ via grpc://c:1",
+            Some(&acked),
+        );
+        assert!(
+            row(&text, "cut").contains("LOST: its end not acknowledged"),
+            "{text}"
+        );
+        assert!(row(&text, "fine").ends_with("ok"), "{text}");
+        assert!(
+            row(&text, "total").ends_with("1 stream(s) LOST data"),
+            "{text}"
+        );
+        let t = totals(&r, false, Some(&acked));
+        assert_eq!((t.bytes_lost, t.streams_with_losses), (0, 1));
+        // With a spool the end waits there.
+        let out = OutputStats {
+            spool: Some(SpoolStats::default()),
+            ..Default::default()
+        };
+        let text = render(&r, &out, "p/x/+/ via grpc://c:1", Some(&acked));
+        assert!(
+            row(&text, "cut").ends_with("IN SPOOL: its end not yet acknowledged"),
+            "{text}"
+        );
+        assert!(
+            row(&text, "total")
+                .ends_with("nothing lost; 1 stream(s) IN SPOOL, not yet acknowledged"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -393,6 +393,10 @@ pub struct StreamAck {
     /// Why they were lost (the first reason), e.g. `conflict: …`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<String>,
+    /// The stream's end (its terminal index) was given to the output.
+    pub end_sent: bool,
+    /// The collector acknowledged the stream's end: it can know the stream is complete.
+    pub ended: bool,
 }
 
 /// Per-stream (entries, payload bytes) of a bundle, for the acknowledgement counters.
@@ -413,6 +417,7 @@ impl Tally {
                     let ack = StreamAck {
                         entries: e.logs.len() as u64,
                         bytes: e.logs.iter().map(|l| l.content.data().len() as u64).sum(),
+                        end_sent: e.terminal_index.is_some(),
                         ..Default::default()
                     };
                     (e.desc.name().to_string(), ack)
@@ -441,6 +446,7 @@ impl Tally {
                     let ack = StreamAck {
                         entries: e.logs.len() as u64,
                         bytes,
+                        end_sent: e.terminal,
                         ..Default::default()
                     };
                     (
@@ -641,6 +647,18 @@ impl GrpcOutput {
 }
 
 impl Shared {
+    /// Notes the streams whose end a bundle given to the output carries (so that an end never
+    /// acknowledged is told, even when every byte was).
+    fn ends_sent(&self, tally: &Tally) {
+        let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, _) in tally.streams.iter().filter(|(_, a)| a.end_sent) {
+            acked
+                .entry((tally.prefix.clone(), name.clone()))
+                .or_default()
+                .end_sent = true;
+        }
+    }
+
     /// Counts a delivered bundle: acknowledged for every stream but those the collector
     /// `refused`, whose entries are lost (with the reason).
     fn acknowledged(&self, tally: &Tally, refused: &[StreamRefusal], from: &Collector) {
@@ -658,6 +676,7 @@ impl Shared {
                 None => {
                     s.entries += a.entries;
                     s.bytes += a.bytes;
+                    s.ended |= a.end_sent;
                     sent_e += a.entries;
                     sent_b += a.bytes;
                 }
@@ -1190,6 +1209,7 @@ impl Output for GrpcOutput {
         let tally = Tally::of(&bundle);
         let payload = bundle.payload_bytes() as u64;
         drop(bundle);
+        sh.ends_sent(&tally);
         if let Some(spool) = &sh.spool
             && sh.spool_append(spool, &data, tally.clone()).await.is_some()
         {

@@ -314,3 +314,45 @@ async fn with_a_spool_a_damaged_store_leaves_the_bundles_in_it_for_later() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_end_is_acknowledged_apart_from_its_bytes() {
+    tokio::time::timeout(LIMIT, async {
+        let script = Script::default();
+        let (addr, stop, server) = serve(script.clone()).await;
+        let output = GrpcOutput::new(&addr).unwrap();
+        // `good` ends in a bundle the collector stores.
+        let mut b = bundle(0);
+        b.entries[0].terminal_index = Some(PER_BUNDLE - 1);
+        output.send(b).await.expect("send");
+        // `other`: its bytes are stored, then its end alone goes in a bundle that is lost.
+        let only = |e: BundleEntry| Bundle {
+            entries: vec![e],
+            ..bundle(0)
+        };
+        output.send(only(entry("other", 0))).await.expect("send");
+        script.damaged.store(true, Ordering::SeqCst);
+        let mut end = entry("other", 0);
+        end.logs.clear();
+        end.terminal_index = Some(PER_BUNDLE - 1);
+        output.send(only(end)).await.unwrap_err();
+
+        let acked = output.acknowledged();
+        let good = &acked[&key("good")];
+        assert!(good.end_sent && good.ended, "{acked:?}");
+        let other = &acked[&key("other")];
+        let bytes: u64 = (0..PER_BUNDLE)
+            .map(|i| format!("other line {i}\n").len() as u64)
+            .sum();
+        assert_eq!((other.bytes, other.lost_bytes), (bytes, 0), "{acked:?}");
+        assert!(other.end_sent && !other.ended, "{acked:?}");
+        // A stream whose end was never sent is not said to miss it.
+        let bad = &acked[&key("bad")];
+        assert!(!bad.end_sent && !bad.ended, "{acked:?}");
+        output.close().await.unwrap();
+        let _ = stop.send(());
+        server.await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
