@@ -163,8 +163,9 @@ fn with_a_spool_the_tail_waits_in_a_file_that_is_removed_at_the_end() {
     let seen = tmp.path().join("seen");
     let result = tmp.path().join("result.json");
     let collector = Collector::start(&tmp.path().join("data"), "127.0.0.1:0");
-    // Once `seq` has written everything, all but the last pipe-full has been read and passed
-    // to the cap, so the tail's file exists while the shell lists it.
+    // Once `seq` has written everything, all but the last pipe-full has been read and will
+    // reach the cap, which then starts the tail's file: the shell waits for it to appear (the
+    // stream is still open meanwhile) and lists it.
     let r = run_butler(
         tmp.path(),
         &[
@@ -183,7 +184,12 @@ fn with_a_spool_the_tail_waits_in_a_file_that_is_removed_at_the_end() {
             "--",
             "sh",
             "-c",
-            r#"seq 1 100000; find "$0" -name '*.ring' > "$1""#,
+            r#"seq 1 100000
+               i=0; f=
+               while [ -z "$f" ] && [ $i -lt 1200 ]; do
+                   f=$(find "$0" -name '*.ring'); [ -n "$f" ] || sleep 0.1; i=$((i+1))
+               done
+               printf '%s' "$f" > "$1""#,
             spool.to_str().expect("UTF-8 path"),
             seen.to_str().expect("UTF-8 path"),
         ],
