@@ -587,6 +587,16 @@ mod tests {
             .to_string()
     }
 
+    /// The summary of `r` sent to a collector without a spool, which acknowledged `acked`.
+    fn render_grpc(r: &Report, acked: &AckedByName) -> String {
+        render(
+            r,
+            &OutputStats::default(),
+            "p/x/+/ via grpc://c:1",
+            Some(acked),
+        )
+    }
+
     fn ack(bytes: u64, lost_bytes: u64, lost: Option<&str>) -> StreamAck {
         StreamAck {
             entries: 1,
@@ -611,12 +621,7 @@ mod tests {
             ("fine".to_string(), ended(true)),
         ]
         .into();
-        let text = render(
-            &r,
-            &OutputStats::default(),
-            "p/x/+/ via grpc://c:1",
-            Some(&acked),
-        );
+        let text = render_grpc(&r, &acked);
         assert!(
             row(&text, "cut").contains("LOST: its end not acknowledged"),
             "{text}"
@@ -727,12 +732,7 @@ mod tests {
             ),
         )]
         .into();
-        let text = render(
-            &r,
-            &OutputStats::default(),
-            "p/x/+/ via grpc://c:1",
-            Some(&acked),
-        );
+        let text = render_grpc(&r, &acked);
         assert!(
             row(&text, "out").contains(
                 "LOST (collector store damaged (DataLoss): segment 3 checksum mismatch): 100 B refused"
