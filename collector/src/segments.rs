@@ -275,6 +275,11 @@ impl Segments {
 }
 
 impl Segments {
+    /// Whether segment `id` is on disk.
+    pub fn exists(&self, id: u32) -> bool {
+        segment_path(&self.dir, id).exists()
+    }
+
     /// Gives the space of removed entries back to the file system: a segment that holds no
     /// entry any more (`dead`, never the active one) is deleted; in the others the ranges in
     /// `freed` are punched out (`fallocate(PUNCH_HOLE)`: the file keeps its length and its

@@ -14,7 +14,7 @@ use logdog_collector::store::embedded::EmbeddedOptions;
 use logdog_collector::validate::CheckedEntry;
 
 mod common;
-use common::{key, segment_bytes};
+use common::{key, released, segment_bytes};
 
 /// Entries per write: about 200 KiB, so each write makes one block that waits.
 const PER_WRITE: u64 = 128;
@@ -143,6 +143,11 @@ fn writes_are_stored_raw_then_compressed_and_read_back_the_same_throughout() {
     assert!(rounds.load(Ordering::Relaxed) >= 2);
     assert_eq!(store.deferred_bytes(), 0);
     assert_eq!(blocks(dir.path()), (0, 64, 0));
+    assert_eq!(
+        released(dir.path()),
+        0,
+        "every place given up was punched out"
+    );
     intact(&store, "s", n);
     let on_disk = segment_bytes(dir.path());
     assert!(
@@ -219,4 +224,35 @@ fn blocks_left_raw_are_compressed_after_a_restart_and_retention_takes_them_off_t
     assert!(store.settle(SETTLE), "not compressed within {SETTLE:?}");
     assert_eq!(blocks(dir.path()), (0, 9, 0));
     intact(&store, "kept", 9 * PER_WRITE);
+}
+
+#[test]
+fn space_given_up_just_before_a_stop_is_given_back_at_the_next_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = 16 * PER_WRITE;
+    // The compactor moves every block but nothing is punched out, as if the collector had
+    // stopped between each round's commit and its punching.
+    let store = Store::open_embedded(
+        dir.path(),
+        EmbeddedOptions {
+            punch: false,
+            ..EmbeddedOptions::default()
+        },
+    )
+    .expect("open");
+    let bytes = write(&store, "s", n);
+    assert!(store.settle(SETTLE), "not compressed within {SETTLE:?}");
+    assert_eq!(blocks(dir.path()), (0, 16, 0));
+    assert!(segment_bytes(dir.path()) > bytes, "nothing was punched out");
+    drop(store);
+    assert_eq!(released(dir.path()), 16);
+
+    let store = Store::open(dir.path()).expect("reopen");
+    assert_eq!(released(dir.path()), 0);
+    let on_disk = segment_bytes(dir.path());
+    assert!(
+        on_disk * 4 <= bytes,
+        "{on_disk} bytes of segments for {bytes}"
+    );
+    intact(&store, "s", n);
 }

@@ -10,7 +10,7 @@ use logdog_collector::Store;
 use logdog_collector::validate::CheckedEntry;
 
 mod common;
-use common::{key, segment_bytes};
+use common::{key, released, segment_bytes};
 
 /// Text that does not compress (so that the segments fill), the same for the same seed.
 fn noise(seed: u64, len: usize) -> String {
@@ -90,6 +90,11 @@ fn old_streams_are_removed_with_their_space_and_followed_or_fresh_ones_stay() {
         )
         .expect("remove");
     assert_eq!(removed, [key("old")]);
+    assert_eq!(
+        released(dir.path()),
+        0,
+        "every range given up was punched out"
+    );
     assert!(store.stream(&key("old")).expect("stream").is_none());
     assert!(
         store

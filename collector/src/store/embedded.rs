@@ -18,6 +18,9 @@
 //!   `off` and `len` are the entry itself.
 //! - `collector.sqlite`, table `prefixes`: `(project, prefix)` → the SHA-256 of the prefix
 //!   secret of the butler that owns it, and when it was registered.
+//! - `collector.sqlite`, table `raw_blocks`: the blocks stored raw that wait to be compressed;
+//!   table `released`: places in segments no row points at any more, until they are punched
+//!   out (at the latest at the next start).
 //! - `collector.sqlite`, table `heartbeat`: one row, rewritten by the writable check.
 //!
 //! Keeping the bytes out of SQLite writes each of them once: in SQLite they went to the WAL
@@ -83,6 +86,16 @@ const BLOCKS_TABLE: &str = "CREATE TABLE IF NOT EXISTS blocks (
     crc INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS blocks_stream ON blocks (stream_id)";
 
+/// Ranges of segments that no row points at any more (a compressed block's raw bytes, a
+/// removed stream's blocks), listed in the transaction that lets them go and taken off once
+/// they are punched out: a crash in between leaves them to the next start, not on disk for
+/// good.
+const RELEASED_TABLE: &str = "CREATE TABLE IF NOT EXISTS released (
+    id INTEGER PRIMARY KEY,
+    seg INTEGER NOT NULL,
+    off INTEGER NOT NULL,
+    len INTEGER NOT NULL)";
+
 /// The owners of prefixes: the SHA-256 of the secret of the butler that registered each, and
 /// when (seconds since the Unix epoch).
 const PREFIXES_TABLE: &str = "CREATE TABLE IF NOT EXISTS prefixes (
@@ -134,6 +147,10 @@ pub struct EmbeddedOptions {
     pub max_deferred_bytes: u64,
     /// Whether the compactor runs (`false` leaves raw blocks for a later start: for tests).
     pub compact: bool,
+    /// Whether bytes given up (by the compactor, by retention) are punched out at once
+    /// (`false` leaves them listed for the next start, as a crash just before would: for
+    /// tests).
+    pub punch: bool,
 }
 
 impl Default for EmbeddedOptions {
@@ -142,6 +159,7 @@ impl Default for EmbeddedOptions {
             segment_size: crate::segments::SEGMENT_SIZE,
             max_deferred_bytes: MAX_DEFERRED_BYTES,
             compact: true,
+            punch: true,
         }
     }
 }
@@ -163,6 +181,8 @@ pub struct Embedded {
     segments: Arc<Segments>,
     /// Entered by reads, drained before bytes are punched out of segments.
     gate: Arc<Gate>,
+    /// See [`EmbeddedOptions::punch`].
+    punch: bool,
     /// The last blocks read, decompressed.
     cache: BlockCache,
 }
@@ -410,7 +430,7 @@ impl Embedded {
         }
         if has_tables && version == 5 {
             // Layout 5 compressed every block as it was written: none waits.
-            version = upgrade(&conn, RAW_BLOCKS_TABLE, 6)?;
+            version = upgrade(&conn, &format!("{RAW_BLOCKS_TABLE};\n{RELEASED_TABLE}"), 6)?;
         }
         if has_tables && version != LAYOUT_VERSION {
             return Err(StoreError::Db(format!(
@@ -447,6 +467,7 @@ impl Embedded {
         conn.execute_batch(PREFIXES_TABLE)?;
         conn.execute_batch(BLOCKS_TABLE)?;
         conn.execute_batch(RAW_BLOCKS_TABLE)?;
+        conn.execute_batch(RELEASED_TABLE)?;
         conn.execute_batch(HEARTBEAT_TABLE)?;
         conn.pragma_update(None, "user_version", LAYOUT_VERSION)?;
         // The end of the last committed entry: appends resume there.
@@ -464,8 +485,11 @@ impl Embedded {
         if !short.is_empty() {
             return Err(damaged(short.join("; ")));
         }
-        let writer = Arc::new(FairLock::new(Writer { conn, appender }));
         let segments = Arc::new(Segments::new(&seg_dir));
+        if options.punch {
+            punch_leftovers(&conn, &segments)?;
+        }
+        let writer = Arc::new(FairLock::new(Writer { conn, appender }));
         let gate = Arc::new(Gate::default());
         let compactor = Compactor::start(
             &path,
@@ -474,6 +498,7 @@ impl Embedded {
             gate.clone(),
             options.max_deferred_bytes,
             options.compact,
+            options.punch,
         )?;
         Ok(Self {
             compactor,
@@ -483,6 +508,7 @@ impl Embedded {
             readers: Mutex::new(Vec::new()),
             segments,
             gate,
+            punch: options.punch,
             cache: BlockCache::default(),
         })
     }
@@ -908,6 +934,50 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
+/// Lists `freed` in `released` (see [`RELEASED_TABLE`]) within `tx`; their ids.
+fn list_released(tx: &Transaction<'_>, freed: &[Location]) -> Result<Vec<i64>, StoreError> {
+    let mut add = tx.prepare_cached("INSERT INTO released (seg, off, len) VALUES (?1, ?2, ?3)")?;
+    let mut ids = Vec::with_capacity(freed.len());
+    for l in freed {
+        add.execute(params![l.segment, l.offset as i64, l.len as i64])?;
+        ids.push(tx.last_insert_rowid());
+    }
+    Ok(ids)
+}
+
+/// Takes ranges punched out off the `released` list, within `tx`.
+fn forget_released(tx: &Transaction<'_>, ids: &[i64]) -> Result<(), StoreError> {
+    let mut del = tx.prepare_cached("DELETE FROM released WHERE id = ?1")?;
+    for id in ids {
+        del.execute(params![id])?;
+    }
+    Ok(())
+}
+
+/// At open: punches out the ranges still listed in `released` (a crash came between their
+/// transaction and their punching; punching twice is harmless) and empties the list.
+fn punch_leftovers(conn: &Connection, segments: &Segments) -> Result<(), StoreError> {
+    let left = conn
+        .prepare("SELECT seg, off, len FROM released")?
+        .query_map([], |r| location(r, 0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    if left.is_empty() {
+        return Ok(());
+    }
+    // Those of segments deleted since (a removal's dead segments) are gone already.
+    let present: Vec<Location> = left
+        .into_iter()
+        .filter(|l| segments.exists(l.segment))
+        .collect();
+    tracing::info!(
+        ranges = present.len(),
+        "store: giving back the space a stop left behind"
+    );
+    segments.release(&present, &[]);
+    conn.execute("DELETE FROM released", [])?;
+    Ok(())
+}
+
 /// Runs `sql` and sets the layout version to `to`, in one transaction; returns `to`.
 fn upgrade(conn: &Connection, sql: &str, to: i64) -> Result<i64, StoreError> {
     conn.execute_batch(&format!(
@@ -1203,11 +1273,20 @@ impl Embedded {
             .into_iter()
             .filter(|seg| !used.contains(seg) && *seg != active)
             .collect();
+        let listed = list_released(&tx, &freed)?;
         tx.commit()?;
         drop(writer);
-        // Reads that looked up the removed rows finish first.
-        self.gate.drain();
-        self.segments.release(&freed, &dead);
+        if self.punch {
+            // Reads that looked up the removed rows finish first.
+            self.gate.drain();
+            self.segments.release(&freed, &dead);
+            let mut writer = self.writer.lock();
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            forget_released(&tx, &listed)?;
+            tx.commit()?;
+        }
         Ok(removed)
     }
 }

@@ -107,3 +107,15 @@ pub fn segment_bytes(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// Ranges of segments the store in `dir` gave up but has not punched out yet (its
+/// `released` list).
+pub fn released(dir: &Path) -> u64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        dir.join("collector.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("index");
+    conn.query_row("SELECT COUNT(*) FROM released", [], |r| r.get::<_, i64>(0))
+        .expect("released") as u64
+}

@@ -10,10 +10,12 @@
 //!    lock keeps the usual priority, so writers never wait for a thread that is not given the
 //!    CPU);
 //! 2. behind the writer, in one transaction, it appends the compressed block to the active
-//!    segment (`fdatasync`ed before the commit, like any write), points the block's row at it
-//!    and takes it off the list;
+//!    segment (`fdatasync`ed before the commit, like any write), points the block's row at
+//!    it, takes it off the list and lists the raw bytes' place in `released`;
 //! 3. it waits for the reads that began before the commit (which may have looked up the old
-//!    place; see [`Gate`]) and punches the raw bytes out of their segment.
+//!    place; see [`Gate`]) and punches the raw bytes out of their segment; the next
+//!    transaction takes them off `released` (a stop in between leaves them to the next start,
+//!    which punches them out then).
 //!
 //! A block is readable at every step: its row names either the raw or the compressed bytes,
 //! both checked by their checksum. Blocks still listed when the collector stops are
@@ -31,7 +33,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use super::{FairLock, Writer, location, open_conn, segment_error};
+use super::{FairLock, Writer, forget_released, list_released, location, open_conn, segment_error};
 use crate::blocks::{self, CODEC_NONE, CODEC_ZSTD};
 use crate::segments::{Location, Segments};
 use crate::store::StoreError;
@@ -156,6 +158,11 @@ type Done = (i64, Option<(Location, Vec<u8>)>);
 struct Work {
     shared: Arc<Shared>,
     squeezer: Option<Squeezer>,
+    /// Whether given-up raw bytes are punched out (see `EmbeddedOptions::punch`).
+    punch: bool,
+    /// Ids in `released` of ranges punched out since the last round, taken off the list by
+    /// the next round's transaction.
+    punched: Vec<i64>,
     writer: Arc<FairLock<Writer>>,
     segments: Arc<Segments>,
     gate: Arc<Gate>,
@@ -173,6 +180,7 @@ impl Compactor {
         gate: Arc<Gate>,
         max: u64,
         run: bool,
+        punch: bool,
     ) -> Result<Self, StoreError> {
         let conn = open_conn(db)?;
         let backlog = listed_bytes(&conn)?;
@@ -190,6 +198,8 @@ impl Compactor {
             let work = Work {
                 shared: shared.clone(),
                 squeezer: None,
+                punch,
+                punched: Vec::new(),
                 writer,
                 segments,
                 gate,
@@ -336,6 +346,16 @@ impl Work {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         if listed.is_empty() {
+            // At rest, the list of given-up places is empty too.
+            if !self.punched.is_empty() {
+                let mut writer = self.writer.lock();
+                let tx = writer
+                    .conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                forget_released(&tx, &self.punched)?;
+                tx.commit()?;
+                self.punched.clear();
+            }
             return Ok(0);
         }
         // Outside any lock: read, check and compress.
@@ -360,10 +380,11 @@ impl Work {
             })
             .collect();
         let count = compressed.len();
-        let moved = self.commit(compressed)?;
-        if !moved.is_empty() {
+        let (moved, listed) = self.commit(compressed)?;
+        if self.punch && !moved.is_empty() {
             self.gate.drain();
             self.segments.release(&moved, &[]);
+            self.punched = listed;
         }
         Ok(count)
     }
@@ -383,14 +404,18 @@ impl Work {
     }
 
     /// Behind the writer, in one transaction: appends the compressed blocks, points their rows
-    /// at them and takes every block of the round off the list; the raw places given up.
-    fn commit(&self, compressed: Vec<Done>) -> Result<Vec<Location>, StoreError> {
+    /// at them, takes every block of the round off the list and lists the raw places given up
+    /// in `released`; those places, and their ids there.
+    fn commit(&mut self, compressed: Vec<Done>) -> Result<(Vec<Location>, Vec<i64>), StoreError> {
         let mut writer = self.writer.lock();
         let Writer { conn, appender } = &mut *writer;
         appender.rotate_if_full().map_err(segment_error)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut moved = Vec::new();
+        let mut listed = Vec::new();
+        let punched = std::mem::take(&mut self.punched);
         let res = (|| {
+            forget_released(&tx, &punched)?;
             for (id, packed) in compressed {
                 if let Some((old, z)) = packed {
                     // Only if the block is still where it was read (not removed meanwhile).
@@ -418,6 +443,7 @@ impl Work {
                 tx.prepare_cached("DELETE FROM raw_blocks WHERE block_id = ?1")?
                     .execute(params![id])?;
             }
+            listed = list_released(&tx, &moved)?;
             if appender.has_pending() {
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO append_end (one, seg, end_off) VALUES (1, ?1, ?2)",
@@ -429,9 +455,11 @@ impl Work {
             Ok::<_, StoreError>(())
         })();
         match res.and_then(|()| tx.commit().map_err(StoreError::from)) {
-            Ok(()) => Ok(moved),
+            Ok(()) => Ok((moved, listed)),
             Err(e) => {
                 appender.abandon();
+                // Taken off by a later round (or at the next start).
+                self.punched = punched;
                 Err(e)
             }
         }
