@@ -179,10 +179,8 @@ pub struct Embedded {
     readers: Mutex<Vec<Connection>>,
     /// The entries' bytes.
     segments: Arc<Segments>,
-    /// Entered by reads, drained before bytes are punched out of segments.
-    gate: Arc<Gate>,
-    /// See [`EmbeddedOptions::punch`].
-    punch: bool,
+    /// Gives back the places in segments that retention gives up (as the compactor does).
+    space: Space,
     /// The last blocks read, decompressed.
     cache: BlockCache,
 }
@@ -490,16 +488,13 @@ impl Embedded {
             punch_leftovers(&conn, &segments)?;
         }
         let writer = Arc::new(FairLock::new(Writer { conn, appender }));
-        let gate = Arc::new(Gate::default());
-        let compactor = Compactor::start(
-            &path,
-            writer.clone(),
-            segments.clone(),
-            gate.clone(),
-            options.max_deferred_bytes,
-            options.compact,
-            options.punch,
-        )?;
+        let space = Space {
+            writer: writer.clone(),
+            segments: segments.clone(),
+            gate: Arc::new(Gate::default()),
+            punch: options.punch,
+        };
+        let compactor = Compactor::start(&path, space.clone(), &options)?;
         Ok(Self {
             compactor,
             _lock: lock,
@@ -507,8 +502,7 @@ impl Embedded {
             writer,
             readers: Mutex::new(Vec::new()),
             segments,
-            gate,
-            punch: options.punch,
+            space,
             cache: BlockCache::default(),
         })
     }
@@ -549,7 +543,7 @@ impl Embedded {
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         // Blocks looked up here are read before their old place can be punched out.
-        let _pass = self.gate.enter();
+        let _pass = self.space.gate.enter();
         let idle = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(c) => c,
@@ -945,13 +939,46 @@ fn list_released(tx: &Transaction<'_>, freed: &[Location]) -> Result<Vec<i64>, S
     Ok(ids)
 }
 
-/// Takes ranges punched out off the `released` list, within `tx`.
-fn forget_released(tx: &Transaction<'_>, ids: &[i64]) -> Result<(), StoreError> {
-    let mut del = tx.prepare_cached("DELETE FROM released WHERE id = ?1")?;
-    for id in ids {
-        del.execute(params![id])?;
+/// Gives back the places in segments that transactions give up: shared by retention and the
+/// compactor.
+#[derive(Debug, Clone)]
+struct Space {
+    writer: Arc<FairLock<Writer>>,
+    segments: Arc<Segments>,
+    /// Entered by reads, drained before bytes are punched out of segments.
+    gate: Arc<Gate>,
+    /// See [`EmbeddedOptions::punch`].
+    punch: bool,
+}
+
+impl Space {
+    /// Gives back `freed` and the `dead` segments, which a committed transaction gave up and
+    /// listed in `released` as `listed`: once the reads that began before have ended (they
+    /// may have looked up those places), punches them out, then takes them off the list.
+    /// Without [`EmbeddedOptions::punch`] they stay listed.
+    fn give_back(
+        &self,
+        freed: &[Location],
+        dead: &[u32],
+        listed: &[i64],
+    ) -> Result<(), StoreError> {
+        if !self.punch || (freed.is_empty() && dead.is_empty()) {
+            return Ok(());
+        }
+        self.gate.drain();
+        self.segments.release(freed, dead);
+        let mut writer = self.writer.lock();
+        let tx = writer
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut del = tx.prepare_cached("DELETE FROM released WHERE id = ?1")?;
+        for id in listed {
+            del.execute(params![id])?;
+        }
+        drop(del);
+        tx.commit()?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// At open: punches out the ranges still listed in `released` (a crash came between their
@@ -1276,17 +1303,7 @@ impl Embedded {
         let listed = list_released(&tx, &freed)?;
         tx.commit()?;
         drop(writer);
-        if self.punch {
-            // Reads that looked up the removed rows finish first.
-            self.gate.drain();
-            self.segments.release(&freed, &dead);
-            let mut writer = self.writer.lock();
-            let tx = writer
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            forget_released(&tx, &listed)?;
-            tx.commit()?;
-        }
+        self.space.give_back(&freed, &dead, &listed)?;
         Ok(removed)
     }
 }

@@ -13,9 +13,9 @@
 //!    segment (`fdatasync`ed before the commit, like any write), points the block's row at
 //!    it, takes it off the list and lists the raw bytes' place in `released`;
 //! 3. it waits for the reads that began before the commit (which may have looked up the old
-//!    place; see [`Gate`]) and punches the raw bytes out of their segment; the next
-//!    transaction takes them off `released` (a stop in between leaves them to the next start,
-//!    which punches them out then).
+//!    place; see [`Gate`]), punches the raw bytes out of their segment and takes them off
+//!    `released` (a stop in between leaves them to the next start, which punches them out
+//!    then). Retention gives its places back the same way (`Space::give_back`).
 //!
 //! A block is readable at every step: its row names either the raw or the compressed bytes,
 //! both checked by their checksum. Blocks still listed when the collector stops are
@@ -33,9 +33,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use super::{FairLock, Writer, forget_released, list_released, location, open_conn, segment_error};
+use super::{EmbeddedOptions, Space, Writer, list_released, location, open_conn, segment_error};
 use crate::blocks::{self, CODEC_NONE, CODEC_ZSTD};
-use crate::segments::{Location, Segments};
+use crate::segments::Location;
 use crate::store::StoreError;
 
 /// Raw bytes of blocks that may wait for compression at once (see the module docs).
@@ -158,35 +158,25 @@ type Done = (i64, Option<(Location, Vec<u8>)>);
 struct Work {
     shared: Arc<Shared>,
     squeezer: Option<Squeezer>,
-    /// Whether given-up raw bytes are punched out (see `EmbeddedOptions::punch`).
-    punch: bool,
-    /// Ids in `released` of ranges punched out since the last round, taken off the list by
-    /// the next round's transaction.
-    punched: Vec<i64>,
-    writer: Arc<FairLock<Writer>>,
-    segments: Arc<Segments>,
-    gate: Arc<Gate>,
+    /// The store's writer and segments, and where the raw places go.
+    space: Space,
     conn: Connection,
 }
 
 impl Compactor {
-    /// Starts the compactor of the store at `db` (with `run` false, no thread is started and
-    /// the listed blocks stay raw until a later start: for tests). `backlog` is what the list
-    /// holds now.
+    /// Starts the compactor of the store at `db`, as `options` say (without
+    /// [`EmbeddedOptions::compact`], no thread is started and the listed blocks stay raw until
+    /// a later start: for tests).
     pub(super) fn start(
         db: &std::path::Path,
-        writer: Arc<FairLock<Writer>>,
-        segments: Arc<Segments>,
-        gate: Arc<Gate>,
-        max: u64,
-        run: bool,
-        punch: bool,
+        space: Space,
+        options: &EmbeddedOptions,
     ) -> Result<Self, StoreError> {
         let conn = open_conn(db)?;
         let backlog = listed_bytes(&conn)?;
         let shared = Arc::new(Shared {
             backlog: AtomicU64::new(backlog),
-            max,
+            max: options.max_deferred_bytes,
             state: Mutex::new(State {
                 work: true,
                 ..State::default()
@@ -194,15 +184,11 @@ impl Compactor {
             wake: Condvar::new(),
             idle: Condvar::new(),
         });
-        let thread = if run {
+        let thread = if options.compact {
             let work = Work {
                 shared: shared.clone(),
                 squeezer: None,
-                punch,
-                punched: Vec::new(),
-                writer,
-                segments,
-                gate,
+                space,
                 conn,
             };
             let spawned = std::thread::Builder::new()
@@ -346,16 +332,6 @@ impl Work {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         if listed.is_empty() {
-            // At rest, the list of given-up places is empty too.
-            if !self.punched.is_empty() {
-                let mut writer = self.writer.lock();
-                let tx = writer
-                    .conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
-                forget_released(&tx, &self.punched)?;
-                tx.commit()?;
-                self.punched.clear();
-            }
             return Ok(0);
         }
         // Outside any lock: read, check and compress.
@@ -366,6 +342,7 @@ impl Work {
                     return (id, None);
                 };
                 let raw = self
+                    .space
                     .segments
                     .read(at)
                     .and_then(|data| blocks::unpack(CODEC_NONE, data, crc, raw_len));
@@ -381,11 +358,7 @@ impl Work {
             .collect();
         let count = compressed.len();
         let (moved, listed) = self.commit(compressed)?;
-        if self.punch && !moved.is_empty() {
-            self.gate.drain();
-            self.segments.release(&moved, &[]);
-            self.punched = listed;
-        }
+        self.space.give_back(&moved, &[], &listed)?;
         Ok(count)
     }
 
@@ -406,16 +379,14 @@ impl Work {
     /// Behind the writer, in one transaction: appends the compressed blocks, points their rows
     /// at them, takes every block of the round off the list and lists the raw places given up
     /// in `released`; those places, and their ids there.
-    fn commit(&mut self, compressed: Vec<Done>) -> Result<(Vec<Location>, Vec<i64>), StoreError> {
-        let mut writer = self.writer.lock();
+    fn commit(&self, compressed: Vec<Done>) -> Result<(Vec<Location>, Vec<i64>), StoreError> {
+        let mut writer = self.space.writer.lock();
         let Writer { conn, appender } = &mut *writer;
         appender.rotate_if_full().map_err(segment_error)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut moved = Vec::new();
         let mut listed = Vec::new();
-        let punched = std::mem::take(&mut self.punched);
         let res = (|| {
-            forget_released(&tx, &punched)?;
             for (id, packed) in compressed {
                 if let Some((old, z)) = packed {
                     // Only if the block is still where it was read (not removed meanwhile).
@@ -458,8 +429,6 @@ impl Work {
             Ok(()) => Ok((moved, listed)),
             Err(e) => {
                 appender.abandon();
-                // Taken off by a later round (or at the next start).
-                self.punched = punched;
                 Err(e)
             }
         }
