@@ -345,6 +345,12 @@ async fn run_command(
                     a.lost.as_deref().unwrap_or("no reason given")
                 );
             }
+            if a.end_unacknowledged() && out_stats.spool.is_none() {
+                say!(
+                    "stream {name:?}: LOST: its end was not acknowledged by the collector (the \
+                     stream stays incomplete there)"
+                );
+            }
         }
     } else {
         let dest = format!(

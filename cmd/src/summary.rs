@@ -72,13 +72,11 @@ struct Fate {
     end_pending: bool,
 }
 
-/// Whether the output took the stream's end but the collector never acknowledged it: then
-/// the collector cannot know the stream is complete, even if it holds every byte. A stream
-/// the collector refused something of is already told lost, with the reason.
+/// See [`StreamAck::end_unacknowledged`].
 fn end_unacknowledged(s: &StreamReport, acked: Option<&AckedByName>) -> bool {
     acked
         .and_then(|m| m.get(&s.name))
-        .is_some_and(|a| a.end_sent && !a.ended && a.lost.is_none() && a.lost_entries == 0)
+        .is_some_and(StreamAck::end_unacknowledged)
 }
 
 impl Fate {

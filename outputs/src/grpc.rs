@@ -399,6 +399,15 @@ pub struct StreamAck {
     pub ended: bool,
 }
 
+impl StreamAck {
+    /// Whether the stream's end was given to the output but never acknowledged, while
+    /// nothing of the stream was refused (a refusal is told with its own reason): the
+    /// collector may hold every byte, yet cannot know the stream is complete.
+    pub fn end_unacknowledged(&self) -> bool {
+        self.end_sent && !self.ended && self.lost.is_none() && self.lost_entries == 0
+    }
+}
+
 /// Per-stream (entries, payload bytes) of a bundle, for the acknowledgement counters.
 #[derive(Debug, Default, Clone)]
 struct Tally {
